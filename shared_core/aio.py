@@ -1,0 +1,70 @@
+"""Async bridges: run the blocking engine in a worker thread without blocking the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+_DONE = object()
+
+
+async def iterate_in_thread(make_iterator: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
+    """Yield the items of a blocking iterator produced in a dedicated worker thread.
+
+    The event loop only awaits a queue. When the consumer stops early (``break``,
+    ``aclose()``, task cancellation), the worker closes the iterator at its next item — which
+    releases the engine — and the thread is joined before this generator finishes.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[object] = asyncio.Queue()
+    cancelled = threading.Event()
+    finished = loop.create_future()
+
+    def put(item: object) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    def work() -> None:
+        iterator = None
+        try:
+            iterator = make_iterator()
+            for item in iterator:
+                if cancelled.is_set():
+                    break
+                put(item)
+            put(_DONE)
+        except BaseException as exc:  # forwarded to the consumer
+            put(exc)
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_resolve, finished)
+
+    thread = threading.Thread(target=work, name="baco-stream", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = await queue.get()
+            if item is _DONE:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        cancelled.set()
+        await asyncio.shield(finished)
+        thread.join()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def run_in_thread(function: Callable[..., T], *args: object, **kwargs: object) -> T:
+    """``await`` a blocking call made in a worker thread (the loop keeps running)."""
+    return await asyncio.to_thread(function, *args, **kwargs)

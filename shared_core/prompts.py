@@ -1,0 +1,166 @@
+"""Prompt normalisation and rendering for both members of a pair.
+
+The aligned model gets its tokenizer's chat template, tokenized once (never rendered to text
+and re-tokenized, which would double the BOS token). The base model gets a plain-text
+transcript (``User: ...`` / ``Assistant: ...``) ending with the assistant cue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+Message = Mapping[str, Any]
+Prompt = str | Sequence[Message]
+
+ROLE_ALIASES = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "ai": "assistant",
+    "model": "assistant",
+}
+
+
+def normalise_messages(prompt: Prompt, *, index: int | None = None) -> list[dict[str, str]]:
+    """Validate a prompt and return ``[{"role", "content"}]`` with consecutive roles merged.
+
+    A bare string is one user message. Roles accept common aliases (``human``, ``ai``,
+    ``developer``...). Raises ``TypeError``/``ValueError`` naming the offending message.
+    """
+    where = "" if index is None else f"prompt {index}: "
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ValueError(f"{where}prompt is empty")
+        return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, Mapping) or not isinstance(prompt, Sequence):
+        raise TypeError(
+            f"{where}a prompt must be a string or a list of {{'role', 'content'}} messages, "
+            f"got {type(prompt).__name__}"
+        )
+    if len(prompt) == 0:
+        raise ValueError(f"{where}message list is empty")
+    merged: list[dict[str, str]] = []
+    for i, message in enumerate(prompt):
+        if not isinstance(message, Mapping):
+            raise TypeError(f"{where}message {i} must be a mapping, got {type(message).__name__}")
+        role = message.get("role")
+        content = message.get("content")
+        if not isinstance(role, str) or role.lower() not in ROLE_ALIASES:
+            raise ValueError(
+                f"{where}message {i} has unknown role {role!r}; "
+                f"allowed roles: {', '.join(sorted(ROLE_ALIASES))}"
+            )
+        if not isinstance(content, str):
+            raise TypeError(
+                f"{where}message {i} content must be a string, got {type(content).__name__}"
+            )
+        role = ROLE_ALIASES[role.lower()]
+        if merged and merged[-1]["role"] == role:
+            merged[-1]["content"] = f"{merged[-1]['content']}\n\n{content}"
+        else:
+            merged.append({"role": role, "content": content})
+    if not any(m["content"].strip() for m in merged):
+        raise ValueError(f"{where}every message is empty")
+    return merged
+
+
+def fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Fold system messages into the first user turn (for templates that reject them)."""
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    rest = [dict(m) for m in messages if m["role"] != "system"]
+    if system:
+        if rest and rest[0]["role"] == "user":
+            rest[0]["content"] = f"{system}\n\n{rest[0]['content']}"
+        else:
+            rest.insert(0, {"role": "user", "content": system})
+    return _merge(rest)
+
+
+def start_with_user(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Prepend an empty user turn when the conversation (after system) opens with the assistant."""
+    out = [dict(m) for m in messages]
+    first = next((i for i, m in enumerate(out) if m["role"] != "system"), None)
+    if first is not None and out[first]["role"] == "assistant":
+        out.insert(first, {"role": "user", "content": ""})
+    return out
+
+
+def _merge(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+    for m in messages:
+        if out and out[-1]["role"] == m["role"]:
+            out[-1]["content"] = f"{out[-1]['content']}\n\n{m['content']}"
+        else:
+            out.append(dict(m))
+    return out
+
+
+def chat_template_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of the aligned prompt via the chat template, trying fallbacks in order.
+
+    First the messages as given, then with system messages folded into the first user turn,
+    then also with an empty user turn before a leading assistant message.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            "the aligned tokenizer has no chat template; set tokenizer.chat_template or pass "
+            "chat_template=... to ModelPair.from_pretrained"
+        )
+    attempts = [messages, fold_system(messages), start_with_user(fold_system(messages))]
+    error: Exception | None = None
+    for attempt in attempts:
+        try:
+            ids = tokenizer.apply_chat_template(
+                attempt, add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        except Exception as exc:  # jinja2 raises TemplateError subclasses via raise_exception
+            error = exc
+            continue
+        if isinstance(ids, Mapping):
+            ids = ids["input_ids"]
+        return [int(i) for i in ids]
+    raise ValueError(f"the chat template rejected the conversation: {error}") from error
+
+
+@dataclass(frozen=True)
+class PlainTemplate:
+    """Plain-text transcript for a base model (no chat template).
+
+    Rendered as ``{system}\\n\\nUser: {turn}\\nAssistant: {turn}\\n...User: {last}\\nAssistant:``.
+    ``stop_strings`` end the base model's turn when it starts writing the next one.
+    """
+
+    user_prefix: str = "User: "
+    assistant_prefix: str = "Assistant: "
+    separator: str = "\n"
+    system_separator: str = "\n\n"
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+        lines = []
+        for m in messages:
+            if m["role"] == "user":
+                lines.append(f"{self.user_prefix}{m['content']}")
+            elif m["role"] == "assistant":
+                lines.append(f"{self.assistant_prefix}{m['content']}")
+        lines.append(self.assistant_prefix.rstrip())
+        body = self.separator.join(lines)
+        return f"{system}{self.system_separator}{body}" if system else body
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        return (
+            self.separator + self.user_prefix.rstrip(),
+            self.separator + self.assistant_prefix.rstrip(),
+        )
+
+
+def base_prompt_ids(
+    tokenizer, messages: list[dict[str, str]], template: PlainTemplate
+) -> list[int]:
+    """Token ids of the base prompt (plain template, the tokenizer's usual BOS handling)."""
+    return [int(i) for i in tokenizer(template.render(messages))["input_ids"]]

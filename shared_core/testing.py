@@ -1,0 +1,98 @@
+"""A tiny random model pair built in-process, for tests, examples and smoke runs.
+
+The tokenizer is a byte-level BPE trained in well under a second on a built-in text, wrapped
+in ``PreTrainedTokenizerFast`` with a ChatML chat template; the models are 2-layer random
+Llamas. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+_TEXT = """
+The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with a
+single step. To be, or not to be: that is the question. All that glitters is not gold.
+User: Tell me a story about a girl and her dog.
+Assistant: Once upon a time, a girl named Mia found a small dog in the rain.
+User: Name a color. Assistant: Blue, like the sea and the sky at noon.
+Write a haiku about the sea, the moon, the wind and the old pine trees.
+Café, naïve, déjà vu, 東京, 😀 emoji and other multi-byte characters appear here too.
+Lists: 1. first; 2. second; 3. third! (yes) [no] {maybe} "quoted" 'single' - dash — em.
+"""
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
+
+
+def build_tiny_tokenizer(vocab_size: int = 400) -> Any:
+    """A byte-level BPE tokenizer with ChatML specials, trained on a built-in text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([_TEXT] * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        pad_token="<|pad|>",
+        additional_special_tokens=["<|im_start|>"],
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def build_tiny_model(vocab_size: int, seed: int, *, hidden: int = 64, layers: int = 2) -> Any:
+    """A random Llama causal LM small enough to run thousands of steps in a test."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40.0)  # sharper distributions than a fresh init
+    return model.eval()
+
+
+def save_tiny_pair(folder: str | Path, *, padded_vocab: int = 0) -> tuple[Path, Path]:
+    """Build the tiny pair and save it as ``folder/base`` and ``folder/aligned``.
+
+    ``padded_vocab`` adds rows to the output layer beyond the tokenizer (as some checkpoints do).
+    """
+    folder = Path(folder)
+    tokenizer = build_tiny_tokenizer()
+    paths = []
+    for name, seed in (("base", 1), ("aligned", 2)):
+        model = build_tiny_model(len(tokenizer) + padded_vocab, seed)
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        path = folder / name
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        paths.append(path)
+    return paths[0], paths[1]

@@ -1,0 +1,85 @@
+"""Result and event types returned by the engine (plain dataclasses, framework-free)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Source = Literal["base", "aligned"]
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of one sample: the aligned prompt and the generated tokens."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One finished sample.
+
+    ``token_ids`` and ``sources`` are aligned element by element; ``sources[i]`` names the
+    model whose distribution produced ``token_ids[i]``. An end token that finished the
+    sample is not part of ``token_ids`` (nor of ``text``), but it is counted in ``usage``.
+    """
+
+    text: str
+    token_ids: list[int]
+    sources: list[Source]
+    finish_reason: FinishReason
+    usage: Usage
+    router: str
+    gamma: float | None
+    prompt_index: int = 0
+    sample_index: int = 0
+
+    @property
+    def base_share(self) -> float:
+        """Fraction of generated tokens that came from the base model."""
+        if not self.sources:
+            return 0.0
+        return sum(s == "base" for s in self.sources) / len(self.sources)
+
+    @property
+    def switches(self) -> int:
+        """Number of times the producing model changed between consecutive tokens."""
+        return sum(a != b for a, b in zip(self.sources, self.sources[1:], strict=False))
+
+    def statistics(self) -> dict[str, object]:
+        """BACO statistics as a flat dict (what the adapters put into response metadata)."""
+        return {
+            "router": self.router,
+            "gamma": self.gamma,
+            "base_share": self.base_share,
+            "switches": self.switches,
+        }
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One increment of a streamed generation.
+
+    A token event has ``token_id``/``source`` set and ``text_delta`` holding the text that
+    became final with it (possibly ``""`` while a multi-byte character or a possible stop
+    string is pending). The last event of a sample carries ``generation`` (its complete
+    result) and may carry a final ``text_delta`` with no token.
+    """
+
+    row: int
+    text_delta: str
+    token_id: int | None = None
+    source: Source | None = None
+    prompt_index: int = 0
+    sample_index: int = 0
+    generation: Generation | None = field(default=None, repr=False)
+
+    @property
+    def is_final(self) -> bool:
+        return self.generation is not None
