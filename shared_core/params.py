@@ -106,6 +106,8 @@ class GenerationParams:
         if unknown:
             raise TypeError(f"unknown generation option(s) {unknown}; valid: {sorted(known)}")
         clean = {k: v for k, v in overrides.items() if v is not None}
+        if "router" in clean and "gamma" not in clean:
+            clean["gamma"] = None  # a different router starts from its own default gamma
         if isinstance(self.router, RouterSpec) and "router" not in clean:
             clean["router"] = self.router.source
         return replace(self, **clean)

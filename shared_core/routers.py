@@ -158,7 +158,7 @@ def resolve_router(
 
     The ``p``-family accepts any gamma >= 0 (a gamma above 1 routes every step to the base,
     which is useful as an extreme); ``rand`` and ``nudging`` need gamma in [0, 1]; ``h``
-    takes nats >= 0. Routers without a knob ignore a ``gamma`` of ``None`` and reject others.
+    takes nats >= 0. Routers without a knob ignore ``gamma``.
     """
     if content_source not in CONTENT_SOURCES:
         raise ValueError(f"content_source must be one of {CONTENT_SOURCES}, got {content_source!r}")
@@ -178,8 +178,7 @@ def resolve_router(
     name = canonical_router_name(router)  # type: ignore[arg-type]
     builtin = _BUILTINS[name]
     if builtin.gamma_low is None:
-        if gamma is not None:
-            raise ValueError(f"router {name!r} takes no gamma; got gamma={gamma!r}")
+        gamma = None  # routers without a knob ignore gamma (e.g. a model-wide default)
     else:
         gamma = builtin.default_gamma if gamma is None else gamma
         gamma = _check_gamma(name, gamma, builtin.gamma_low, builtin.gamma_high)

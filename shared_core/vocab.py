@@ -70,6 +70,9 @@ def end_token_ids(tokenizer, extra_ids: list[int] | tuple[int, ...] = ()) -> tup
     for text in END_OF_TURN_STRINGS:
         if text in vocab:
             ids.add(int(vocab[text]))
+    bos = tokenizer.bos_token_id
+    if bos is not None and bos != tokenizer.eos_token_id:
+        ids.discard(int(bos))  # e.g. "<|endoftext|>" used as BOS starts text, never ends it
     return tuple(sorted(i for i in ids if 0 <= i < len(tokenizer)))
 
 

@@ -1,0 +1,31 @@
+"""Shared fixtures: a tiny random model pair built in-process and saved to a temp folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_pair_paths(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(base folder, aligned folder) of the tiny pair, saved once per test session."""
+    from shared_core.testing import save_tiny_pair
+
+    return save_tiny_pair(tmp_path_factory.mktemp("tiny_pair"))
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tiny_pair_paths: tuple[Path, Path]):
+    """The tiny pair loaded by path through the public loader."""
+    from shared_core import ModelPair
+
+    base, aligned = tiny_pair_paths
+    return ModelPair.from_pretrained(str(base), str(aligned))
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_pair):
+    from shared_core import BacoEngine
+
+    return BacoEngine(tiny_pair)

@@ -1,0 +1,245 @@
+"""The lockstep decoding loop on the tiny pair (shared_core/engine.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from shared_core import BacoEngine, ModelPair
+from shared_core.prompts import base_prompt_ids, chat_template_ids, normalise_messages
+from shared_core.testing import build_tiny_model, build_tiny_tokenizer
+
+PROMPTS = ["Tell me a story about a girl and her dog.", "Name a color.", "Write a haiku."]
+
+
+def hf_greedy(pair: ModelPair, model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    """The model's own greedy ``generate`` with the engine's end tokens and banned tokens."""
+    banned = pair.vocab.never_generate.nonzero().flatten().tolist()
+    out = model.generate(
+        torch.tensor([prompt_ids]),
+        attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=list(pair.end_ids),
+        pad_token_id=pair.end_ids[0],
+        suppress_tokens=banned,
+    )[0, len(prompt_ids) :].tolist()
+    ends = [i for i, t in enumerate(out) if t in pair.end_ids]
+    return out[: ends[0]] if ends else out
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_aligned_router_greedy_equals_aligned_generate(tiny_engine, prompt):
+    pair = tiny_engine.pair
+    ids = chat_template_ids(pair.tokenizer, normalise_messages(prompt))
+    expected = hf_greedy(pair, pair.aligned, ids, 24)
+    got = tiny_engine.generate(prompt, router="aligned", temperature=0, max_new_tokens=24)[0][0]
+    assert got.token_ids == expected
+    assert set(got.sources) <= {"aligned"}
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_base_router_greedy_equals_base_generate(tiny_engine, prompt):
+    pair = tiny_engine.pair
+    ids = base_prompt_ids(pair.base_tokenizer, normalise_messages(prompt), pair.base_template)
+    expected = hf_greedy(pair, pair.base, ids, 24)
+    got = tiny_engine.generate(prompt, router="base", temperature=0, max_new_tokens=24)[0][0]
+    # The base router also stops at the plain template's turn markers; compare up to there.
+    assert got.token_ids == expected[: len(got.token_ids)]
+    if got.finish_reason == "length":
+        assert got.token_ids == expected
+    assert set(got.sources) <= {"base"}
+
+
+def test_first_token_frequencies_follow_the_aligned_softmax(tiny_engine):
+    pair = tiny_engine.pair
+    prompt = "Name a color."
+    ids = chat_template_ids(pair.tokenizer, normalise_messages(prompt))
+    with torch.no_grad():
+        logits = pair.aligned(torch.tensor([ids])).logits[0, -1, : pair.vocab_size]
+    expected = torch.softmax(logits.masked_fill(pair.vocab.never_generate, -torch.inf), -1)
+    samples = 4000
+    result = tiny_engine.generate(prompt, router="aligned", n=samples, max_new_tokens=1, seed=11)
+    firsts = [g.token_ids[0] if g.token_ids else pair.end_ids[0] for g in result[0]]
+    # End tokens are not kept in token_ids; count every end id as the first end id.
+    merged = expected.clone()
+    for end in pair.end_ids[1:]:
+        merged[pair.end_ids[0]] += merged[end]
+        merged[end] = 0
+    empirical = torch.bincount(torch.tensor(firsts), minlength=pair.vocab_size).float() / samples
+    tv = 0.5 * (empirical - merged).abs().sum().item()
+    assert tv < 0.06
+    # The test has power: the base model's distribution is far from the samples.
+    with torch.no_grad():
+        base_ids = base_prompt_ids(pair.base_tokenizer, normalise_messages(prompt), pair.base_template)
+        base_logits = pair.base(torch.tensor([base_ids])).logits[0, -1, : pair.vocab_size]
+    wrong = torch.softmax(base_logits.masked_fill(pair.vocab.never_generate, -torch.inf), -1)
+    assert 0.5 * (empirical - wrong).abs().sum().item() > 0.3
+
+
+def test_p_gamma_extremes(tiny_engine):
+    zero = tiny_engine.generate(PROMPTS, router="p", gamma=0.0, n=4, max_new_tokens=16, seed=1)
+    assert all(set(g.sources) <= {"aligned"} for row in zero for g in row)
+    high = tiny_engine.generate(PROMPTS, router="p", gamma=1.01, n=4, max_new_tokens=16, seed=1)
+    for row in high:
+        for g in row:
+            # Aligned owns the first word, then control passes to the base for good.
+            first_base = g.sources.index("base") if "base" in g.sources else len(g.sources)
+            assert all(s == "aligned" for s in g.sources[:first_base])
+            assert all(s == "base" for s in g.sources[first_base:])
+    assert sum(g.base_share for row in high for g in row) / 12 > 0.6
+
+
+def test_h_gamma_extremes(tiny_engine):
+    low = tiny_engine.generate(PROMPTS, router="h", gamma=0.0, n=4, max_new_tokens=16, seed=2)
+    assert sum(g.base_share for row in low for g in row) / 12 > 0.6
+    high = tiny_engine.generate(PROMPTS, router="h", gamma=1e6, n=4, max_new_tokens=16, seed=2)
+    assert all(set(g.sources) <= {"aligned"} for row in high for g in row)
+
+
+def test_switches_land_on_word_starts(tiny_engine):
+    vocab = tiny_engine.pair.vocab
+    switches = 0
+    for router, gamma in (("rand", 0.5), ("p", 0.9), ("p-punc", 0.95), ("h-punc", 0.1)):
+        for seed in range(6):
+            result = tiny_engine.generate(
+                PROMPTS, router=router, gamma=gamma, n=4, max_new_tokens=24, seed=seed
+            )
+            for g in (g for row in result for g in row):
+                for i in range(1, len(g.sources)):
+                    if g.sources[i] != g.sources[i - 1]:
+                        switches += 1
+                        token, previous = g.token_ids[i], g.token_ids[i - 1]
+                        assert vocab.is_word_start[token] or vocab.ends_with_space[previous]
+    assert switches > 50  # the routers did try to switch often
+
+
+def test_batched_prompts_equal_one_by_one(tiny_engine):
+    batched = tiny_engine.generate(PROMPTS, n=3, temperature=0, max_new_tokens=20, gamma=0.9)
+    for prompt, row in zip(PROMPTS, batched, strict=True):
+        alone = tiny_engine.generate(prompt, n=1, temperature=0, max_new_tokens=20, gamma=0.9)
+        assert len(row) == 3
+        for g in row:
+            assert g.token_ids == alone[0][0].token_ids
+            assert g.sources == alone[0][0].sources
+
+
+def test_seeded_samples_do_not_depend_on_the_batch(tiny_engine):
+    options = {"n": 4, "max_new_tokens": 16, "seed": 123, "gamma": 0.8}
+    alone = tiny_engine.generate(PROMPTS[1], **options)[0]
+    batched = tiny_engine.generate([PROMPTS[0], PROMPTS[1]], **options)[1]
+    assert [g.token_ids for g in alone] == [g.token_ids for g in batched]
+    assert len({tuple(g.token_ids) for g in alone}) > 1  # samples differ from each other
+    fresh = tiny_engine.generate(PROMPTS[1], n=4, max_new_tokens=16, gamma=0.8)[0]
+    assert [g.token_ids for g in fresh] != [g.token_ids for g in alone]
+
+
+def test_stop_string_spanning_tokens(tiny_engine):
+    options = {"router": "aligned", "temperature": 0, "max_new_tokens": 30}
+    full = tiny_engine.generate(PROMPTS[0], **options)[0][0]
+    tokenizer = tiny_engine.tokenizer
+    # Pick a stop string made of the text of tokens 3..5 (spans three tokens).
+    start = len(tokenizer.decode(full.token_ids[:3]).lstrip())
+    stop = full.text[start : start + 6]
+    assert len(stop) >= 3
+    stopped = tiny_engine.generate(PROMPTS[0], stop=[stop], **options)[0][0]
+    assert stopped.finish_reason == "stop"
+    assert stopped.text == full.text[: full.text.find(stop)]
+    assert stop not in stopped.text
+
+
+def test_finish_reasons_and_usage(tiny_engine):
+    result = tiny_engine.generate(PROMPTS, n=2, max_new_tokens=5, seed=3, min_new_tokens=5)
+    for row in result:
+        for g in row:
+            assert g.finish_reason == "length"
+            assert len(g.token_ids) == 5 == g.usage.completion_tokens
+            assert g.usage.total_tokens == g.usage.prompt_tokens + 5
+            assert len(g.sources) == len(g.token_ids)
+    prompt_ids = chat_template_ids(tiny_engine.tokenizer, normalise_messages(PROMPTS[0]))
+    assert result[0][0].usage.prompt_tokens == len(prompt_ids)
+
+
+def test_end_token_finishes_with_stop(tiny_engine):
+    pair = tiny_engine.pair
+    end = pair.end_ids[0]
+    # A custom aligned-only decode where the aligned model is forced to end: bias its lm_head.
+    aligned = build_tiny_model(pair.vocab_size, seed=2)
+    with torch.no_grad():
+        aligned.lm_head.weight[end] = aligned.lm_head.weight.abs().max() * 50
+    forced = BacoEngine(ModelPair(pair.base, aligned, pair.tokenizer))
+    g = forced.generate("hi", router="p", gamma=1.01, max_new_tokens=8, seed=0)[0][0]
+    assert g.finish_reason == "stop" and g.token_ids == [] and g.usage.completion_tokens == 1
+    g = forced.generate("hi", router="p", gamma=1.01, max_new_tokens=8, seed=0, min_new_tokens=3)
+    assert len(g[0][0].token_ids) >= 3
+
+
+def test_stream_deltas_add_up_to_generated_text(tiny_engine):
+    for seed in range(5):
+        options = {"n": 3, "max_new_tokens": 24, "seed": seed, "stop": ["e t"]}
+        generated = tiny_engine.generate(PROMPTS[0], **options)[0]
+        texts = [""] * 3
+        finals = {}
+        for event in tiny_engine.stream(PROMPTS[0], **options):
+            texts[event.sample_index] += event.text_delta
+            if event.generation is not None:
+                finals[event.sample_index] = event.generation
+        assert texts == [g.text for g in generated]
+        assert [finals[i].token_ids for i in range(3)] == [g.token_ids for g in generated]
+        for g in generated:
+            if g.finish_reason == "length":
+                assert g.text == tiny_engine.tokenizer.decode(g.token_ids).lstrip()
+
+
+def test_custom_router_callable(tiny_engine):
+    def always_base(signals):
+        return torch.ones_like(signals.p_base, dtype=torch.bool)
+
+    g = tiny_engine.generate(PROMPTS[0], router=always_base, max_new_tokens=12, seed=0)[0][0]
+    assert g.router == "always_base"
+    assert g.sources[0] == "aligned" and "base" in g.sources
+    assert all(s == "base" for s in g.sources[g.sources.index("base") :])
+
+    def broken(signals):
+        return [True]
+
+    with pytest.raises(TypeError, match="bool tensor"):
+        tiny_engine.generate(PROMPTS[0], router=broken, max_new_tokens=4)
+
+
+def test_message_list_and_many_prompts_shapes(tiny_engine):
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Name a color."},
+    ]
+    single = tiny_engine.generate(conversation, n=2, max_new_tokens=4, seed=0)
+    assert len(single) == 1 and len(single[0]) == 2
+    many = tiny_engine.generate([conversation, "Hi"], max_new_tokens=4, seed=0)
+    assert [len(row) for row in many] == [1, 1]
+    assert many[0][0].token_ids == single[0][0].token_ids
+
+
+def test_padded_output_layer_never_emits_out_of_vocab_tokens():
+    tokenizer = build_tiny_tokenizer()
+    size = len(tokenizer)
+    base, aligned = build_tiny_model(size + 64, 1), build_tiny_model(size + 64, 2)
+    with torch.no_grad():
+        for model in (base, aligned):
+            model.lm_head.weight[size:] = model.lm_head.weight.abs().max() * 100
+    engine = BacoEngine(ModelPair(base, aligned, tokenizer))
+    result = engine.generate(PROMPTS, n=2, max_new_tokens=8, seed=0, router="rand")
+    assert all(t < size for row in result for g in row for t in g.token_ids)
+    assert any(g.token_ids for row in result for g in row)
+
+
+def test_nan_logits_name_the_model():
+    tokenizer = build_tiny_tokenizer()
+    base, aligned = build_tiny_model(len(tokenizer), 1), build_tiny_model(len(tokenizer), 2)
+    with torch.no_grad():
+        base.lm_head.weight.fill_(float("nan"))
+    engine = BacoEngine(ModelPair(base, aligned, tokenizer, base_name="broken-base"))
+    with pytest.raises(FloatingPointError, match="broken-base"):
+        engine.generate("hi", max_new_tokens=4)
+    assert engine.generate("hi", router="aligned", max_new_tokens=2)[0][0].finish_reason

@@ -1,0 +1,52 @@
+"""Bad input is rejected with a clear error before any model work (shared_core/engine.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import shared_core.engine as engine_module
+
+BAD_CALLS = [
+    ({"router": "judge"}, ValueError, "valid routers: aligned, base, rand, p, h"),
+    ({"router": "p", "gamma": 2e9 * -1}, ValueError, "gamma"),
+    ({"router": "rand", "gamma": 1.5}, ValueError, r"gamma .*\[0, 1\]"),
+    ({"gamma": math.inf}, ValueError, "gamma"),
+    ({"n": 0}, ValueError, "n must be"),
+    ({"max_new_tokens": 0}, ValueError, "max_new_tokens"),
+    ({"stop": 7}, TypeError, "stop must be a string or a list of strings"),
+    ({"stop": ["x", None]}, TypeError, r"stop\[1\]"),
+    ({"temperature": math.nan}, ValueError, "temperature"),
+    ({"tempreature": 1.0}, TypeError, "unknown generation option"),
+]
+BAD_PROMPTS = [
+    ("", ValueError, "empty"),
+    ([], ValueError, "no prompts|empty"),
+    ([{"role": "user", "content": "hi"}, {"role": "robot", "content": "x"}], ValueError, "role"),
+    ([{"role": "user", "content": ["not", "text"]}], TypeError, "content must be a string"),
+    ("word " * 700, ValueError, "context window"),
+    (["fine", ""], ValueError, "prompt 1"),
+]
+
+
+@pytest.fixture
+def no_model_work(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("model work started before validation")
+
+    monkeypatch.setattr(engine_module, "forward_last_logits", fail)
+
+
+@pytest.mark.parametrize(("options", "error", "match"), BAD_CALLS)
+def test_bad_options(tiny_engine, no_model_work, options, error, match):
+    with pytest.raises(error, match=match):
+        tiny_engine.generate("hi", **options)
+    with pytest.raises(error, match=match):
+        tiny_engine.stream("hi", **options)
+
+
+@pytest.mark.parametrize(("prompt", "error", "match"), BAD_PROMPTS)
+def test_bad_prompts(tiny_engine, no_model_work, prompt, error, match):
+    with pytest.raises(error, match=match):
+        tiny_engine.generate(prompt)

@@ -1,0 +1,193 @@
+"""Router names, gamma validation, signals and guards (shared_core/routers.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from shared_core.routers import (
+    ROUTER_NAMES,
+    apply_guards,
+    canonical_router_name,
+    compute_signals,
+    resolve_router,
+)
+from shared_core.vocab import VocabTables
+
+# A 6-token toy vocabulary: 0 "Ġcat" (word start), 1 "s" (continuation), 2 "," (punct),
+# 3 "Ġthe" (function word), 4 "<eos>" (end), 5 "\n" (newline, ends with space).
+VOCAB = VocabTables(
+    size=6,
+    is_word_start=torch.tensor([True, False, True, True, True, True]),
+    ends_with_space=torch.tensor([False, False, False, False, False, True]),
+    is_punct=torch.tensor([False, False, True, False, False, True]),
+    is_function_word=torch.tensor([False, False, False, True, False, False]),
+    is_special=torch.tensor([False, False, False, False, True, False]),
+    is_end=torch.tensor([False, False, False, False, True, False]),
+    never_generate=torch.zeros(6, dtype=torch.bool),
+    end_ids=(4,),
+)
+
+
+def signals_for(base_probs, aligned_probs=None, *, content_source="base", uniform=None):
+    base = torch.tensor(base_probs, dtype=torch.float32)
+    aligned = torch.tensor(aligned_probs, dtype=torch.float32) if aligned_probs else base
+    if uniform is None:
+        uniform = torch.full((base.shape[0],), 0.5)
+    return compute_signals(
+        base, aligned, base.log(), aligned.log(), VOCAB,
+        content_source=content_source, uniform=uniform, step=1,
+    )
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [("P-PUNC", "p-punc"), ("p_punc", "p-punc"), (" H_Punc ", "h-punc"), ("RAND", "rand")],
+)
+def test_router_names_are_case_and_separator_insensitive(given, expected):
+    assert canonical_router_name(given) == expected
+
+
+def test_unknown_router_lists_valid_names():
+    with pytest.raises(ValueError) as info:
+        resolve_router("judge")
+    for name in ROUTER_NAMES:
+        assert name in str(info.value)
+
+
+def test_every_design_router_exists():
+    expected = {"aligned", "base", "rand", "p", "h", "punc", "fc", "p-punc", "h-punc", "p-fc",
+                "nudging"}
+    assert set(ROUTER_NAMES) == expected
+
+
+@pytest.mark.parametrize(
+    ("router", "gamma"),
+    [("p", -0.1), ("rand", 1.5), ("nudging", 2.0), ("h", -1.0), ("p", math.nan),
+     ("h", math.inf), ("p-punc", -0.01)],
+)
+def test_gamma_out_of_range(router, gamma):
+    with pytest.raises(ValueError, match="gamma"):
+        resolve_router(router, gamma)
+
+
+def test_gamma_type_and_knobless_routers():
+    with pytest.raises(TypeError):
+        resolve_router("p", "0.3")
+    assert resolve_router("punc", 0.5).gamma is None  # no knob: gamma is ignored
+    assert resolve_router("punc").gamma is None
+    assert resolve_router("p").gamma == pytest.approx(0.3)
+    assert resolve_router("p", 1.5).gamma == 1.5  # above 1 is allowed: always base
+
+
+def test_content_source_validated():
+    with pytest.raises(ValueError, match="content_source"):
+        resolve_router("punc", content_source="judge")
+
+
+def test_signals_match_hand_computation():
+    probs = [[0.5, 0.25, 0.25, 0.0, 0.0, 0.0], [0.1, 0.1, 0.7, 0.1, 0.0, 0.0]]
+    s = signals_for(probs)
+    assert s.p_base.tolist() == pytest.approx([0.5, 0.7])
+    h0 = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))
+    h1 = -(3 * 0.1 * math.log(0.1) + 0.7 * math.log(0.7))
+    assert s.h_base.tolist() == pytest.approx([h0, h1], rel=1e-5)
+    assert s.top1.tolist() == [0, 2]
+    assert s.top1_is_punct.tolist() == [False, True]
+
+
+def test_content_source_aligned_uses_aligned_top1():
+    base = [[0.9, 0.1, 0, 0, 0, 0]]
+    aligned = [[0.1, 0.0, 0.0, 0.9, 0, 0]]
+    s = signals_for(base, aligned, content_source="aligned")
+    assert s.top1.tolist() == [3]
+    assert s.top1_is_function_word.tolist() == [True]
+    assert s.p_aligned.tolist() == pytest.approx([0.9])
+
+
+def test_builtin_decisions():
+    # row 0: confident content word; row 1: uncertain content word;
+    # row 2: uncertain, top-1 punctuation; row 3: uncertain, top-1 function word.
+    probs = [
+        [0.9, 0.1, 0, 0, 0, 0],
+        [0.4, 0.3, 0.1, 0.2, 0, 0],
+        [0.2, 0.2, 0.4, 0.2, 0, 0],
+        [0.2, 0.2, 0.2, 0.4, 0, 0],
+    ]
+    s = signals_for(probs, uniform=torch.tensor([0.1, 0.9, 0.1, 0.9]))
+    decide = {name: resolve_router(name, g)(s).tolist() for name, g in [
+        ("aligned", None), ("base", None), ("p", 0.5), ("punc", None), ("fc", None),
+        ("p-punc", 0.5), ("p-fc", 0.5), ("rand", 0.5), ("nudging", 0.5), ("h", 1.0),
+        ("h-punc", 1.0),
+    ]}
+    assert decide["aligned"] == [False] * 4
+    assert decide["base"] == [True] * 4
+    assert decide["p"] == [False, True, True, True]
+    assert decide["punc"] == [True, True, False, True]
+    assert decide["fc"] == [True, True, True, False]
+    assert decide["p-punc"] == [False, True, False, True]
+    assert decide["p-fc"] == [False, True, True, False]
+    assert decide["rand"] == [True, False, True, False]
+    assert decide["nudging"] == [True, False, False, False]
+    h = s.h_base.tolist()
+    assert decide["h"] == [x > 1.0 for x in h]
+    assert decide["h-punc"] == [x > 1.0 and i != 2 for i, x in enumerate(h)]
+
+
+def test_custom_callable_router():
+    def first_half(signals):
+        return torch.arange(signals.p_base.shape[0]) < 2
+
+    spec = resolve_router(first_half)
+    assert spec.name == "first_half"
+    assert spec(signals_for([[1, 0, 0, 0, 0, 0]] * 4)).tolist() == [True, True, False, False]
+
+
+def guards(route, prev_owner, base_tok, aligned_tok, prev_tok, **kw):
+    as_bool = lambda v: torch.tensor(v, dtype=torch.bool)  # noqa: E731
+    as_long = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
+    options = {"first_step": False, "aligned_starts": True, "aligned_can_stop": True} | kw
+    owner, token = apply_guards(
+        as_bool(route), as_bool(prev_owner), as_long(base_tok), as_long(aligned_tok),
+        as_long(prev_tok), VOCAB, **options,
+    )
+    return owner.tolist(), token.tolist()
+
+
+def test_switch_only_at_word_boundaries():
+    # Both candidates word starts -> switch happens; a continuation -> owner keeps the turn.
+    owner, token = guards(
+        route=[True, True, False, False],
+        prev_owner=[False, False, True, True],
+        base_tok=[0, 1, 3, 0],
+        aligned_tok=[3, 0, 2, 1],
+        prev_tok=[0, 0, 0, 0],
+    )
+    assert owner == [True, False, False, True]
+    assert token == [0, 0, 2, 0]
+
+
+def test_position_after_newline_is_a_boundary():
+    owner, token = guards(route=[True], prev_owner=[False], base_tok=[1], aligned_tok=[1],
+                          prev_tok=[5])
+    assert owner == [True] and token == [1]
+
+
+def test_aligned_starts_and_ablation():
+    owner, _ = guards(route=[True], prev_owner=[False], base_tok=[0], aligned_tok=[3],
+                      prev_tok=[0], first_step=True)
+    assert owner == [False]
+    owner, token = guards(route=[True], prev_owner=[False], base_tok=[0], aligned_tok=[3],
+                          prev_tok=[0], first_step=True, aligned_starts=False)
+    assert owner == [True] and token == [0]
+
+
+def test_aligned_can_stop():
+    owner, token = guards(route=[True], prev_owner=[True], base_tok=[0], aligned_tok=[4],
+                          prev_tok=[0])
+    assert owner == [False] and token == [4]
+    owner, token = guards(route=[True], prev_owner=[True], base_tok=[0], aligned_tok=[4],
+                          prev_tok=[0], aligned_can_stop=False)
+    assert owner == [True] and token == [0]

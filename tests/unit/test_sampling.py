@@ -1,0 +1,74 @@
+"""Per-row random streams and token sampling (shared_core/sampling.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from shared_core.sampling import row_uniforms, sample_tokens, sampling_probs
+
+
+def uniforms(count: int, seed: int = 7, step: int = 0, purpose: int = 0) -> torch.Tensor:
+    seeds = torch.full((count,), seed, dtype=torch.long)
+    return row_uniforms(seeds, torch.arange(count), step, purpose)
+
+
+def test_uniforms_are_open_unit_interval_and_uniform():
+    u = uniforms(200_000)
+    assert 0.0 < u.min() and u.max() < 1.0
+    assert u.mean().item() == pytest.approx(0.5, abs=0.005)
+    assert u.var().item() == pytest.approx(1 / 12, abs=0.002)
+    histogram = torch.histc(u.float(), bins=10, min=0, max=1) / u.numel()
+    assert torch.allclose(histogram, torch.full((10,), 0.1), atol=0.005)
+
+
+def test_streams_depend_only_on_seed_sample_step_purpose():
+    a = uniforms(64)
+    assert torch.equal(a, uniforms(64))
+    # Row i's draw does not depend on the batch it sits in.
+    seeds = torch.full((3,), 7, dtype=torch.long)
+    subset = row_uniforms(seeds, torch.tensor([5, 40, 2]), 0, 0)
+    assert torch.equal(subset, a[[5, 40, 2]])
+    for other in (uniforms(64, seed=8), uniforms(64, step=1), uniforms(64, purpose=1)):
+        assert not torch.equal(a, other)
+        assert abs(torch.corrcoef(torch.stack([a, other]))[0, 1]) < 0.35
+
+
+def test_sampling_matches_distribution_and_never_draws_zero_probability():
+    probs = torch.zeros(5000)
+    probs[[3, 1500, 4999]] = torch.tensor([0.2, 0.5, 0.3])
+    tokens = sample_tokens(probs.expand(100_000, -1).contiguous(), uniforms(100_000))
+    counts = torch.bincount(tokens, minlength=5000).float() / 100_000
+    assert set(tokens.unique().tolist()) == {3, 1500, 4999}
+    assert counts[[3, 1500, 4999]].tolist() == pytest.approx([0.2, 0.5, 0.3], abs=0.01)
+
+
+def test_top_p_keeps_the_nucleus_renormalised():
+    probs = torch.tensor([0.05, 0.6, 0.25, 0.1])
+    tokens = sample_tokens(probs.expand(50_000, -1).contiguous(), uniforms(50_000), top_p=0.8)
+    counts = torch.bincount(tokens, minlength=4).float() / 50_000
+    assert counts.tolist() == pytest.approx([0.0, 0.6 / 0.85, 0.25 / 0.85, 0.0], abs=0.01)
+
+
+def test_top_p_wider_than_partial_sort():
+    probs = torch.full((3000,), 1 / 3000)
+    tokens = sample_tokens(probs.expand(20_000, -1).contiguous(), uniforms(20_000), top_p=0.9)
+    assert tokens.unique().numel() > 2000  # the nucleus holds ~2700 tokens, not 256
+
+
+def test_temperature_top_k_min_p():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    hot = sampling_probs(logits, temperature=2.0)
+    assert torch.allclose(hot, torch.softmax(logits / 2, -1))
+    top2 = sampling_probs(logits, temperature=1.0, top_k=2)
+    assert top2[0, 2:].sum() == 0 and top2.sum().item() == pytest.approx(1.0)
+    minp = sampling_probs(logits, temperature=1.0, min_p=0.3)
+    p = torch.softmax(logits, -1)
+    assert torch.equal(minp[0] > 0, p[0] >= 0.3 * p[0, 0])
+
+
+def test_raw_probs_reused_only_without_transforms():
+    logits = torch.randn(2, 10)
+    raw = torch.softmax(logits, -1)
+    assert sampling_probs(logits, temperature=1.0, raw_probs=raw) is raw
+    assert sampling_probs(logits, temperature=0.5, raw_probs=raw) is not raw
