@@ -42,7 +42,16 @@ def forward_last_logits(
     position_ids: torch.Tensor,
     cache: Any,
 ) -> tuple[torch.Tensor, Any]:
-    """Run ``model`` on ``input_ids`` and return ``(last-position logits [B, V], cache)``."""
+    """Run ``model`` on ``input_ids`` and return ``(last-position logits [B, V], cache)``.
+
+    A model exposing ``adapter_context()`` (the base view of a one-weights pair) runs inside it.
+    """
+    context = getattr(model, "adapter_context", None)
+    if context is not None:
+        with context():
+            return forward_last_logits(
+                model.peft_model, input_ids, attention_mask, position_ids, cache
+            )
     inner = _unwrap(model)
     model_type = getattr(inner.config, "model_type", "")
     if model_type in _PLAIN_HEAD and hasattr(inner, "get_decoder"):

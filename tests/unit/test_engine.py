@@ -71,7 +71,9 @@ def test_first_token_frequencies_follow_the_aligned_softmax(tiny_engine):
     assert tv < 0.06
     # The test has power: the base model's distribution is far from the samples.
     with torch.no_grad():
-        base_ids = base_prompt_ids(pair.base_tokenizer, normalise_messages(prompt), pair.base_template)
+        base_ids = base_prompt_ids(
+            pair.base_tokenizer, normalise_messages(prompt), pair.base_template
+        )
         base_logits = pair.base(torch.tensor([base_ids])).logits[0, -1, : pair.vocab_size]
     wrong = torch.softmax(base_logits.masked_fill(pair.vocab.never_generate, -torch.inf), -1)
     assert 0.5 * (empirical - wrong).abs().sum().item() > 0.3

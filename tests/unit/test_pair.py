@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from shared_core import ModelPair
 from shared_core.pair import check_same_vocabulary
@@ -19,16 +20,47 @@ def test_loads_local_folders(tiny_pair_paths):
     assert pair.context_window == 512
 
 
-def test_one_weights_adapter_pair(tiny_pair_paths, tmp_path):
+def test_one_weights_adapter_pair_matches_two_models(tiny_pair_paths, tmp_path):
     peft = pytest.importorskip("peft", reason="peft is in the dev extra")
-    base_path, _ = tiny_pair_paths
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(base_path)
-    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    from shared_core import BacoEngine
+    from shared_core.pair import AdapterDisabledModel
+
+    base_path, _ = tiny_pair_paths
+    config = peft.LoraConfig(
+        r=4, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False
+    )
+    torch.manual_seed(0)
+    lora = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(base_path), config)
     lora.save_pretrained(tmp_path / "adapter")
-    pair = ModelPair.from_pretrained(base_path, aligned_adapter=tmp_path / "adapter")
-    assert pair.aligned_name.endswith("adapter")
+
+    shared = ModelPair.from_pretrained(base_path, aligned_adapter=tmp_path / "adapter")
+    assert shared.shares_weights and isinstance(shared.base, AdapterDisabledModel)
+    assert shared.aligned_name.endswith("adapter")
+    separate = ModelPair(
+        AutoModelForCausalLM.from_pretrained(base_path).eval(),
+        peft.PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(base_path), tmp_path / "adapter"
+        ).eval(),
+        shared.tokenizer,
+    )
+    assert not separate.shares_weights
+    options = {"n": 3, "max_new_tokens": 16, "seed": 5, "router": "p", "gamma": 0.9}
+    prompts = ["Tell me a story.", "Name a color."]
+    one = BacoEngine(shared).generate(prompts, **options)
+    two = BacoEngine(separate).generate(prompts, **options)
+    assert [[g.token_ids for g in row] for row in one] == [
+        [g.token_ids for g in row] for row in two
+    ]
+    assert [[g.sources for g in row] for row in one] == [[g.sources for g in row] for row in two]
+    assert any("base" in g.sources and "aligned" in g.sources for row in one for g in row)
+    # The base view really is the base: its logits differ from the adapter-enabled model's.
+    ids = shared.tokenizer("Hello there", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert not torch.allclose(shared.base(ids).logits, shared.aligned(ids).logits)
+        reference = separate.base(ids).logits
+        assert torch.equal(shared.base(ids).logits, reference)
 
 
 def test_exactly_one_aligned_source(tiny_pair_paths):
@@ -55,8 +87,9 @@ def test_unreachable_hub_id_is_a_clear_error(monkeypatch):
 def test_different_vocabularies_name_both_models_and_first_mismatch():
     tok_a, tok_b = build_tiny_tokenizer(400), build_tiny_tokenizer(380)
     model_a, model_b = build_tiny_model(len(tok_a), 1), build_tiny_model(len(tok_b), 2)
-    with pytest.raises(ValueError, match="base model 'A'.*aligned model 'B'"):
+    with pytest.raises(ValueError, match=r"base model 'A'.*aligned model 'B'"):
         ModelPair(model_a, model_b, tok_b, base_tokenizer=tok_a, base_name="A", aligned_name="B")
+
     # Same size, different token at one id.
     class Renamed:
         def __init__(self, tokenizer, token_id):

@@ -37,8 +37,14 @@ def signals_for(base_probs, aligned_probs=None, *, content_source="base", unifor
     if uniform is None:
         uniform = torch.full((base.shape[0],), 0.5)
     return compute_signals(
-        base, aligned, base.log(), aligned.log(), VOCAB,
-        content_source=content_source, uniform=uniform, step=1,
+        base,
+        aligned,
+        base.log(),
+        aligned.log(),
+        VOCAB,
+        content_source=content_source,
+        uniform=uniform,
+        step=1,
     )
 
 
@@ -58,15 +64,33 @@ def test_unknown_router_lists_valid_names():
 
 
 def test_every_design_router_exists():
-    expected = {"aligned", "base", "rand", "p", "h", "punc", "fc", "p-punc", "h-punc", "p-fc",
-                "nudging"}
+    expected = {
+        "aligned",
+        "base",
+        "rand",
+        "p",
+        "h",
+        "punc",
+        "fc",
+        "p-punc",
+        "h-punc",
+        "p-fc",
+        "nudging",
+    }
     assert set(ROUTER_NAMES) == expected
 
 
 @pytest.mark.parametrize(
     ("router", "gamma"),
-    [("p", -0.1), ("rand", 1.5), ("nudging", 2.0), ("h", -1.0), ("p", math.nan),
-     ("h", math.inf), ("p-punc", -0.01)],
+    [
+        ("p", -0.1),
+        ("rand", 1.5),
+        ("nudging", 2.0),
+        ("h", -1.0),
+        ("p", math.nan),
+        ("h", math.inf),
+        ("p-punc", -0.01),
+    ],
 )
 def test_gamma_out_of_range(router, gamma):
     with pytest.raises(ValueError, match="gamma"):
@@ -117,11 +141,22 @@ def test_builtin_decisions():
         [0.2, 0.2, 0.2, 0.4, 0, 0],
     ]
     s = signals_for(probs, uniform=torch.tensor([0.1, 0.9, 0.1, 0.9]))
-    decide = {name: resolve_router(name, g)(s).tolist() for name, g in [
-        ("aligned", None), ("base", None), ("p", 0.5), ("punc", None), ("fc", None),
-        ("p-punc", 0.5), ("p-fc", 0.5), ("rand", 0.5), ("nudging", 0.5), ("h", 1.0),
-        ("h-punc", 1.0),
-    ]}
+    decide = {
+        name: resolve_router(name, g)(s).tolist()
+        for name, g in [
+            ("aligned", None),
+            ("base", None),
+            ("p", 0.5),
+            ("punc", None),
+            ("fc", None),
+            ("p-punc", 0.5),
+            ("p-fc", 0.5),
+            ("rand", 0.5),
+            ("nudging", 0.5),
+            ("h", 1.0),
+            ("h-punc", 1.0),
+        ]
+    }
     assert decide["aligned"] == [False] * 4
     assert decide["base"] == [True] * 4
     assert decide["p"] == [False, True, True, True]
@@ -150,8 +185,13 @@ def guards(route, prev_owner, base_tok, aligned_tok, prev_tok, **kw):
     as_long = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
     options = {"first_step": False, "aligned_starts": True, "aligned_can_stop": True} | kw
     owner, token = apply_guards(
-        as_bool(route), as_bool(prev_owner), as_long(base_tok), as_long(aligned_tok),
-        as_long(prev_tok), VOCAB, **options,
+        as_bool(route),
+        as_bool(prev_owner),
+        as_long(base_tok),
+        as_long(aligned_tok),
+        as_long(prev_tok),
+        VOCAB,
+        **options,
     )
     return owner.tolist(), token.tolist()
 
@@ -170,24 +210,45 @@ def test_switch_only_at_word_boundaries():
 
 
 def test_position_after_newline_is_a_boundary():
-    owner, token = guards(route=[True], prev_owner=[False], base_tok=[1], aligned_tok=[1],
-                          prev_tok=[5])
+    owner, token = guards(
+        route=[True], prev_owner=[False], base_tok=[1], aligned_tok=[1], prev_tok=[5]
+    )
     assert owner == [True] and token == [1]
 
 
 def test_aligned_starts_and_ablation():
-    owner, _ = guards(route=[True], prev_owner=[False], base_tok=[0], aligned_tok=[3],
-                      prev_tok=[0], first_step=True)
+    owner, _ = guards(
+        route=[True],
+        prev_owner=[False],
+        base_tok=[0],
+        aligned_tok=[3],
+        prev_tok=[0],
+        first_step=True,
+    )
     assert owner == [False]
-    owner, token = guards(route=[True], prev_owner=[False], base_tok=[0], aligned_tok=[3],
-                          prev_tok=[0], first_step=True, aligned_starts=False)
+    owner, token = guards(
+        route=[True],
+        prev_owner=[False],
+        base_tok=[0],
+        aligned_tok=[3],
+        prev_tok=[0],
+        first_step=True,
+        aligned_starts=False,
+    )
     assert owner == [True] and token == [0]
 
 
 def test_aligned_can_stop():
-    owner, token = guards(route=[True], prev_owner=[True], base_tok=[0], aligned_tok=[4],
-                          prev_tok=[0])
+    owner, token = guards(
+        route=[True], prev_owner=[True], base_tok=[0], aligned_tok=[4], prev_tok=[0]
+    )
     assert owner == [False] and token == [4]
-    owner, token = guards(route=[True], prev_owner=[True], base_tok=[0], aligned_tok=[4],
-                          prev_tok=[0], aligned_can_stop=False)
+    owner, token = guards(
+        route=[True],
+        prev_owner=[True],
+        base_tok=[0],
+        aligned_tok=[4],
+        prev_tok=[0],
+        aligned_can_stop=False,
+    )
     assert owner == [True] and token == [0]
