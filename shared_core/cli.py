@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,6 +44,26 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stream", action="store_true", help="stream the first sample's tokens")
     _add_model_args(gen)
     _add_sampling_args(gen)
+
+    demo = commands.add_parser(
+        "demo", help="aligned model alone vs BACO, side by side, on the embedded pair"
+    )
+    demo.add_argument("prompts", nargs="*", help="prompts (default: built-in open-ended ones)")
+    demo.add_argument("-k", type=int, default=5, help="samples per prompt and method")
+    demo.add_argument("--router", default="p-punc")
+    demo.add_argument("--gamma", type=float, default=None, help="default: the demo's γ")
+    demo.add_argument("--max-new-tokens", type=int, default=64)
+    demo.add_argument("--top-p", type=float, default=0.95)
+    demo.add_argument("--temperature", type=float, default=1.0)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--no-color", action="store_true", help="mark base tokens with « »")
+    demo.add_argument(
+        "--precision",
+        choices=("bf16", "fp32"),
+        default="bf16",
+        help="bf16 autocast (default; faster on CPUs with bf16 units) or exact fp32",
+    )
+    _add_model_args(demo)
     return parser
 
 
@@ -104,6 +125,52 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_demo_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from .demo import DEMO_GAMMA, DEMO_PROMPTS, run_demo
+    from .engine import BacoEngine
+    from .params import GenerationParams
+
+    gamma = (
+        args.gamma
+        if args.gamma is not None
+        else (DEMO_GAMMA if args.router.lower().replace("_", "-") == "p-punc" else None)
+    )
+    GenerationParams(
+        router=args.router,
+        gamma=gamma,
+        n=args.k,
+        max_new_tokens=args.max_new_tokens,
+        top_p=args.top_p,
+        temperature=args.temperature,
+        seed=args.seed,
+    )  # validate before loading models
+    prompts = args.prompts or list(DEMO_PROMPTS)
+    print(
+        "loading the model pair (the first run converts the demo base model once)...",
+        file=sys.stderr,
+        flush=True,
+    )
+    start = time.perf_counter()
+    pair = load_pair(args)
+    print(f"loaded {pair.name} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    autocast = torch.bfloat16 if args.precision == "bf16" else None
+    run_demo(
+        BacoEngine(pair, autocast_dtype=autocast),
+        prompts,
+        k=args.k,
+        max_new_tokens=args.max_new_tokens,
+        router=args.router,
+        gamma=gamma,
+        top_p=args.top_p,
+        temperature=args.temperature,
+        seed=args.seed,
+        color=False if args.no_color else None,
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``baco`` command."""
     parser = build_parser()
@@ -111,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return run_generate(args)
+        if args.command == "demo":
+            return run_demo_command(args)
     except (ValueError, TypeError, FileNotFoundError, OSError, ImportError) as exc:
         print(f"baco: error: {exc}", file=sys.stderr)
         return 2

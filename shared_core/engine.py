@@ -111,24 +111,33 @@ class BacoEngine:
         """Generate ``n`` samples for each prompt; returns one list of samples per prompt.
 
         ``prompts`` is one prompt (a string or a list of ``{"role", "content"}`` messages) or
-        a list of prompts. ``options`` are :class:`GenerationParams` fields.
+        a list of prompts, decoded together in one batch. ``options`` are
+        :class:`GenerationParams` fields. Everything is validated before any model work.
         """
-        batch = [prompts] if is_single_prompt(prompts) else list(prompts)  # type: ignore[list-item]
-        if not batch:
-            raise ValueError("no prompts given")
-        params = self.params(**options)
-        prepared = [self.prepare(p, i, params=params) for i, p in enumerate(batch)]
+        params, prepared = self._prepare_all(prompts, options)
         results: list[list[Generation | None]] = [[None] * params.n for _ in prepared]
         for event in self._decode(prepared, params):
             if event.generation is not None:
                 results[event.prompt_index][event.sample_index] = event.generation
         return [[g for g in row if g is not None] for row in results]
 
-    def stream(self, prompt: Prompt, **options: Any) -> Iterator[StreamEvent]:
-        """Stream the samples of one prompt as :class:`StreamEvent` s (validated eagerly)."""
-        params = self.params(**options)
-        prepared = [self.prepare(prompt, 0, params=params)]
+    def stream(self, prompts: Prompt | Sequence[Prompt], **options: Any) -> Iterator[StreamEvent]:
+        """Stream the samples of one prompt (or of several, batched) as :class:`StreamEvent` s.
+
+        Validation happens eagerly, when ``stream`` is called. Closing the iterator early
+        (``break``, ``close()``) stops the decode and releases the engine.
+        """
+        params, prepared = self._prepare_all(prompts, options)
         return self._decode(prepared, params)
+
+    def _prepare_all(
+        self, prompts: Prompt | Sequence[Prompt], options: dict[str, Any]
+    ) -> tuple[GenerationParams, list[PreparedPrompt]]:
+        batch = [prompts] if is_single_prompt(prompts) else list(prompts)  # type: ignore[list-item]
+        if not batch:
+            raise ValueError("no prompts given")
+        params = self.params(**options)
+        return params, [self.prepare(p, i, params=params) for i, p in enumerate(batch)]
 
     # ------------------------------------------------------------------ decoding loop
 

@@ -22,12 +22,14 @@ END_OF_TURN_STRINGS = (
     "<|end|>",
     "<|endoftext|>",
     "<|end_of_text|>",
-    "</s>",
-    "<eos>",
 )
 #: Strings that open a new chat turn; never generated.
 TURN_START_STRINGS = ("<start_of_turn>", "<|im_start|>", "<|start_header_id|>", "<|begin_of_text|>")
-_RESERVED = re.compile(r"^<(unused|reserved|extra_id|\|reserved_special_token)[_\w]*\|?>$")
+#: Added tokens for reserved slots and other modalities (Gemma's ``<unused12>``,
+#: ``<start_of_image>``, ``[multimodal]``...): never part of a text answer.
+_RESERVED = re.compile(
+    r"^[<\[]\|?\w*(unused|reserved|extra_id|image|audio|video|multimodal|soft_token)\w*\|?[>\]]$"
+)
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ def build_vocab_tables(tokenizer, end_ids: tuple[int, ...]) -> VocabTables:
         if is_special:
             special[i] = True
             never[i] = i not in end_ids
-        elif _RESERVED.match(raw_text):
+        elif i in added and _RESERVED.match(raw_text):
             never[i] = True
         is_p = not is_special and is_punctuation_text(text)
         punct[i] = is_p
