@@ -35,6 +35,18 @@ from .types import Generation, StreamEvent, Usage
 
 
 @dataclass(frozen=True)
+class DecodeOptions:
+    """Engine-level switches that change speed, never outputs (benchmarked in benchmarks/).
+
+    ``share_prefill``: prefill each prompt once and repeat its KV cache for the ``n`` samples.
+    ``compact_finished``: drop finished rows from the batch (and the caches) as they finish.
+    """
+
+    share_prefill: bool = True
+    compact_finished: bool = True
+
+
+@dataclass(frozen=True)
 class PreparedPrompt:
     """A validated prompt with both models' token ids."""
 
@@ -68,10 +80,12 @@ class BacoEngine:
         defaults: GenerationParams | None = None,
         *,
         autocast_dtype: torch.dtype | None = None,
+        options: DecodeOptions | None = None,
     ) -> None:
         self.pair = pair
         self.defaults = defaults or GenerationParams()
         self.autocast_dtype = autocast_dtype
+        self.options = options or DecodeOptions()
         self._lock = threading.Lock()
 
     @property
@@ -145,7 +159,7 @@ class BacoEngine:
         self, prompts: list[PreparedPrompt], params: GenerationParams
     ) -> Iterator[StreamEvent]:
         with self._lock, torch.inference_mode(), self._autocast():
-            yield from _Decode(self.pair, prompts, params).run()
+            yield from _Decode(self.pair, prompts, params, self.options).run()
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -154,9 +168,21 @@ class BacoEngine:
 
 
 class _ModelState:
-    """One model's KV cache, attention mask and positions for the whole batch."""
+    """One model's KV cache, attention mask and positions for the rows still decoding."""
 
-    def __init__(self, model, prompt_ids: list[list[int]], n: int, pad_id: int, budget: int):
+    def __init__(
+        self,
+        model,
+        prompt_ids: list[list[int]],
+        n: int,
+        pad_id: int,
+        budget: int,
+        *,
+        share_prefill: bool = True,
+    ):
+        if not share_prefill:  # the naive way: prefill every sample's copy of the prompt
+            prompt_ids = [ids for ids in prompt_ids for _ in range(n)]
+            n = 1
         device = next(model.parameters()).device
         self.model = model
         width = max(len(ids) for ids in prompt_ids)
@@ -178,7 +204,6 @@ class _ModelState:
             self.next_position = self.next_position.repeat_interleave(n)
         self.mask = mask
         self.logits = logits
-        self.prompt_lengths = [len(ids) for ids in prompt_ids]
 
     def step(self, tokens: torch.Tensor, step: int) -> None:
         """Append ``tokens`` (one per row) at decode step ``step`` and compute next logits."""
@@ -192,14 +217,40 @@ class _ModelState:
             self.cache,
         )
 
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep only the rows at indices ``keep`` (finished rows leave the batch)."""
+        self.cache.batch_select_indices(keep)
+        self.mask = self.mask[keep]
+        self.next_position = self.next_position[keep]
+        self.logits = self.logits[keep]
+
+
+@dataclass
+class _Row:
+    """Host-side progress of one sample."""
+
+    text: ResponseText
+    budget: int
+    tokens: list[int]
+    sources: list[str]
+    completion: int = 0
+    finished: bool = False
+
 
 class _Decode:
     """State of one batched decode; :meth:`run` yields stream events."""
 
-    def __init__(self, pair: ModelPair, prompts: list[PreparedPrompt], params: GenerationParams):
+    def __init__(
+        self,
+        pair: ModelPair,
+        prompts: list[PreparedPrompt],
+        params: GenerationParams,
+        options: DecodeOptions,
+    ):
         self.pair = pair
         self.prompts = prompts
         self.params = params
+        self.options = options
         self.spec: RouterSpec = params.spec
         self.n = params.n
         self.rows = len(prompts) * params.n
@@ -222,72 +273,87 @@ class _Decode:
 
     def run(self) -> Iterator[StreamEvent]:
         n, vocab = self.n, self.vocab
-        budgets = [self._budget(p) for p in self.prompts for _ in range(n)]
-        max_budget = max(budgets)
-        pad_id = self.vocab.end_ids[0] if self.vocab.end_ids else 0
+        rows = [
+            _Row(ResponseText(self.pair.tokenizer, self.stops), self._budget(p), [], [])
+            for p in self.prompts
+            for _ in range(n)
+        ]
+        max_budget = max(row.budget for row in rows)
+        pad_id = vocab.end_ids[0] if vocab.end_ids else 0
+        share = self.options.share_prefill
         base = aligned = None
         if self.spec.uses_base:
             ids = [p.base_ids for p in self.prompts]
-            base = _ModelState(self.pair.base, ids, n, pad_id, max_budget)
+            base = _ModelState(self.pair.base, ids, n, pad_id, max_budget, share_prefill=share)
         if self.spec.uses_aligned:
             ids = [p.aligned_ids for p in self.prompts]
-            aligned = _ModelState(self.pair.aligned, ids, n, pad_id, max_budget)
+            aligned = _ModelState(
+                self.pair.aligned, ids, n, pad_id, max_budget, share_prefill=share
+            )
+        models = [m for m in (base, aligned) if m is not None]
 
-        texts = [ResponseText(self.pair.tokenizer, self.stops) for _ in range(self.rows)]
-        tokens: list[list[int]] = [[] for _ in range(self.rows)]
-        sources: list[list[str]] = [[] for _ in range(self.rows)]
-        completion = [0] * self.rows
-        finished = [False] * self.rows
+        active = list(range(self.rows))  # batch position -> row id
         finished_mask = torch.zeros(self.rows, dtype=torch.bool, device=self.device)
         owner = torch.zeros(self.rows, dtype=torch.bool, device=self.device)
         prev_token = torch.full((self.rows,), pad_id, dtype=torch.long, device=self.device)
+        seeds, sample_index = self.seeds, self.sample_index
 
         for step in range(max_budget):
             base_logits = self._clean(base.logits, step) if base is not None else None
             aligned_logits = self._clean(aligned.logits, step) if aligned is not None else None
             owner, token, broken = self._choose(
-                base_logits, aligned_logits, owner, prev_token, step
+                base_logits, aligned_logits, owner, prev_token, step, seeds, sample_index
             )
             token = torch.where(finished_mask, pad_id, token)
             prev_token = token
             host = torch.stack([token, owner.long(), *broken]).tolist()
-            self._check_finite(host[2:], finished)
-            for row in range(self.rows):
-                if finished[row]:
-                    continue
-                token_id, from_base = host[0][row], bool(host[1][row])
-                completion[row] += 1
-                reason = None
-                if vocab.end_ids and token_id in vocab.end_ids:
-                    reason = "stop"
-                    delta = ""
-                else:
-                    tokens[row].append(token_id)
-                    sources[row].append("base" if from_base else "aligned")
-                    delta = texts[row].push(token_id)
-                    if texts[row].stopped:
-                        reason = "stop"
-                    elif len(tokens[row]) >= budgets[row]:
-                        reason = "length"
-                if reason is None:
-                    yield self._event(row, delta, token_id, from_base)
-                    continue
-                finished[row] = True
-                delta += texts[row].finish()
-                generation = self._generation(
-                    row, texts[row].text, tokens[row], sources[row], reason, completion[row]
-                )
-                if token_id in vocab.end_ids:
-                    yield self._event(row, delta, None, None, generation)
-                else:
-                    yield self._event(row, delta, token_id, from_base, generation)
-            if all(finished):
+            self._check_finite(host[2:], [rows[r].finished for r in active])
+            for position, row_id in enumerate(active):
+                row = rows[row_id]
+                if not row.finished:
+                    event = self._advance(row_id, row, host[0][position], bool(host[1][position]))
+                    yield event
+            keep = [i for i, r in enumerate(active) if not rows[r].finished]
+            if not keep:
                 return
-            finished_mask = torch.tensor(finished, device=self.device)
-            if base is not None:
-                base.step(token, step)
-            if aligned is not None:
-                aligned.step(token, step)
+            if len(keep) < len(active):
+                if self.options.compact_finished:
+                    index = torch.tensor(keep, device=self.device)
+                    for state in models:
+                        state.select(index)
+                    owner, token, prev_token = owner[index], token[index], prev_token[index]
+                    seeds, sample_index = seeds[index], sample_index[index]
+                    active = [active[i] for i in keep]
+                finished_mask = torch.tensor(
+                    [rows[r].finished for r in active], dtype=torch.bool, device=self.device
+                )
+            for state in models:
+                state.step(token, step)
+
+    def _advance(self, row_id: int, row: _Row, token_id: int, from_base: bool) -> StreamEvent:
+        """Record one generated token of a row and return its stream event."""
+        row.completion += 1
+        reason = None
+        delta = ""
+        ended = token_id in self.vocab.end_ids
+        if ended:
+            reason = "stop"
+        else:
+            row.tokens.append(token_id)
+            row.sources.append("base" if from_base else "aligned")
+            delta = row.text.push(token_id)
+            if row.text.stopped:
+                reason = "stop"
+            elif len(row.tokens) >= row.budget:
+                reason = "length"
+        if reason is None:
+            return self._event(row_id, delta, token_id, from_base)
+        row.finished = True
+        delta += row.text.finish()
+        generation = self._generation(row_id, row, reason)
+        if ended:
+            return self._event(row_id, delta, None, None, generation)
+        return self._event(row_id, delta, token_id, from_base, generation)
 
     def _clean(self, logits: torch.Tensor, step: int) -> torch.Tensor:
         """Slice to the tokenizer's vocabulary and mask tokens that must never be generated."""
@@ -315,7 +381,7 @@ class _Decode:
                     "weights and dtype (float16 overflow is a common cause; try bfloat16)"
                 )
 
-    def _candidate(self, logits: torch.Tensor, raw_probs: torch.Tensor, step: int, purpose: int):
+    def _candidate(self, logits, raw_probs, step: int, purpose: int, seeds, sample_index):
         params = self.params
         if params.temperature == 0.0:
             return logits.argmax(-1)
@@ -326,10 +392,10 @@ class _Decode:
             min_p=params.min_p,
             raw_probs=raw_probs,
         )
-        uniforms = row_uniforms(self.seeds, self.sample_index, step, purpose)
+        uniforms = row_uniforms(seeds, sample_index, step, purpose)
         return sample_tokens(probs, uniforms, top_p=params.top_p)
 
-    def _choose(self, base_logits, aligned_logits, owner, prev_token, step):
+    def _choose(self, base_logits, aligned_logits, owner, prev_token, step, seeds, sample_index):
         spec = self.spec
         base_probs = torch.softmax(base_logits, -1) if base_logits is not None else None
         aligned_probs = torch.softmax(aligned_logits, -1) if aligned_logits is not None else None
@@ -337,9 +403,13 @@ class _Decode:
         broken = [p[:, 0].isnan().long() for p in (base_probs, aligned_probs) if p is not None]
         if spec.single_model:
             if spec.uses_base:
-                token = self._candidate(base_logits, base_probs, step, BASE_DRAW)
+                token = self._candidate(
+                    base_logits, base_probs, step, BASE_DRAW, seeds, sample_index
+                )
             else:
-                token = self._candidate(aligned_logits, aligned_probs, step, ALIGNED_DRAW)
+                token = self._candidate(
+                    aligned_logits, aligned_probs, step, ALIGNED_DRAW, seeds, sample_index
+                )
             return torch.full_like(owner, spec.uses_base), token, broken
         signals = compute_signals(
             base_probs,
@@ -348,17 +418,20 @@ class _Decode:
             aligned_logits,
             self.vocab,
             content_source=spec.content_source,
-            uniform=row_uniforms(self.seeds, self.sample_index, step, ROUTER_DRAW),
+            uniform=row_uniforms(seeds, sample_index, step, ROUTER_DRAW),
             step=step,
         )
         route = spec(signals)
-        if not isinstance(route, torch.Tensor) or route.shape != (self.rows,):
+        rows = owner.shape[0]
+        if not isinstance(route, torch.Tensor) or route.shape != (rows,):
             raise TypeError(
-                f"router {spec.name!r} must return a bool tensor of shape [{self.rows}], "
+                f"router {spec.name!r} must return a bool tensor of shape [{rows}], "
                 f"got {getattr(route, 'shape', type(route).__name__)}"
             )
-        base_token = self._candidate(base_logits, base_probs, step, BASE_DRAW)
-        aligned_token = self._candidate(aligned_logits, aligned_probs, step, ALIGNED_DRAW)
+        base_token = self._candidate(base_logits, base_probs, step, BASE_DRAW, seeds, sample_index)
+        aligned_token = self._candidate(
+            aligned_logits, aligned_probs, step, ALIGNED_DRAW, seeds, sample_index
+        )
         owner, token = apply_guards(
             route.to(torch.bool),
             owner,
@@ -384,17 +457,17 @@ class _Decode:
             generation=generation,
         )
 
-    def _generation(self, row, text, tokens, sources, reason, completion) -> Generation:
-        prompt = self.prompts[row // self.n]
+    def _generation(self, row_id: int, row: _Row, reason: str) -> Generation:
+        prompt = self.prompts[row_id // self.n]
         prompt_tokens = len(prompt.aligned_ids if self.spec.uses_aligned else prompt.base_ids)
         return Generation(
-            text=text,
-            token_ids=list(tokens),
-            sources=list(sources),
+            text=row.text.text,
+            token_ids=list(row.tokens),
+            sources=list(row.sources),
             finish_reason=reason,
-            usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion),
+            usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=row.completion),
             router=self.spec.name,
             gamma=self.spec.gamma,
-            prompt_index=row // self.n,
-            sample_index=row % self.n,
+            prompt_index=row_id // self.n,
+            sample_index=row_id % self.n,
         )

@@ -245,3 +245,24 @@ def test_nan_logits_name_the_model():
     with pytest.raises(FloatingPointError, match="broken-base"):
         engine.generate("hi", max_new_tokens=4)
     assert engine.generate("hi", router="aligned", max_new_tokens=2)[0][0].finish_reason
+
+
+def test_speed_options_do_not_change_outputs(tiny_engine):
+    from shared_core.engine import DecodeOptions
+
+    pair = tiny_engine.pair
+    aligned = build_tiny_model(pair.vocab_size, seed=2)
+    with torch.no_grad():  # make the aligned model end now and then, so rows finish early
+        aligned.lm_head.weight[pair.end_ids[0]] *= 6
+    biased = ModelPair(pair.base, aligned, pair.tokenizer)
+    options = {"n": 4, "max_new_tokens": 24, "seed": 9, "router": "p", "gamma": 0.9}
+    results = []
+    for share, compact in ((True, True), (False, False), (True, False), (False, True)):
+        engine = BacoEngine(biased, options=DecodeOptions(share, compact))
+        out = engine.generate(PROMPTS, **options)
+        results.append(
+            [[(g.token_ids, g.sources, g.text, g.finish_reason) for g in row] for row in out]
+        )
+    lengths = {len(t[0]) for row in results[0] for t in row}
+    assert len(lengths) > 2  # rows finished at different steps: compaction was exercised
+    assert all(r == results[0] for r in results[1:])
