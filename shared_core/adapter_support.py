@@ -39,13 +39,18 @@ def merge_options(
     """Engine options from adapter field values with per-call ``overrides`` on top.
 
     Keys not in :data:`OPTION_FIELDS` are ignored (frameworks pass extras such as ``timeout``);
-    ``None`` means "not set". The result is validated (``ValueError``/``TypeError``).
+    ``None`` means "not set". A per-call ``router`` without a per-call ``gamma`` uses that
+    router's default gamma (a field gamma tuned for another router family may not even be in
+    range). The result is validated (``ValueError``/``TypeError``).
     """
     options: dict[str, Any] = {}
-    for source in (defaults, overrides or {}):
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for source in (defaults, overrides):
         for key, value in source.items():
             if key in OPTION_FIELDS and value is not None:
                 options[OPTION_FIELDS[key]] = value
+    if "router" in overrides and "gamma" not in overrides:
+        options.pop("gamma", None)
     GenerationParams().with_overrides(**options)
     return options
 

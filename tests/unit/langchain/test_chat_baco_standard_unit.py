@@ -1,0 +1,30 @@
+"""langchain-tests standard unit suite for ChatBaco (tiny pair; no weights are loaded)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from langchain_tests.unit_tests import ChatModelUnitTests
+
+from langchain_baco import ChatBaco
+
+
+class TestChatBacoStandardUnit(ChatModelUnitTests):
+    @pytest.fixture(autouse=True)
+    def _tiny(self, tiny_pair: tuple[str, str]) -> None:
+        self._pair = tiny_pair
+
+    @property
+    def chat_model_class(self) -> type[ChatBaco]:
+        return ChatBaco
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        base, aligned = self._pair
+        return {"base_model": base, "aligned_model": aligned, "min_tokens": 1, "seed": 0}
+
+    @property
+    def supports_model_override(self) -> bool:
+        # The model pair is fixed per instance (one engine); `model=` only renames traces.
+        return False

@@ -1,0 +1,61 @@
+"""Option merging, usage and statistics shared by both adapters (adapter_support.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared_core.adapter_support import combine_stop, merge_options, statistics_dict, usage_dict
+from shared_core.types import Generation, Usage
+
+
+def test_merge_options_maps_names_and_overrides():
+    fields = {"router": "p", "gamma": 0.2, "max_tokens": 32, "temperature": None, "timeout": 5}
+    assert merge_options(fields, {"temperature": 0.7}) == {
+        "router": "p",
+        "gamma": 0.2,
+        "max_new_tokens": 32,
+        "temperature": 0.7,
+    }
+    assert merge_options(fields, {"gamma": 0.5})["gamma"] == 0.5
+
+
+def test_new_router_per_call_gets_its_own_default_gamma():
+    options = merge_options({"router": "h", "gamma": 2.0}, {"router": "rand"})
+    assert options == {"router": "rand"}
+    assert merge_options({"router": "h", "gamma": 2.0}, {"router": "p", "gamma": 0.1}) == {
+        "router": "p",
+        "gamma": 0.1,
+    }
+
+
+def test_merge_options_validates():
+    with pytest.raises(ValueError, match="valid routers"):
+        merge_options({"router": "nope"})
+    with pytest.raises(ValueError, match="gamma"):
+        merge_options({"router": "p"}, {"gamma": -1})
+
+
+def test_combine_stop():
+    assert combine_stop(None, None) is None
+    assert combine_stop("a", ["b", "a"]) == ["a", "b"]
+
+
+def make(sources, completion):
+    return Generation(
+        text="x",
+        token_ids=[1] * len(sources),
+        sources=sources,
+        finish_reason="length",
+        usage=Usage(10, completion),
+        router="p",
+        gamma=0.3,
+    )
+
+
+def test_usage_counts_prompt_once_and_statistics():
+    gens = [make(["aligned", "base", "base"], 3), make(["aligned"], 2)]
+    assert usage_dict(gens) == {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}
+    stats = statistics_dict(gens[0], with_sources=True)
+    assert stats["base_share"] == pytest.approx(2 / 3)
+    assert stats["switches"] == 1 and stats["sources"] == ["aligned", "base", "base"]
+    assert usage_dict([]) == {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
