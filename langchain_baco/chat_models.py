@@ -313,8 +313,6 @@ class ChatBaco(BaseChatModel):
         """Engine options: fields, then per-call kwargs (unknown keys such as timeout ignored)."""
         defaults = self._field_options()
         call = {k: v for k, v in kwargs.items() if v is not None}
-        if "router" in call and "gamma" not in call:
-            defaults["gamma"] = None  # γ belongs to the field router; a new one uses its default
         call["stop"] = combine_stop(self.stop, stop)
         return merge_options(defaults, call)
 

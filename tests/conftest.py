@@ -5,6 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+
+# The tiny test models are far too small to gain from intra-op threads; on a shared 2-core
+# machine one thread is ~10x faster. Tests of real models raise this in their own fixtures.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
