@@ -1,0 +1,282 @@
+"""Decode-speed benchmark: BACO vs the aligned model's own ``generate``, in one run.
+
+Every variant runs in its own subprocess (so peak memory is its own) on the same prompts with
+the same ``n``, ``max_new_tokens``, dtype and sampling settings (``top_p``, temperature 1).
+All variants are forced to generate exactly ``max_new_tokens`` tokens per sample
+(``min_new_tokens``), so tokens/s compare like with like. Prints a table and writes JSON.
+
+    python benchmarks/bench_decode.py                     # demo pair, CPU, n=8, 128 tokens
+    python benchmarks/bench_decode.py --tiny --max-new-tokens 32   # quick smoke run
+
+Variants:
+  aligned_generate      aligned model alone, ``generate(num_return_sequences=n)`` (the baseline)
+  baco_two_models       BACO, base and aligned as two separate models (adapter merged)
+  baco_one_weights      BACO, one set of weights (base + LoRA adapter, adapter toggled)
+  baco_no_prefill_share BACO two models, each sample prefilled separately (optimisation off)
+  baco_compact / baco_no_compact   rows end naturally (no min_new_tokens); compaction on/off
+  *_bf16                the same under bf16 autocast (changes numerics; opt-in)
+  reference_loop        one sample at a time, both models, Python routing (what research code
+                        usually does), the peer users would otherwise copy
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PROMPTS = [
+    "Give me a name for a new coffee shop, and say why in one sentence.",
+    "Write the opening sentence of a fantasy story.",
+]
+VARIANTS = [
+    "aligned_generate",
+    "baco_two_models",
+    "baco_one_weights",
+    "baco_no_prefill_share",
+    "baco_compact",
+    "baco_no_compact",
+    "aligned_generate_bf16",
+    "baco_two_models_bf16",
+    "baco_one_weights_bf16",
+    "reference_loop",
+]
+
+
+def load_pair(args: argparse.Namespace, one_weights: bool):
+    from shared_core import ModelPair
+
+    if args.tiny:
+        from shared_core.testing import save_tiny_pair
+
+        folder = Path(args.out).parent / "tiny_pair"
+        if not (folder / "base").exists():
+            save_tiny_pair(folder)
+        return ModelPair.from_pretrained(folder / "base", folder / "aligned")
+    return ModelPair.demo(one_weights=one_weights)
+
+
+def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Time one variant in this process; returns its measurements."""
+    from shared_core import BacoEngine
+    from shared_core.engine import DecodeOptions
+
+    torch.manual_seed(0)
+    bf16 = name.endswith("_bf16")
+    base_name = name.removesuffix("_bf16")
+    pair = load_pair(args, one_weights=base_name != "baco_two_models")
+    autocast = torch.autocast(pair.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    n, new = args.n, args.max_new_tokens
+    common = {
+        "n": n,
+        "max_new_tokens": new,
+        "top_p": args.top_p,
+        "seed": 0,
+        "router": args.router,
+        "gamma": args.gamma,
+    }
+    if base_name != "baco_compact" and base_name != "baco_no_compact":
+        common["min_new_tokens"] = new
+    result: dict[str, Any] = {"variant": name}
+
+    if base_name == "aligned_generate":
+        run = lambda tokens: aligned_generate(pair, n, tokens, args.top_p)  # noqa: E731
+    elif base_name == "reference_loop":
+        run = lambda tokens: reference_loop(pair, n, tokens, args)  # noqa: E731
+    else:
+        options = DecodeOptions(
+            share_prefill=base_name != "baco_no_prefill_share",
+            compact_finished=base_name != "baco_no_compact",
+        )
+        engine = BacoEngine(pair, options=options)
+
+        def run(tokens: int) -> tuple[int, float]:
+            start, first, count = time.perf_counter(), None, 0
+            for event in engine.stream(
+                PROMPTS,
+                **{
+                    **common,
+                    "max_new_tokens": tokens,
+                    "min_new_tokens": min(tokens, common.get("min_new_tokens", 0)),
+                },
+            ):
+                if event.token_id is not None:
+                    count += 1
+                    first = first or time.perf_counter() - start
+            return count, first or 0.0
+
+    with torch.inference_mode(), autocast:
+        run(2)  # warm-up
+        start = time.perf_counter()
+        _, ttft = run(1)
+        result["prefill_s"] = time.perf_counter() - start
+        result["ttft_s"] = ttft
+        start = time.perf_counter()
+        tokens, _ = run(new)
+        seconds = time.perf_counter() - start
+    result.update(
+        tokens=tokens,
+        seconds=seconds,
+        tokens_per_s=tokens / seconds,
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    )
+    if torch.cuda.is_available():
+        result["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
+
+
+def aligned_generate(pair, n: int, new: int, top_p: float) -> tuple[int, float]:
+    """The baseline: transformers ``generate`` on the aligned model alone."""
+    from shared_core.prompts import chat_template_ids, normalise_messages
+
+    tokenizer = pair.tokenizer
+    ids = [chat_template_ids(tokenizer, normalise_messages(p)) for p in PROMPTS]
+    width = max(map(len, ids))
+    pad = pair.end_ids[0]
+    input_ids = torch.tensor([[pad] * (width - len(i)) + i for i in ids], device=pair.device)
+    mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids], device=pair.device)
+    first: list[float] = []
+    start = time.perf_counter()
+
+    class FirstToken:
+        calls = 0
+
+        def put(self, value):
+            FirstToken.calls += 1
+            if FirstToken.calls == 2:
+                first.append(time.perf_counter() - start)
+
+        def end(self):
+            pass
+
+    out = pair.aligned.generate(
+        input_ids=input_ids,
+        attention_mask=mask,
+        do_sample=True,
+        top_p=top_p,
+        temperature=1.0,
+        top_k=0,
+        num_return_sequences=n,
+        max_new_tokens=new,
+        min_new_tokens=new,
+        pad_token_id=pad,
+        streamer=FirstToken() if len(PROMPTS) == 1 else None,
+    )
+    return (out.shape[1] - width) * out.shape[0], first[0] if first else 0.0
+
+
+def reference_loop(pair, n: int, new: int, args) -> tuple[int, float]:
+    """One sample at a time, both models stepped with their own caches, routing in Python."""
+    from shared_core.prompts import base_prompt_ids, chat_template_ids, normalise_messages
+    from shared_core.vocab import VocabTables
+
+    vocab: VocabTables = pair.vocab
+    count, start, first = 0, time.perf_counter(), None
+    for prompt in PROMPTS:
+        messages = normalise_messages(prompt)
+        aligned_ids = chat_template_ids(pair.tokenizer, messages)
+        base_ids = base_prompt_ids(pair.base_tokenizer, messages, pair.base_template)
+        for _ in range(n):
+            out_a = pair.aligned(torch.tensor([aligned_ids]), use_cache=True)
+            out_b = pair.base(torch.tensor([base_ids]), use_cache=True)
+            owner_base = False
+            for step in range(new):
+                logits_a = out_a.logits[0, -1, : vocab.size].float()
+                logits_b = out_b.logits[0, -1, : vocab.size].float()
+                probs_a, probs_b = torch.softmax(logits_a, -1), torch.softmax(logits_b, -1)
+                p_base = probs_b.max().item()
+                top1 = int(probs_b.argmax())
+                route = p_base < args.gamma and not bool(vocab.is_punct[top1])
+                tok_a = int(torch.multinomial(_top_p(probs_a, args.top_p), 1))
+                tok_b = int(torch.multinomial(_top_p(probs_b, args.top_p), 1))
+                boundary = bool(vocab.is_word_start[tok_a]) and bool(vocab.is_word_start[tok_b])
+                if step > 0 and boundary:
+                    owner_base = route
+                token = tok_b if owner_base else tok_a
+                count += 1
+                first = first or time.perf_counter() - start
+                nxt = torch.tensor([[token]])
+                out_a = pair.aligned(nxt, past_key_values=out_a.past_key_values, use_cache=True)
+                out_b = pair.base(nxt, past_key_values=out_b.past_key_values, use_cache=True)
+    return count, first or 0.0
+
+
+def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    sorted_probs, index = torch.sort(probs, descending=True)
+    keep = (sorted_probs.cumsum(-1) - sorted_probs) < top_p
+    return torch.zeros_like(probs).scatter(0, index, sorted_probs * keep)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--router", default="p-punc")
+    parser.add_argument("--gamma", type=float, default=0.3)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--tiny", action="store_true", help="tiny random pair (smoke test)")
+    parser.add_argument("--out", default="benchmarks/out/bench_decode.json")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_variant(args.one, args)))
+        return
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in args.variants.split(","):
+        cmd = [sys.executable, __file__, "--one", name, *sys.argv[1:]]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
+        if done.returncode != 0:
+            print(f"{name}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
+            continue
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(f"done {name}: {rows[-1]['tokens_per_s']:.1f} tok/s", file=sys.stderr, flush=True)
+    baseline = {r["variant"]: r for r in rows}
+    for row in rows:
+        ref = baseline.get(
+            "aligned_generate_bf16" if row["variant"].endswith("_bf16") else "aligned_generate"
+        )
+        row["ratio_vs_aligned_generate"] = (
+            row["tokens_per_s"] / ref["tokens_per_s"] if ref else None
+        )
+    header = (
+        f"{'variant':<24}{'tok/s':>9}{'× aligned':>11}{'TTFT s':>9}{'prefill s':>11}"
+        f"{'peak RSS MB':>13}"
+    )
+    print(header)
+    for r in rows:
+        ratio = r["ratio_vs_aligned_generate"]
+        print(
+            f"{r['variant']:<24}{r['tokens_per_s']:>9.1f}{ratio if ratio else 0:>11.2f}"
+            f"{r['ttft_s']:>9.2f}{r['prefill_s']:>11.2f}{r['peak_rss_mb']:>13.0f}"
+        )
+    meta = {
+        "n": args.n,
+        "max_new_tokens": args.max_new_tokens,
+        "top_p": args.top_p,
+        "router": args.router,
+        "gamma": args.gamma,
+        "prompts": PROMPTS,
+        "pair": "tiny" if args.tiny else "demo",
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+    }
+    Path(args.out).write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
