@@ -182,7 +182,10 @@ class ChatBaco(BaseChatModel):
         default=GenerationParams.min_new_tokens,
         description="End tokens are blocked until this many tokens are generated.",
     )
-    top_p: float = Field(default=GenerationParams.top_p, description="Nucleus sampling mass.")
+    top_p: float = Field(
+        default=0.95,
+        description="Nucleus sampling mass (0.95 cuts the long junk tail of large vocabularies).",
+    )
     top_k: int = Field(default=GenerationParams.top_k, description="Top-k filter; 0 disables.")
     min_p: float = Field(default=GenerationParams.min_p, description="Min-p filter; 0 disables.")
     n: int = Field(
