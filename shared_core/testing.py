@@ -96,3 +96,15 @@ def save_tiny_pair(folder: str | Path, *, padded_vocab: int = 0) -> tuple[Path, 
         tokenizer.save_pretrained(path)
         paths.append(path)
     return paths[0], paths[1]
+
+
+_SAVED: dict[str, tuple[Path, Path]] = {}
+
+
+def tiny_pair_folders() -> tuple[Path, Path]:
+    """``(base, aligned)`` folders of a tiny pair saved once per process to a temp folder."""
+    import tempfile
+
+    if "pair" not in _SAVED:
+        _SAVED["pair"] = save_tiny_pair(tempfile.mkdtemp(prefix="baco-tiny-"))
+    return _SAVED["pair"]
