@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,8 +69,10 @@ def is_single_prompt(prompts: Any) -> bool:
 class BacoEngine:
     """Batched BACO decoding over a :class:`ModelPair`.
 
-    One engine may be shared by threads: decodes are serialised by a lock (each decode already
-    batches all samples of all its prompts). ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs
+    One engine may be shared by threads and coroutines: each decode step's model work runs under
+    a lock, so concurrent decodes interleave step by step, and a stream holds nothing between
+    events (an abandoned stream blocks no one). Each decode already batches all samples of all
+    its prompts. ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs
     the forwards under autocast, which is faster on CPUs with bf16 units but changes numerics.
     """
 
@@ -158,13 +160,23 @@ class BacoEngine:
     def _decode(
         self, prompts: list[PreparedPrompt], params: GenerationParams
     ) -> Iterator[StreamEvent]:
-        with self._lock, torch.inference_mode(), self._autocast():
-            yield from _Decode(self.pair, prompts, params, self.options).run()
+        return _Decode(self.pair, prompts, params, self.options, self._compute).run()
 
-    def _autocast(self):
-        if self.autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.pair.device.type, dtype=self.autocast_dtype)
+    @contextmanager
+    def _compute(self) -> Iterator[None]:
+        """Model work of one step: under the engine lock, inference mode and autocast.
+
+        The lock is held per step, never across a ``yield``: an abandoned or slow stream never
+        blocks other calls, and concurrent decodes interleave step by step. (It also keeps the
+        two views of a one-weights pair from toggling the adapter under each other.)
+        """
+        autocast = (
+            nullcontext()
+            if self.autocast_dtype is None
+            else torch.autocast(self.pair.device.type, dtype=self.autocast_dtype)
+        )
+        with self._lock, torch.inference_mode(), autocast:
+            yield
 
 
 class _ModelState:
@@ -246,7 +258,9 @@ class _Decode:
         prompts: list[PreparedPrompt],
         params: GenerationParams,
         options: DecodeOptions,
+        compute: Callable[[], AbstractContextManager[None]],
     ):
+        self.compute = compute
         self.pair = pair
         self.prompts = prompts
         self.params = params
@@ -282,14 +296,15 @@ class _Decode:
         pad_id = vocab.end_ids[0] if vocab.end_ids else 0
         share = self.options.share_prefill
         base = aligned = None
-        if self.spec.uses_base:
-            ids = [p.base_ids for p in self.prompts]
-            base = _ModelState(self.pair.base, ids, n, pad_id, max_budget, share_prefill=share)
-        if self.spec.uses_aligned:
-            ids = [p.aligned_ids for p in self.prompts]
-            aligned = _ModelState(
-                self.pair.aligned, ids, n, pad_id, max_budget, share_prefill=share
-            )
+        with self.compute():
+            if self.spec.uses_base:
+                ids = [p.base_ids for p in self.prompts]
+                base = _ModelState(self.pair.base, ids, n, pad_id, max_budget, share_prefill=share)
+            if self.spec.uses_aligned:
+                ids = [p.aligned_ids for p in self.prompts]
+                aligned = _ModelState(
+                    self.pair.aligned, ids, n, pad_id, max_budget, share_prefill=share
+                )
         models = [m for m in (base, aligned) if m is not None]
 
         active = list(range(self.rows))  # batch position -> row id
@@ -299,36 +314,39 @@ class _Decode:
         seeds, sample_index = self.seeds, self.sample_index
 
         for step in range(max_budget):
-            base_logits = self._clean(base.logits, step) if base is not None else None
-            aligned_logits = self._clean(aligned.logits, step) if aligned is not None else None
-            owner, token, broken = self._choose(
-                base_logits, aligned_logits, owner, prev_token, step, seeds, sample_index
-            )
-            token = torch.where(finished_mask, pad_id, token)
-            prev_token = token
-            host = torch.stack([token, owner.long(), *broken]).tolist()
+            with self.compute():
+                base_logits = self._clean(base.logits, step) if base is not None else None
+                aligned_logits = self._clean(aligned.logits, step) if aligned is not None else None
+                owner, token, broken = self._choose(
+                    base_logits, aligned_logits, owner, prev_token, step, seeds, sample_index
+                )
+                token = torch.where(finished_mask, pad_id, token)
+                prev_token = token
+                host = torch.stack([token, owner.long(), *broken]).tolist()
             self._check_finite(host[2:], [rows[r].finished for r in active])
-            for position, row_id in enumerate(active):
-                row = rows[row_id]
-                if not row.finished:
-                    event = self._advance(row_id, row, host[0][position], bool(host[1][position]))
-                    yield event
+            events = [
+                self._advance(row_id, rows[row_id], host[0][position], bool(host[1][position]))
+                for position, row_id in enumerate(active)
+                if not rows[row_id].finished
+            ]
+            yield from events
             keep = [i for i, r in enumerate(active) if not rows[r].finished]
             if not keep:
                 return
-            if len(keep) < len(active):
-                if self.options.compact_finished:
-                    index = torch.tensor(keep, device=self.device)
-                    for state in models:
-                        state.select(index)
-                    owner, token, prev_token = owner[index], token[index], prev_token[index]
-                    seeds, sample_index = seeds[index], sample_index[index]
-                    active = [active[i] for i in keep]
-                finished_mask = torch.tensor(
-                    [rows[r].finished for r in active], dtype=torch.bool, device=self.device
-                )
-            for state in models:
-                state.step(token, step)
+            with self.compute():
+                if len(keep) < len(active):
+                    if self.options.compact_finished:
+                        index = torch.tensor(keep, device=self.device)
+                        for state in models:
+                            state.select(index)
+                        owner, token, prev_token = owner[index], token[index], prev_token[index]
+                        seeds, sample_index = seeds[index], sample_index[index]
+                        active = [active[i] for i in keep]
+                    finished_mask = torch.tensor(
+                        [rows[r].finished for r in active], dtype=torch.bool, device=self.device
+                    )
+                for state in models:
+                    state.step(token, step)
 
     def _advance(self, row_id: int, row: _Row, token_id: int, from_base: bool) -> StreamEvent:
         """Record one generated token of a row and return its stream event."""
