@@ -183,7 +183,7 @@ def test_fields_become_engine_options(fake: FakeEngine) -> None:
         "temperature": 0.5,
         "max_new_tokens": 9,
         "min_new_tokens": 2,
-        "top_p": 1.0,
+        "top_p": 0.95,
         "top_k": 5,
         "min_p": 0.0,
         "n": 1,
