@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .forward import forward_last_logits
+from .memory import check_fits
 from .pair import ModelPair
 from .params import GenerationParams
 from .prompts import Prompt, base_prompt_ids, chat_template_ids, normalise_messages
@@ -153,7 +154,25 @@ class BacoEngine:
         if not batch:
             raise ValueError("no prompts given")
         params = self.params(**options)
-        return params, [self.prepare(p, i, params=params) for i, p in enumerate(batch)]
+        prepared = [self.prepare(p, i, params=params) for i, p in enumerate(batch)]
+        spec = params.spec
+        models = [
+            m
+            for m, used in (
+                (self.pair.base, spec.uses_base),
+                (self.pair.aligned, spec.uses_aligned),
+            )
+            if used
+        ]
+        longest = max(max(len(p.aligned_ids), len(p.base_ids)) for p in prepared)
+        check_fits(
+            models,
+            len(prepared) * params.n,
+            longest + params.max_new_tokens,
+            self.pair.vocab_size,
+            self.pair.device,
+        )
+        return params, prepared
 
     # ------------------------------------------------------------------ decoding loop
 

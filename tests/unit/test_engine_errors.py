@@ -50,3 +50,8 @@ def test_bad_options(tiny_engine, no_model_work, options, error, match):
 def test_bad_prompts(tiny_engine, no_model_work, prompt, error, match):
     with pytest.raises(error, match=match):
         tiny_engine.generate(prompt)
+
+
+def test_request_too_large_for_memory_is_refused_before_work(tiny_engine, no_model_work):
+    with pytest.raises(ValueError, match="lower n, max_new_tokens"):
+        tiny_engine.generate(["hi"] * 64, n=4096, max_new_tokens=131072)
