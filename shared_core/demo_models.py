@@ -47,7 +47,7 @@ DEMO_END_TOKENS = ("<eos>", "<end_of_turn>")
 DEMO_END_TOKEN_IDS = (1, 106)
 
 #: Bump when the layout or content of the converted folder changes; old caches are rebuilt.
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 _MARKER = "baco_demo.json"
 
 #: Gemma-3's official chat template (text only). A leading system message is folded into
@@ -178,6 +178,9 @@ def _convert(target: Path, say: Callable[[str], None]) -> None:
     try:
         os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; use normal permissions
         _build_into(staging, say)
+        for item in staging.iterdir():  # some writers create private (0600) files
+            if item.is_file():
+                os.chmod(item, 0o666 & ~umask)
         if target.exists():  # stale or incomplete leftover of an older format
             old = target.with_name(f".{DEMO_BASE_DIRNAME}-old-{os.getpid()}")
             os.replace(target, old)
@@ -221,6 +224,16 @@ def _build_into(out: Path, say: Callable[[str], None]) -> None:
     if missing or unexpected:
         raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
     model.tie_weights()
+    # Non-persistent buffers (rotary inv_freq, embed_scale) are not in the state dict and
+    # were created on the meta device: take them from the GGUF-loaded model.
+    gguf_buffers = dict(gguf_model.named_buffers())
+    for name, buf in list(model.named_buffers()):
+        if buf.is_meta:
+            owner, _, attr = name.rpartition(".")
+            model.get_submodule(owner)._buffers[attr] = gguf_buffers[name].detach().clone()
+    still_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if still_meta:
+        raise RuntimeError(f"GGUF conversion left tensors on the meta device: {still_meta}")
     model.eval()
     fingerprint = _check_same_logits(gguf_model, model, tokenizer)
     del gguf_model, state
