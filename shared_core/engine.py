@@ -123,20 +123,32 @@ class BacoEngine:
         return len(self.pair.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def generate(
-        self, prompts: Prompt | Sequence[Prompt], **options: Any
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        *,
+        return_exceptions: bool = False,
+        **options: Any,
     ) -> list[list[Generation]]:
         """Generate ``n`` samples for each prompt; returns one list of samples per prompt.
 
         ``prompts`` is one prompt (a string or a list of ``{"role", "content"}`` messages) or
         a list of prompts, decoded together in one batch. ``options`` are
-        :class:`GenerationParams` fields. Everything is validated before any model work.
+        :class:`GenerationParams` fields. Everything is validated before any model work: a bad
+        prompt raises an error naming its index, or, with ``return_exceptions=True``, takes the
+        exception's place in the result while the other prompts are still generated.
         """
-        params, prepared = self._prepare_all(prompts, options)
+        params, prepared, failures = self._prepare_all(prompts, options, return_exceptions)
         results: list[list[Generation | None]] = [[None] * params.n for _ in prepared]
-        for event in self._decode(prepared, params):
-            if event.generation is not None:
-                results[event.prompt_index][event.sample_index] = event.generation
-        return [[g for g in row if g is not None] for row in results]
+        if prepared:
+            for event in self._decode([p for _, p in prepared], params):
+                if event.generation is not None:
+                    results[event.prompt_index][event.sample_index] = event.generation
+        out: list[Any] = [None] * (len(prepared) + len(failures))
+        for (index, _), row in zip(prepared, results, strict=True):
+            out[index] = [g for g in row if g is not None]
+        for index, error in failures.items():
+            out[index] = error
+        return out
 
     def stream(self, prompts: Prompt | Sequence[Prompt], **options: Any) -> Iterator[StreamEvent]:
         """Stream the samples of one prompt (or of several, batched) as :class:`StreamEvent` s.
@@ -144,35 +156,45 @@ class BacoEngine:
         Validation happens eagerly, when ``stream`` is called. Closing the iterator early
         (``break``, ``close()``) stops the decode and releases the engine.
         """
-        params, prepared = self._prepare_all(prompts, options)
-        return self._decode(prepared, params)
+        params, prepared, _ = self._prepare_all(prompts, options, False)
+        return self._decode([p for _, p in prepared], params)
 
     def _prepare_all(
-        self, prompts: Prompt | Sequence[Prompt], options: dict[str, Any]
-    ) -> tuple[GenerationParams, list[PreparedPrompt]]:
+        self, prompts: Prompt | Sequence[Prompt], options: dict[str, Any], keep_going: bool
+    ) -> tuple[GenerationParams, list[tuple[int, PreparedPrompt]], dict[int, Exception]]:
+        """Validate options and every prompt; collect per-prompt errors when ``keep_going``."""
         batch = [prompts] if is_single_prompt(prompts) else list(prompts)  # type: ignore[list-item]
         if not batch:
             raise ValueError("no prompts given")
         params = self.params(**options)
-        prepared = [self.prepare(p, i, params=params) for i, p in enumerate(batch)]
-        spec = params.spec
-        models = [
-            m
-            for m, used in (
-                (self.pair.base, spec.uses_base),
-                (self.pair.aligned, spec.uses_aligned),
+        prepared: list[tuple[int, PreparedPrompt]] = []
+        failures: dict[int, Exception] = {}
+        for index, prompt in enumerate(batch):
+            try:
+                prepared.append((index, self.prepare(prompt, index, params=params)))
+            except (ValueError, TypeError) as exc:
+                if not keep_going:
+                    raise
+                failures[index] = exc
+        if prepared:
+            spec = params.spec
+            models = [
+                m
+                for m, used in (
+                    (self.pair.base, spec.uses_base),
+                    (self.pair.aligned, spec.uses_aligned),
+                )
+                if used
+            ]
+            longest = max(max(len(p.aligned_ids), len(p.base_ids)) for _, p in prepared)
+            check_fits(
+                models,
+                len(prepared) * params.n,
+                longest + params.max_new_tokens,
+                self.pair.vocab_size,
+                self.pair.device,
             )
-            if used
-        ]
-        longest = max(max(len(p.aligned_ids), len(p.base_ids)) for p in prepared)
-        check_fits(
-            models,
-            len(prepared) * params.n,
-            longest + params.max_new_tokens,
-            self.pair.vocab_size,
-            self.pair.device,
-        )
-        return params, prepared
+        return params, prepared, failures
 
     # ------------------------------------------------------------------ decoding loop
 

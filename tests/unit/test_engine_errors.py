@@ -55,3 +55,15 @@ def test_bad_prompts(tiny_engine, no_model_work, prompt, error, match):
 def test_request_too_large_for_memory_is_refused_before_work(tiny_engine, no_model_work):
     with pytest.raises(ValueError, match="lower n, max_new_tokens"):
         tiny_engine.generate(["hi"] * 64, n=4096, max_new_tokens=131072)
+
+
+def test_one_bad_prompt_in_a_batch_with_return_exceptions(tiny_engine):
+    prompts = ["Tell me a story.", "", "word " * 700, "Name a color."]
+    result = tiny_engine.generate(prompts, return_exceptions=True, n=2, max_new_tokens=6, seed=1)
+    assert isinstance(result[1], ValueError) and "prompt 1" in str(result[1])
+    assert isinstance(result[2], ValueError) and "context window" in str(result[2])
+    good = tiny_engine.generate([prompts[0], prompts[3]], n=2, max_new_tokens=6, seed=1)
+    assert [g.token_ids for g in result[0]] == [g.token_ids for g in good[0]]
+    assert [g.token_ids for g in result[3]] == [g.token_ids for g in good[1]]
+    only_bad = tiny_engine.generate(["", []], return_exceptions=True)
+    assert all(isinstance(r, ValueError) for r in only_bad)
