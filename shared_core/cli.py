@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="bf16 autocast (default; faster on CPUs with bf16 units) or exact fp32",
     )
     _add_model_args(demo)
+
+    from .eval.cli import add_eval_parser
+
+    add_eval_parser(commands)
     return parser
 
 
@@ -180,6 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_generate(args)
         if args.command == "demo":
             return run_demo_command(args)
+        if args.command == "eval":
+            from .eval.cli import run_eval_command
+
+            return run_eval_command(args)
     except (ValueError, TypeError, FileNotFoundError, OSError, ImportError) as exc:
         print(f"baco: error: {exc}", file=sys.stderr)
         return 2

@@ -2,8 +2,12 @@
 
 Framework-free pure functions: lexical and semantic diversity of k samples per prompt, an
 LM-judge for fluency / relevance, and Pareto Coverage / Dominance over method sweeps. Heavy
-dependencies (torch, transformers, sacrebleu) are imported only inside the functions that
+dependencies (transformers, sacrebleu, matplotlib) are imported only inside the functions that
 need them.
+
+The sweep pipeline (``baco eval``): :mod:`.runner` generates k samples per prompt for every
+setting into a resumable JSONL, :mod:`.score` scores and aggregates them, :mod:`.summary`
+computes Coverage / Dominance tables and :mod:`.plots` draws the Pareto plots.
 """
 
 from __future__ import annotations
@@ -27,6 +31,19 @@ from .pareto import (
     pareto_mask,
     tradeoff_summary,
 )
+from .runner import (
+    ALIGNED_TEMPERATURES,
+    BASELINE_METHODS,
+    DEFAULT_GRIDS,
+    PromptItem,
+    RunStats,
+    Setting,
+    build_settings,
+    load_prompts,
+    read_jsonl,
+    run_generation,
+)
+from .score import LazyScorer, aggregate_scores, load_scores, score_generations, score_record
 from .semantic import (
     DEFAULT_CLASS_THRESHOLD,
     Embedder,
@@ -40,14 +57,37 @@ from .semantic import (
     semantic_diversity,
     vendi_score,
 )
+from .summary import (
+    LEXICAL_AXES,
+    QUALITY_AXES,
+    SEMANTIC_AXES,
+    Plane,
+    markdown_summary,
+    planes_for,
+    summarise,
+    write_summary,
+)
 
 __all__ = [
+    "ALIGNED_TEMPERATURES",
+    "BASELINE_METHODS",
     "DEFAULT_CLASS_THRESHOLD",
+    "DEFAULT_GRIDS",
+    "LEXICAL_AXES",
+    "QUALITY_AXES",
+    "SEMANTIC_AXES",
     "Embedder",
     "Judge",
+    "LazyScorer",
     "MiniLMEmbedder",
+    "Plane",
+    "PromptItem",
     "RewardModelJudge",
+    "RunStats",
+    "Setting",
     "aggregate_planes",
+    "aggregate_scores",
+    "build_settings",
     "compression_ratio",
     "cosine_similarity_matrix",
     "coverage",
@@ -57,6 +97,9 @@ __all__ = [
     "equivalence_classes",
     "lexical_diversity",
     "load_minilm_embedder",
+    "load_prompts",
+    "load_scores",
+    "markdown_summary",
     "mean_pairwise_cosine_distance",
     "minilm_model_dir",
     "ngram_entropy",
@@ -64,10 +107,17 @@ __all__ = [
     "normalise",
     "pareto_front",
     "pareto_mask",
+    "planes_for",
+    "read_jsonl",
+    "run_generation",
+    "score_generations",
+    "score_record",
     "self_bleu",
     "semantic_diversity",
     "smollm2_gguf_path",
+    "summarise",
     "tokenize",
     "tradeoff_summary",
     "vendi_score",
+    "write_summary",
 ]
