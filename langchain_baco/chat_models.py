@@ -52,6 +52,8 @@ _OPTION_NAMES = (
     "min_p",
     "n",
     "seed",
+    "target_base_share",
+    "calibration",
 )
 #: Constructor arguments other providers take and that have no meaning here (no warning).
 _IGNORED_INIT_ARGS = frozenset(
@@ -193,6 +195,15 @@ class ChatBaco(BaseChatModel):
     )
     seed: int | None = Field(
         default=None, description="Random seed; a sample depends only on prompt, options, seed."
+    )
+    target_base_share: float | None = Field(
+        default=None,
+        description="Ask for a mean share of base-model tokens instead of a gamma: gamma is "
+        "read from `calibration` (default: the shipped demo-pair calibration).",
+    )
+    calibration: str | None = Field(
+        default=None,
+        description="γ calibration JSON written by `baco eval --calibrate` for this pair.",
     )
     stop: list[str] | None = Field(
         default=None, description="Stop strings (not included in the output)."

@@ -49,6 +49,8 @@ OPTION_NAMES = (
     "min_p",
     "n",
     "seed",
+    "target_base_share",
+    "calibration",
 )
 
 #: Context window of the demo pair's gemma-3-270m, used before its folder has been built.
@@ -161,6 +163,15 @@ class Baco(CustomLLM):
         default=None,
         ge=0,
         description="Random seed for reproducible samples; None draws fresh randomness.",
+    )
+    target_base_share: float | None = Field(
+        default=None,
+        description="Ask for a mean share of base-model tokens instead of a gamma: gamma is "
+        "read from `calibration` (default: the shipped demo-pair calibration).",
+    )
+    calibration: str | None = Field(
+        default=None,
+        description="γ calibration JSON written by `baco eval --calibrate` for this pair.",
     )
     stop: list[str] | None = Field(
         default=None,

@@ -38,6 +38,9 @@ def merge_options(
 ) -> dict[str, Any]:
     """Engine options from adapter field values with per-call ``overrides`` on top.
 
+    ``target_base_share`` (with an optional ``calibration`` file from ``baco eval
+    --calibrate``; default: the shipped demo-pair calibration) sets gamma to the value that
+    gives that mean base share, unless a per-call gamma is given.
     Keys not in :data:`OPTION_FIELDS` are ignored (frameworks pass extras such as ``timeout``);
     ``None`` means "not set". A per-call ``router`` without a per-call ``gamma`` uses that
     router's default gamma (a field gamma tuned for another router family may not even be in
@@ -51,6 +54,15 @@ def merge_options(
                 options[OPTION_FIELDS[key]] = value
     if "router" in overrides and "gamma" not in overrides:
         options.pop("gamma", None)
+    target = overrides.get("target_base_share", defaults.get("target_base_share"))
+    if target is not None and "gamma" not in overrides:
+        from .calibration import gamma_for_base_share
+
+        calibration = overrides.get("calibration", defaults.get("calibration"))
+        router = options.get("router", "p-punc")
+        if not isinstance(router, str):
+            raise TypeError("target_base_share needs a named router, not a callable")
+        options["gamma"] = gamma_for_base_share(router, target, calibration)
     GenerationParams().with_overrides(**options)
     return options
 

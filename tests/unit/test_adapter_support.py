@@ -59,3 +59,23 @@ def test_usage_counts_prompt_once_and_statistics():
     assert stats["base_share"] == pytest.approx(2 / 3)
     assert stats["switches"] == 1 and stats["sources"] == ["aligned", "base", "base"]
     assert usage_dict([]) == {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+
+
+def test_target_base_share_resolves_gamma_from_a_calibration(tmp_path):
+    from shared_core.calibration import Calibration, save_calibration
+
+    calibration = tmp_path / "calibration.json"
+    save_calibration(Calibration({"p-punc": [(0.1, 0.1), (0.5, 0.5)]}, {}), calibration)
+    options = merge_options(
+        {"router": "p-punc", "target_base_share": 0.3, "calibration": str(calibration)}
+    )
+    assert options["gamma"] == pytest.approx(0.3)
+    explicit = merge_options(
+        {"router": "p-punc", "target_base_share": 0.3, "calibration": str(calibration)},
+        {"gamma": 0.2},
+    )
+    assert explicit["gamma"] == 0.2
+    with pytest.raises(ValueError, match="outside the calibrated range"):
+        merge_options(
+            {"router": "p-punc", "target_base_share": 0.9, "calibration": str(calibration)}
+        )
