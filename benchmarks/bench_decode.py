@@ -227,8 +227,13 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--tiny", action="store_true", help="tiny random pair (smoke test)")
     parser.add_argument("--out", default="benchmarks/out/bench_decode.json")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--prompts", type=int, default=2, help="how many built-in prompts")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    PROMPTS[:] = PROMPTS[: args.prompts]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.one:
         print(json.dumps(run_variant(args.one, args)))
         return

@@ -154,3 +154,19 @@ def test_shipped_demo_calibration_is_usable() -> None:
         <= gamma
         <= max(g for g, _ in cal.routers["p-punc"])
     )
+
+
+@pytest.mark.skipif(not DEMO_CALIBRATION_PATH.is_file(), reason="no shipped calibration yet")
+def test_shipped_calibration_matches_the_shipped_adapter() -> None:
+    import hashlib
+
+    from shared_core.demo_models import demo_adapter_path
+
+    weights = demo_adapter_path() / "adapter_model.safetensors"
+    expected = shipped_calibration().meta.get("adapter_sha256")
+    if expected is None or not weights.is_file():
+        pytest.skip("no adapter hash recorded or no adapter weights")
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == expected, (
+        "the demo adapter changed since calibration_demo.json was measured: rerun the command "
+        "in its meta['command'] and copy calibration.json to shared_core/assets/"
+    )
