@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="bf16",
         help="bf16 autocast (default; faster on CPUs with bf16 units) or exact fp32",
     )
+    demo.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's; use 1 when other jobs share the CPU)",
+    )
     _add_model_args(demo)
 
     from .eval.cli import add_eval_parser
@@ -151,6 +157,8 @@ def run_demo_command(args: argparse.Namespace) -> int:
         seed=args.seed,
     )  # validate before loading models
     prompts = args.prompts or list(DEMO_PROMPTS)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(
         "loading the model pair (the first run converts the demo base model once)...",
         file=sys.stderr,
