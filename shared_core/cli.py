@@ -60,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--precision",
         choices=("bf16", "fp32"),
-        default="bf16",
-        help="bf16 autocast (default; faster on CPUs with bf16 units) or exact fp32",
+        default="fp32",
+        help="fp32 (default, exact) or bf16 autocast: faster only on CPUs with bf16 matrix "
+        "units (AMX); measured slower on a 2-core AMD EPYC (benchmarks/RESULTS.md)",
     )
     demo.add_argument(
         "--threads",

@@ -91,8 +91,9 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--precision",
         choices=("bf16", "fp32"),
-        default="bf16",
-        help="bf16 autocast (default, as in `baco demo`; faster on CPUs with bf16 units) or fp32",
+        default="fp32",
+        help="fp32 (default, exact) or bf16 autocast: faster only on CPUs with bf16 matrix "
+        "units (AMX); measured slower on a 2-core AMD EPYC (benchmarks/RESULTS.md)",
     )
     p.add_argument(
         "--judge", default=None, help="judge LM: hub id, folder or .gguf (default SmolLM2-135M)"
