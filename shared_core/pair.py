@@ -182,6 +182,9 @@ class ModelPair:
 
     @property
     def name(self) -> str:
+        """``base+aligned``; for a base + adapter pair simply ``base+adapter``."""
+        if self.aligned_name.startswith(f"{self.base_name}+"):
+            return self.aligned_name
         return f"{self.base_name}+{self.aligned_name}"
 
     @classmethod
