@@ -26,7 +26,13 @@ from pydantic import Field, field_validator, model_validator
 from typing_extensions import Self
 
 from shared_core import registry
-from shared_core.adapter_support import combine_stop, merge_options, statistics_dict, usage_dict
+from shared_core.adapter_support import (
+    combine_stop,
+    field_options,
+    merge_options,
+    statistics_dict,
+    usage_dict,
+)
 from shared_core.aio import iterate_in_thread, run_in_thread
 from shared_core.engine import BacoEngine
 from shared_core.params import GenerationParams
@@ -39,22 +45,6 @@ DEMO_MODEL_NAME = "baco-demo"
 DEMO_BASE_ID = "google/gemma-3-270m"
 DEMO_ALIGNED_ID = "google/gemma-3-270m+baco-demo-lora"
 
-#: ChatBaco fields that are per-call decoding options (``adapter_support.OPTION_FIELDS`` keys).
-_OPTION_NAMES = (
-    "router",
-    "gamma",
-    "content_source",
-    "temperature",
-    "max_tokens",
-    "min_tokens",
-    "top_p",
-    "top_k",
-    "min_p",
-    "n",
-    "seed",
-    "target_base_share",
-    "calibration",
-)
 #: Constructor arguments other providers take and that have no meaning here (no warning).
 _IGNORED_INIT_ARGS = frozenset(
     {"timeout", "request_timeout", "max_retries", "api_key", "base_url", "client"}
@@ -321,7 +311,7 @@ class ChatBaco(BaseChatModel):
         )
 
     def _field_options(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _OPTION_NAMES}
+        return field_options(self)
 
     def _engine_options(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Engine options: fields, then per-call kwargs (unknown keys such as timeout ignored)."""

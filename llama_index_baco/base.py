@@ -26,7 +26,13 @@ from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
-from shared_core.adapter_support import combine_stop, merge_options, statistics_dict, usage_dict
+from shared_core.adapter_support import (
+    combine_stop,
+    field_options,
+    merge_options,
+    statistics_dict,
+    usage_dict,
+)
 from shared_core.aio import iterate_in_thread, run_in_thread
 from shared_core.engine import BacoEngine
 from shared_core.registry import engine_key, get_engine
@@ -34,24 +40,6 @@ from shared_core.types import Generation, StreamEvent
 
 logger = logging.getLogger(__name__)
 
-#: Fields passed to the engine as decoding options (the per-call kwargs accept the same names).
-OPTION_NAMES = (
-    "router",
-    "gamma",
-    "content_source",
-    "aligned_starts",
-    "aligned_can_stop",
-    "temperature",
-    "max_tokens",
-    "min_tokens",
-    "top_p",
-    "top_k",
-    "min_p",
-    "n",
-    "seed",
-    "target_base_share",
-    "calibration",
-)
 
 #: Context window of the demo pair's gemma-3-270m, used before its folder has been built.
 DEMO_CONTEXT_WINDOW = 32768
@@ -338,7 +326,7 @@ class Baco(CustomLLM):
     def _options(self, overrides: dict[str, Any]) -> dict[str, Any]:
         """Validated engine options: the fields with per-call ``overrides`` on top."""
         stop = combine_stop(self.stop, overrides.get("stop"))
-        fields = {name: getattr(self, name) for name in OPTION_NAMES}
+        fields = field_options(self)
         return merge_options(fields, {**overrides, "stop": stop})
 
     def _stream_options(self, overrides: dict[str, Any]) -> dict[str, Any]:

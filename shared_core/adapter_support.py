@@ -33,6 +33,33 @@ OPTION_FIELDS: dict[str, str] = {
 }
 
 
+#: Adapter fields that are per-call decoding options (both adapters declare these fields).
+ADAPTER_OPTION_FIELDS: tuple[str, ...] = (
+    "router",
+    "gamma",
+    "content_source",
+    "aligned_starts",
+    "aligned_can_stop",
+    "temperature",
+    "max_tokens",
+    "min_tokens",
+    "top_p",
+    "top_k",
+    "min_p",
+    "n",
+    "seed",
+    "target_base_share",
+    "calibration",
+)
+
+
+def field_options(adapter: object) -> dict[str, Any]:
+    """The values of an adapter's decoding-option fields (absent fields are skipped)."""
+    return {
+        name: getattr(adapter, name) for name in ADAPTER_OPTION_FIELDS if hasattr(adapter, name)
+    }
+
+
 def merge_options(
     defaults: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
