@@ -6,11 +6,19 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from .routers import ROUTER_NAMES
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors read ``baco: error: …`` in every subcommand too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"baco: error: {message}\n")
 
 
 def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
@@ -18,9 +26,11 @@ def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--router", default="p-punc", help=f"one of {', '.join(ROUTER_NAMES)}")
     parser.add_argument("--gamma", type=float, default=None, help="router threshold γ")
     parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--min-new-tokens", type=int, default=None)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--min-p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
 
@@ -34,7 +44,7 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="baco", description="BACO: diverse generation from a base + aligned model pair."
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -83,10 +93,17 @@ def load_pair(args: argparse.Namespace) -> Any:
     from .pair import ModelPair
 
     dtype = None if args.dtype in (None, "auto") else args.dtype
+    if args.device_map and args.device_map.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device-map {args.device_map}: CUDA is not available here")
     if args.base is None and args.aligned is None and args.aligned_adapter is None:
         return ModelPair.demo(dtype=dtype, device_map=args.device_map)
     if args.base is None:
         raise ValueError("--base is required when --aligned or --aligned-adapter is given")
+    if (args.aligned is None) == (args.aligned_adapter is None):
+        raise ValueError("pass exactly one of --aligned or --aligned-adapter with --base")
     return ModelPair.from_pretrained(
         args.base,
         args.aligned,
@@ -96,15 +113,45 @@ def load_pair(args: argparse.Namespace) -> Any:
     )
 
 
+def check_generation_options(options: dict[str, Any], *, n_flag: str = "-n") -> None:
+    """Validate ``options`` (``GenerationParams`` fields) before any model work.
+
+    Errors name the command-line flag (``--max-new-tokens``, ``n_flag`` for ``n``).
+    """
+    from .params import GenerationParams
+
+    try:
+        GenerationParams().with_overrides(**options)
+    except (TypeError, ValueError) as exc:
+        name, sep, rest = str(exc).partition(" ")
+        if name not in options:
+            raise
+        flag = n_flag if name == "n" else "--" + name.replace("_", "-")
+        raise type(exc)(f"{flag}{sep}{rest}") from exc
+
+
+def set_torch_threads(threads: int | None) -> None:
+    """Apply ``--threads`` (``None``: torch's default); rejects values below 1."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def _generation_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "n": args.n,
         "router": args.router,
         "gamma": args.gamma,
         "max_new_tokens": args.max_new_tokens,
+        "min_new_tokens": args.min_new_tokens,
         "temperature": args.temperature,
         "top_p": args.top_p,
         "top_k": args.top_k,
+        "min_p": args.min_p,
         "seed": args.seed,
         "stop": args.stop,
     }
@@ -112,13 +159,14 @@ def _generation_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_generate(args: argparse.Namespace) -> int:
     from .engine import BacoEngine
-    from .params import GenerationParams
+    from .prompts import normalise_messages
 
     prompt: Any = args.prompt
     if args.system:
         prompt = [{"role": "system", "content": args.system}, {"role": "user", "content": prompt}]
+    normalise_messages(prompt)  # validate the prompt and options before any model work
     options = _generation_options(args)
-    GenerationParams().with_overrides(**options)  # validate before any model work
+    check_generation_options(options)
     engine = BacoEngine(load_pair(args))
     if args.stream:
         for event in engine.stream(prompt, **options):
@@ -141,25 +189,29 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
     from .demo import DEMO_GAMMA, DEMO_PROMPTS, run_demo
     from .engine import BacoEngine
-    from .params import GenerationParams
+    from .prompts import normalise_messages
 
     gamma = (
         args.gamma
         if args.gamma is not None
         else (DEMO_GAMMA if args.router.lower().replace("_", "-") == "p-punc" else None)
     )
-    GenerationParams(
-        router=args.router,
-        gamma=gamma,
-        n=args.k,
-        max_new_tokens=args.max_new_tokens,
-        top_p=args.top_p,
-        temperature=args.temperature,
-        seed=args.seed,
-    )  # validate before loading models
+    check_generation_options(
+        {
+            "router": args.router,
+            "gamma": gamma,
+            "n": args.k,
+            "max_new_tokens": args.max_new_tokens,
+            "top_p": args.top_p,
+            "temperature": args.temperature,
+            "seed": args.seed,
+        },
+        n_flag="-k",
+    )
     prompts = args.prompts or list(DEMO_PROMPTS)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    for index, prompt in enumerate(prompts):
+        normalise_messages(prompt, index=index)
+    set_torch_threads(args.threads)
     print(
         "loading the model pair (the first run converts the demo base model once)...",
         file=sys.stderr,
@@ -200,6 +252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError, OSError, ImportError) as exc:
         print(f"baco: error: {exc}", file=sys.stderr)
         return 2
+    except FloatingPointError as exc:  # a model produced NaN/inf logits mid-generation
+        print(f"baco: error: {exc}", file=sys.stderr)
+        return 1
     parser.error(f"unknown command {args.command!r}")
     return 2
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .forward import forward_last_logits
+from .forward import NO_ADAPTER, forward_last_logits, supports_row_adapters
 from .memory import check_fits
 from .pair import ModelPair
 from .params import GenerationParams
@@ -27,6 +27,7 @@ from .sampling import (
     ALIGNED_DRAW,
     BASE_DRAW,
     ROUTER_DRAW,
+    row_streams,
     row_uniforms,
     sample_tokens,
     sampling_probs,
@@ -41,10 +42,13 @@ class DecodeOptions:
 
     ``share_prefill``: prefill each prompt once and repeat its KV cache for the ``n`` samples.
     ``compact_finished``: drop finished rows from the batch (and the caches) as they finish.
+    ``joint_forward``: for a one-weights (base + LoRA) pair, run both views as one batch with
+    the adapter switched per row, reading the shared weights once per step.
     """
 
     share_prefill: bool = True
     compact_finished: bool = True
+    joint_forward: bool = True
 
 
 @dataclass(frozen=True)
@@ -232,12 +236,15 @@ class _ModelState:
         budget: int,
         *,
         share_prefill: bool = True,
+        adapters: list[str] | None = None,
     ):
         if not share_prefill:  # the naive way: prefill every sample's copy of the prompt
             prompt_ids = [ids for ids in prompt_ids for _ in range(n)]
+            adapters = None if adapters is None else [a for a in adapters for _ in range(n)]
             n = 1
         device = next(model.parameters()).device
         self.model = model
+        self.adapters = adapters
         width = max(len(ids) for ids in prompt_ids)
         batch = len(prompt_ids)
         input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
@@ -247,10 +254,14 @@ class _ModelState:
             mask[row, width - len(ids) : width] = 1
         input_ids, mask = input_ids.to(device), mask.to(device)
         positions = (mask[:, :width].cumsum(-1) - 1).clamp_(min=0)
-        logits, self.cache = forward_last_logits(model, input_ids, mask[:, :width], positions, None)
+        logits, self.cache = forward_last_logits(
+            model, input_ids, mask[:, :width], positions, None, adapter_names=adapters
+        )
         self.width = width
         self.next_position = mask[:, :width].sum(-1)
         if n > 1:
+            if self.adapters is not None:
+                self.adapters = [a for a in self.adapters for _ in range(n)]
             self.cache.batch_repeat_interleave(n)
             logits = logits.repeat_interleave(n, dim=0)
             mask = mask.repeat_interleave(n, dim=0)
@@ -268,14 +279,73 @@ class _ModelState:
             self.mask[:, : self.width + step + 1],
             positions,
             self.cache,
+            adapter_names=self.adapters,
         )
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep only the rows at indices ``keep`` (finished rows leave the batch)."""
+        if self.adapters is not None:
+            self.adapters = [self.adapters[i] for i in keep.tolist()]
         self.cache.batch_select_indices(keep)
         self.mask = self.mask[keep]
         self.next_position = self.next_position[keep]
         self.logits = self.logits[keep]
+
+
+class _JointState:
+    """Both views of a one-weights pair decoded as one batch with a LoRA adapter per row.
+
+    The first half of the rows is the base view (adapter off), the second half the aligned
+    view, so each step reads the shared weights once instead of once per view.
+    """
+
+    def __init__(
+        self,
+        peft_model,
+        base_ids: list[list[int]],
+        aligned_ids: list[list[int]],
+        n: int,
+        pad_id: int,
+        budget: int,
+        *,
+        share_prefill: bool = True,
+    ):
+        adapter = peft_model.active_adapter
+        adapters = [NO_ADAPTER] * len(base_ids) + [adapter] * len(aligned_ids)
+        self.state = _ModelState(
+            peft_model,
+            base_ids + aligned_ids,
+            n,
+            pad_id,
+            budget,
+            share_prefill=share_prefill,
+            adapters=adapters,
+        )
+        self.base = _JointHalf(self, 0)
+        self.aligned = _JointHalf(self, 1)
+
+    @property
+    def half(self) -> int:
+        return self.state.logits.shape[0] // 2
+
+    def step(self, tokens: torch.Tensor, step: int) -> None:
+        self.state.step(torch.cat([tokens, tokens]), step)
+
+    def select(self, keep: torch.Tensor) -> None:
+        self.state.select(torch.cat([keep, keep + self.half]))
+
+
+class _JointHalf:
+    """The logits of one view of a :class:`_JointState`."""
+
+    def __init__(self, joint: _JointState, part: int):
+        self.joint = joint
+        self.part = part
+
+    @property
+    def logits(self) -> torch.Tensor:
+        half = self.joint.half
+        return self.joint.state.logits[half * self.part : half * (self.part + 1)]
 
 
 @dataclass
@@ -318,6 +388,13 @@ class _Decode:
         if self.spec.uses_base:
             stops = stops + tuple(s for s in pair.base_template.stop_strings if s not in stops)
         self.stops = stops
+        self.joint = (
+            options.joint_forward
+            and pair.shares_weights
+            and self.spec.uses_base
+            and self.spec.uses_aligned
+            and supports_row_adapters(pair.aligned)
+        )
 
     def _budget(self, prompt: PreparedPrompt) -> int:
         room = self.pair.context_window - max(
@@ -337,16 +414,30 @@ class _Decode:
         pad_id = vocab.end_ids[0] if vocab.end_ids else 0
         share = self.options.share_prefill
         base = aligned = None
+        base_ids = [p.base_ids for p in self.prompts]
+        aligned_ids = [p.aligned_ids for p in self.prompts]
         with self.compute():
-            if self.spec.uses_base:
-                ids = [p.base_ids for p in self.prompts]
-                base = _ModelState(self.pair.base, ids, n, pad_id, max_budget, share_prefill=share)
-            if self.spec.uses_aligned:
-                ids = [p.aligned_ids for p in self.prompts]
-                aligned = _ModelState(
-                    self.pair.aligned, ids, n, pad_id, max_budget, share_prefill=share
+            if self.joint:
+                joint = _JointState(
+                    self.pair.aligned,
+                    base_ids,
+                    aligned_ids,
+                    n,
+                    pad_id,
+                    max_budget,
+                    share_prefill=share,
                 )
-        models = [m for m in (base, aligned) if m is not None]
+                base, aligned, models = joint.base, joint.aligned, [joint]
+            else:
+                if self.spec.uses_base:
+                    base = _ModelState(
+                        self.pair.base, base_ids, n, pad_id, max_budget, share_prefill=share
+                    )
+                if self.spec.uses_aligned:
+                    aligned = _ModelState(
+                        self.pair.aligned, aligned_ids, n, pad_id, max_budget, share_prefill=share
+                    )
+                models = [m for m in (base, aligned) if m is not None]
 
         active = list(range(self.rows))  # batch position -> row id
         finished_mask = torch.zeros(self.rows, dtype=torch.bool, device=self.device)
@@ -451,8 +542,8 @@ class _Decode:
             min_p=params.min_p,
             raw_probs=raw_probs,
         )
-        uniforms = row_uniforms(seeds, sample_index, step, purpose)
-        return sample_tokens(probs, uniforms, top_p=params.top_p)
+        streams = row_streams(seeds, sample_index, step, purpose)
+        return sample_tokens(probs, streams, top_p=params.top_p)
 
     def _choose(self, base_logits, aligned_logits, owner, prev_token, step, seeds, sample_index):
         spec = self.spec

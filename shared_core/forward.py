@@ -35,16 +35,35 @@ def _unwrap(model: Any) -> Any:
     return get_base() if callable(get_base) else model
 
 
+#: peft's name for "no adapter" in a mixed-adapter batch.
+NO_ADAPTER = "__base__"
+
+
+def supports_row_adapters(model: Any) -> bool:
+    """True if ``model`` is a PEFT LoRA model that can run a different adapter on each row."""
+    config = getattr(model, "active_peft_config", None)
+    return (
+        config is not None
+        and str(getattr(config, "peft_type", "")).endswith("LORA")
+        and not getattr(config, "modules_to_save", None)
+        and hasattr(model, "_enable_peft_forward_hooks")
+    )
+
+
 def forward_last_logits(
     model: Any,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     position_ids: torch.Tensor,
     cache: Any,
+    *,
+    adapter_names: list[str] | None = None,
 ) -> tuple[torch.Tensor, Any]:
     """Run ``model`` on ``input_ids`` and return ``(last-position logits [B, V], cache)``.
 
     A model exposing ``adapter_context()`` (the base view of a one-weights pair) runs inside it.
+    ``adapter_names`` (one per row, :data:`NO_ADAPTER` for the bare weights) runs a PEFT LoRA
+    model as a mixed-adapter batch: the shared weights are read once for all rows.
     """
     context = getattr(model, "adapter_context", None)
     if context is not None:
@@ -52,6 +71,11 @@ def forward_last_logits(
             return forward_last_logits(
                 model.peft_model, input_ids, attention_mask, position_ids, cache
             )
+    if adapter_names is not None:
+        # peft's own mixed-batch mechanism (what PeftModel.forward(adapter_names=...) uses),
+        # entered directly so the decoder-only fast path below still applies.
+        with model._enable_peft_forward_hooks(adapter_names=adapter_names):
+            return forward_last_logits(model, input_ids, attention_mask, position_ids, cache)
     inner = _unwrap(model)
     model_type = getattr(inner.config, "model_type", "")
     if model_type in _PLAIN_HEAD and hasattr(inner, "get_decoder"):

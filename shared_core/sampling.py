@@ -26,17 +26,33 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def row_streams(
+    seeds: torch.Tensor, sample_index: torch.Tensor, step: int, purpose: int
+) -> torch.Tensor:
+    """The 32-bit key of each row's ``(seed, sample, step, purpose)`` random stream."""
+    h = _mix32(seeds ^ (seeds >> 32))
+    h = _mix32(h ^ _mix32(sample_index + 0x9E3779B9))
+    return _mix32(h ^ _mix32(torch.full_like(h, step * 4 + purpose + 0x85EBCA6B)))
+
+
+def _to_unit(h: torch.Tensor) -> torch.Tensor:
+    """53 hashed bits of ``h`` as float64 in (0, 1); never exactly 0 or 1."""
+    h2 = _mix32(h ^ 0x27D4EB2F)
+    bits = ((h << 21) ^ (h2 & 0x1FFFFF)).to(torch.float64)
+    return ((bits + 0.5) / float(2**53)).clamp(1e-12, 1 - 1e-12)
+
+
 def row_uniforms(
     seeds: torch.Tensor, sample_index: torch.Tensor, step: int, purpose: int
 ) -> torch.Tensor:
     """One uniform in (0, 1) per row from its ``(seed, sample, step, purpose)`` stream."""
-    h = _mix32(seeds ^ (seeds >> 32))
-    h = _mix32(h ^ _mix32(sample_index + 0x9E3779B9))
-    h = _mix32(h ^ _mix32(torch.full_like(h, step * 4 + purpose + 0x85EBCA6B)))
-    h2 = _mix32(h ^ 0x27D4EB2F)
-    # 53 random bits -> float64 in (0, 1); never exactly 0 or 1.
-    bits = ((h << 21) ^ (h2 & 0x1FFFFF)).to(torch.float64)
-    return ((bits + 0.5) / float(2**53)).clamp(1e-12, 1 - 1e-12)
+    return _to_unit(row_streams(seeds, sample_index, step, purpose))
+
+
+def stream_uniforms(streams: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Uniforms ``[rows, K]``: entry ``(r, j)`` depends only on row ``r``'s stream and
+    ``index[r, j]`` (or ``index[j]`` for a 1-D ``index``), e.g. a token id."""
+    return _to_unit(_mix32(streams.unsqueeze(-1) ^ _mix32(index + 0x165667B1)))
 
 
 def sampling_probs(
@@ -67,46 +83,54 @@ def sampling_probs(
     return probs
 
 
+#: Tokens per block of the two-level draw over the whole vocabulary.
+_BLOCK = 1024
+_BLOCK_STREAM = 0x5BD1E995
+
+
 def sample_tokens(
-    probs: torch.Tensor, uniforms: torch.Tensor, *, top_p: float = 1.0
+    probs: torch.Tensor, streams: torch.Tensor, *, top_p: float = 1.0
 ) -> torch.Tensor:
-    """Draw one token per row by inverting the row's CDF at its uniform.
+    """Draw one token per row from ``probs`` using the row's random stream (:func:`row_streams`).
+
+    The draw is an exponential race (the Gumbel-max trick): each token gets a hashed uniform
+    keyed by its id, and the winner is ``argmax log p - log(-log u)``. A change of the
+    probabilities by float rounding (another batch shape, padding or kernel) alters the winner
+    only at a near-tie of the two best keys, so a seeded sample does not depend on what else
+    shares its batch. (Inverse-CDF sampling over 262k tokens flips between neighbouring tail
+    tokens at the rounding level of the cumulative sum, several percent of draws.)
 
     With ``top_p < 1`` only the nucleus (smallest set of most likely tokens whose mass reaches
     ``top_p``) is kept; it is found with a partial sort that widens only when needed.
     """
-    uniforms = uniforms.to(probs.device)
+    streams = streams.to(probs.device)
     if top_p < 1.0:
-        return _sample_nucleus(probs, uniforms, top_p)
-    return _sample_full(probs, uniforms)
+        return _sample_nucleus(probs, streams, top_p)
+    return _sample_full(probs, streams)
 
 
-def _sample_full(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-    """Inverse-CDF sampling over the whole vocabulary in two levels (blocks, then tokens).
+def _race(weights: torch.Tensor, streams: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Position of the winner of an exponential race among ``weights`` (``[rows, K]``)."""
+    gumbel = -torch.log(-torch.log(stream_uniforms(streams, ids)))
+    return (weights.double().log() + gumbel).argmax(-1)
 
-    Cumulative sums run in float32 inside blocks and in float64 across blocks, so the draw is
-    accurate for large vocabularies without a float64 copy of the whole distribution. A token
-    of probability zero is never drawn.
-    """
+
+def _sample_full(probs: torch.Tensor, streams: torch.Tensor) -> torch.Tensor:
+    """A race among blocks of ``_BLOCK`` tokens by block mass, then among the chosen block's
+    tokens: exact, and only ``blocks + _BLOCK`` hashed uniforms per row."""
     batch, vocab = probs.shape
-    block = 1024
-    blocks = -(-vocab // block)
-    padded = torch.nn.functional.pad(probs, (0, blocks * block - vocab))
-    inner = padded.view(batch, blocks, block).cumsum(-1)
-    block_mass = inner[..., -1]
-    outer = block_mass.double().cumsum(-1)
-    target = uniforms.double() * outer[:, -1]
-    chosen = torch.searchsorted(outer, target.unsqueeze(-1)).clamp_(max=blocks - 1)
-    mass = block_mass.gather(1, chosen)
-    before = outer.gather(1, chosen) - mass.double()
-    rest = (target.unsqueeze(-1) - before).float()
-    rest = torch.minimum(rest, mass).clamp_(min=torch.finfo(torch.float32).tiny)
-    row_cdf = inner.gather(1, chosen.unsqueeze(-1).expand(batch, 1, block)).squeeze(1)
-    within = torch.searchsorted(row_cdf, rest).clamp_(max=block - 1)
-    return (chosen * block + within).squeeze(-1).clamp_(max=vocab - 1)
+    blocks = -(-vocab // _BLOCK)
+    padded = torch.nn.functional.pad(probs, (0, blocks * _BLOCK - vocab))
+    padded = padded.view(batch, blocks, _BLOCK)
+    block_ids = torch.arange(blocks, device=probs.device)
+    block = _race(padded.sum(-1), _mix32(streams ^ _BLOCK_STREAM), block_ids)
+    rows = torch.arange(batch, device=probs.device)
+    token_ids = block.unsqueeze(-1) * _BLOCK + torch.arange(_BLOCK, device=probs.device)
+    within = _race(padded[rows, block], streams, token_ids)
+    return block * _BLOCK + within
 
 
-def _sample_nucleus(probs: torch.Tensor, uniforms: torch.Tensor, top_p: float) -> torch.Tensor:
+def _sample_nucleus(probs: torch.Tensor, streams: torch.Tensor, top_p: float) -> torch.Tensor:
     vocab = probs.shape[-1]
     k = min(256, vocab)
     while True:
@@ -117,8 +141,5 @@ def _sample_nucleus(probs: torch.Tensor, uniforms: torch.Tensor, top_p: float) -
     total = probs.sum(-1, keepdim=True)
     cumulative = top_probs.cumsum(-1)
     keep = (cumulative - top_probs) < top_p * total
-    kept = (top_probs * keep).double()
-    cdf = kept.cumsum(-1)
-    target = (uniforms.double() * cdf[:, -1]).unsqueeze(-1)
-    pos = torch.searchsorted(cdf, target).clamp_(max=k - 1)
-    return top_idx.gather(1, pos).squeeze(-1)
+    position = _race(top_probs * keep, streams, top_idx)
+    return top_idx.gather(1, position.unsqueeze(-1)).squeeze(-1)

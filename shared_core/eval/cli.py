@@ -142,6 +142,7 @@ def _load_judge(spec: str | None) -> Any:
 
 def run_eval_command(args: argparse.Namespace) -> int:
     """Run the stages selected by ``args`` (parsed by :func:`add_eval_parser`)."""
+    from ..cli import check_generation_options, set_torch_threads
     from .runner import build_settings, load_prompts, run_generation
     from .score import LazyScorer, aggregate_scores, score_generations
 
@@ -153,12 +154,18 @@ def run_eval_command(args: argparse.Namespace) -> int:
         raise ValueError("-k must be >= 2: diversity is measured across a prompt's samples")
     if args.no_judge and args.judge:
         raise ValueError("--judge and --no-judge contradict each other")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        import torch
-
-        torch.set_num_threads(args.threads)
+    check_generation_options(
+        {
+            "n": args.k,
+            "max_new_tokens": args.max_new_tokens,
+            "top_p": args.top_p,
+            "seed": args.seed,
+        },
+        n_flag="-k",
+    )
+    if args.batch_prompts < 1:
+        raise ValueError(f"--batch-prompts must be >= 1, got {args.batch_prompts}")
+    set_torch_threads(args.threads)
     grids = dict(args.grid or [])
     temps = {"aligned_temperatures": args.aligned_temperatures} if args.aligned_temperatures else {}
     settings = build_settings(_methods(args), grids=grids, **temps)

@@ -20,6 +20,18 @@ def test_loads_local_folders(tiny_pair_paths):
     assert pair.context_window == 512
 
 
+def _save_random_lora(base_path, folder) -> None:
+    peft = pytest.importorskip("peft", reason="peft is in the dev extra")
+    from transformers import AutoModelForCausalLM
+
+    config = peft.LoraConfig(
+        r=4, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False
+    )
+    torch.manual_seed(0)
+    lora = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(base_path), config)
+    lora.save_pretrained(folder)
+
+
 def test_one_weights_adapter_pair_matches_two_models(tiny_pair_paths, tmp_path):
     peft = pytest.importorskip("peft", reason="peft is in the dev extra")
     from transformers import AutoModelForCausalLM
@@ -28,12 +40,7 @@ def test_one_weights_adapter_pair_matches_two_models(tiny_pair_paths, tmp_path):
     from shared_core.pair import AdapterDisabledModel
 
     base_path, _ = tiny_pair_paths
-    config = peft.LoraConfig(
-        r=4, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False
-    )
-    torch.manual_seed(0)
-    lora = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(base_path), config)
-    lora.save_pretrained(tmp_path / "adapter")
+    _save_random_lora(base_path, tmp_path / "adapter")
 
     shared = ModelPair.from_pretrained(base_path, aligned_adapter=tmp_path / "adapter")
     assert shared.shares_weights and isinstance(shared.base, AdapterDisabledModel)
@@ -61,6 +68,46 @@ def test_one_weights_adapter_pair_matches_two_models(tiny_pair_paths, tmp_path):
         assert not torch.allclose(shared.base(ids).logits, shared.aligned(ids).logits)
         reference = separate.base(ids).logits
         assert torch.equal(shared.base(ids).logits, reference)
+
+
+@pytest.mark.parametrize("router", ["p-punc", "rand"])
+def test_joint_forward_of_one_weights_pair_changes_no_output(
+    tiny_pair_paths, tmp_path, monkeypatch, router
+):
+    """Both views in one mixed-adapter batch give the same tokens as two forwards per step."""
+    from shared_core import BacoEngine, engine
+    from shared_core.engine import DecodeOptions
+
+    base_path, _ = tiny_pair_paths
+    _save_random_lora(base_path, tmp_path / "adapter")
+    pair = ModelPair.from_pretrained(base_path, aligned_adapter=tmp_path / "adapter")
+    states = []
+    original = engine._ModelState.__init__
+
+    def counting(self, *args, **kwargs):
+        states.append(kwargs.get("adapters"))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine._ModelState, "__init__", counting)
+    prompts = ["Tell me a story.", "Name a color.", "x"]
+    # a stop string ends rows at different steps, so compaction is exercised too
+    options = {"n": 3, "max_new_tokens": 40, "seed": 5, "router": router, "stop": ["e"]}
+    results = {}
+    for joint in (True, False):
+        for share, compact in ((True, True), (False, False)):
+            states.clear()
+            out = BacoEngine(pair, options=DecodeOptions(share, compact, joint)).generate(
+                prompts, **options
+            )
+            results[joint, share, compact] = [
+                [(g.token_ids, g.sources, g.finish_reason) for g in row] for row in out
+            ]
+            # joint: one state whose rows carry the adapter off/on; otherwise one per model
+            assert len(states) == (1 if joint else 2)
+            assert (states[0] is not None) == joint
+    first = results[True, True, True]
+    assert all(r == first for r in results.values())
+    assert len({len(t[0]) for row in first for t in row}) > 2
 
 
 def test_exactly_one_aligned_source(tiny_pair_paths):
