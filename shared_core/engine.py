@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .batching import RequestQueue
 from .forward import NO_ADAPTER, forward_last_logits, supports_row_adapters
 from .memory import check_fits
 from .pair import ModelPair
@@ -44,11 +45,15 @@ class DecodeOptions:
     ``compact_finished``: drop finished rows from the batch (and the caches) as they finish.
     ``joint_forward``: for a one-weights (base + LoRA) pair, run both views as one batch with
     the adapter switched per row, reading the shared weights once per step.
+    ``batch_requests``: merge concurrent ``generate`` calls with the same settings into one
+    batched decode of at most ``max_batch_rows`` rows (see :mod:`shared_core.batching`).
     """
 
     share_prefill: bool = True
     compact_finished: bool = True
     joint_forward: bool = True
+    batch_requests: bool = True
+    max_batch_rows: int = 64
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,11 @@ class PreparedPrompt:
     messages: list[dict[str, str]]
     aligned_ids: list[int]
     base_ids: list[int]
+
+
+def _seed(params: GenerationParams) -> int:
+    """The request's seed, or a fresh random one."""
+    return params.seed if params.seed is not None else secrets.randbits(63)
 
 
 def is_single_prompt(prompts: Any) -> bool:
@@ -74,11 +84,13 @@ def is_single_prompt(prompts: Any) -> bool:
 class BacoEngine:
     """Batched BACO decoding over a :class:`ModelPair`.
 
-    One engine may be shared by threads and coroutines: each decode step's model work runs under
-    a lock, so concurrent decodes interleave step by step, and a stream holds nothing between
-    events (an abandoned stream blocks no one). Each decode already batches all samples of all
-    its prompts. ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs
-    the forwards under autocast, which is faster on CPUs with bf16 units but changes numerics.
+    One engine may be shared by threads and coroutines. Concurrent ``generate`` calls with the
+    same settings are merged into one batched decode (:class:`~shared_core.batching.
+    RequestQueue`); other decodes and streams interleave step by step, since each step's model
+    work runs under a lock and a stream holds nothing between events (an abandoned stream
+    blocks no one). Each decode batches all samples of all its prompts. ``autocast_dtype``
+    (e.g. ``torch.bfloat16``) runs the forwards under autocast, which is faster on CPUs with
+    bf16 units but changes numerics.
     """
 
     def __init__(
@@ -94,6 +106,11 @@ class BacoEngine:
         self.autocast_dtype = autocast_dtype
         self.options = options or DecodeOptions()
         self._lock = threading.Lock()
+        self._queue = (
+            RequestQueue(self._run_batch, max_rows=self.options.max_batch_rows)
+            if self.options.batch_requests
+            else None
+        )
 
     @property
     def tokenizer(self) -> Any:
@@ -142,17 +159,31 @@ class BacoEngine:
         exception's place in the result while the other prompts are still generated.
         """
         params, prepared, failures = self._prepare_all(prompts, options, return_exceptions)
-        results: list[list[Generation | None]] = [[None] * params.n for _ in prepared]
+        results: list[list[Generation]] = []
         if prepared:
-            for event in self._decode([p for _, p in prepared], params):
-                if event.generation is not None:
-                    results[event.prompt_index][event.sample_index] = event.generation
+            batch = [p for _, p in prepared]
+            if self._queue is not None:
+                results = self._queue.submit(batch, params)
+            else:
+                results = self._run_batch(batch, params, [_seed(params)] * len(batch))
         out: list[Any] = [None] * (len(prepared) + len(failures))
         for (index, _), row in zip(prepared, results, strict=True):
-            out[index] = [g for g in row if g is not None]
+            out[index] = row
         for index, error in failures.items():
             out[index] = error
         return out
+
+    def _run_batch(
+        self, prompts: Sequence[PreparedPrompt], params: GenerationParams, seeds: Sequence[int]
+    ) -> list[list[Generation]]:
+        """Decode ``prompts`` (one seed each) in one batch; ``n`` samples per prompt."""
+        prompts = list(prompts)
+        self._check_memory(prompts, params)
+        results: list[list[Generation | None]] = [[None] * params.n for _ in prompts]
+        for event in self._decode(prompts, params, seeds):
+            if event.generation is not None:
+                results[event.prompt_index][event.sample_index] = event.generation
+        return [[g for g in row if g is not None] for row in results]
 
     def stream(self, prompts: Prompt | Sequence[Prompt], **options: Any) -> Iterator[StreamEvent]:
         """Stream the samples of one prompt (or of several, batched) as :class:`StreamEvent` s.
@@ -161,7 +192,7 @@ class BacoEngine:
         (``break``, ``close()``) stops the decode and releases the engine.
         """
         params, prepared, _ = self._prepare_all(prompts, options, False)
-        return self._decode([p for _, p in prepared], params)
+        return self._decode([p for _, p in prepared], params, [_seed(params)] * len(prepared))
 
     def _prepare_all(
         self, prompts: Prompt | Sequence[Prompt], options: dict[str, Any], keep_going: bool
@@ -181,31 +212,35 @@ class BacoEngine:
                     raise
                 failures[index] = exc
         if prepared:
-            spec = params.spec
-            models = [
-                m
-                for m, used in (
-                    (self.pair.base, spec.uses_base),
-                    (self.pair.aligned, spec.uses_aligned),
-                )
-                if used
-            ]
-            longest = max(max(len(p.aligned_ids), len(p.base_ids)) for _, p in prepared)
-            check_fits(
-                models,
-                len(prepared) * params.n,
-                longest + params.max_new_tokens,
-                self.pair.vocab_size,
-                self.pair.device,
-            )
+            self._check_memory([p for _, p in prepared], params)
         return params, prepared, failures
+
+    def _check_memory(self, prompts: list[PreparedPrompt], params: GenerationParams) -> None:
+        """Refuse, with advice, a batch whose KV caches and logits cannot fit in free memory."""
+        spec = params.spec
+        models = [
+            m
+            for m, used in (
+                (self.pair.base, spec.uses_base),
+                (self.pair.aligned, spec.uses_aligned),
+            )
+            if used
+        ]
+        longest = max(max(len(p.aligned_ids), len(p.base_ids)) for p in prompts)
+        check_fits(
+            models,
+            len(prompts) * params.n,
+            longest + params.max_new_tokens,
+            self.pair.vocab_size,
+            self.pair.device,
+        )
 
     # ------------------------------------------------------------------ decoding loop
 
     def _decode(
-        self, prompts: list[PreparedPrompt], params: GenerationParams
+        self, prompts: list[PreparedPrompt], params: GenerationParams, seeds: Sequence[int]
     ) -> Iterator[StreamEvent]:
-        return _Decode(self.pair, prompts, params, self.options, self._compute).run()
+        return _Decode(self.pair, prompts, params, seeds, self.options, self._compute).run()
 
     @contextmanager
     def _compute(self) -> Iterator[None]:
@@ -368,6 +403,7 @@ class _Decode:
         pair: ModelPair,
         prompts: list[PreparedPrompt],
         params: GenerationParams,
+        seeds: Sequence[int],
         options: DecodeOptions,
         compute: Callable[[], AbstractContextManager[None]],
     ):
@@ -381,8 +417,8 @@ class _Decode:
         self.rows = len(prompts) * params.n
         self.vocab = pair.vocab
         self.device = pair.device
-        seed = params.seed if params.seed is not None else secrets.randbits(63)
-        self.seeds = torch.full((self.rows,), seed, dtype=torch.long, device=self.device)
+        self.seeds = torch.tensor(list(seeds), dtype=torch.long, device=self.device)
+        self.seeds = self.seeds.repeat_interleave(self.n)
         self.sample_index = torch.arange(self.n, device=self.device).repeat(len(prompts))
         stops = params.stop
         if self.spec.uses_base:

@@ -25,7 +25,7 @@ def test_run_demo_prints_both_methods_and_diversity(tiny_engine):
     assert "aligned model alone" in text and "BACO p-punc" in text
     assert "distinct-1" in text and "base share" in text
     assert runs["aligned"].diversity["base share"] == 0.0
-    assert runs["baco"].diversity["base share"] > 0.3  # gamma > 1: base after the first word
+    assert runs["baco"].diversity["base share"] > 0.0  # gamma > 1: base wherever not punctuation
     assert "«" in text  # base spans are marked without colour
     for run in runs.values():
         assert [len(row) for row in run.samples] == [3, 3]
