@@ -11,7 +11,9 @@ All variants are forced to generate exactly ``max_new_tokens`` tokens per sample
 Variants:
   aligned_generate      aligned model alone, ``generate(num_return_sequences=n)`` (the baseline)
   baco_two_models       BACO, base and aligned as two separate models (adapter merged)
-  baco_one_weights      BACO, one set of weights (base + LoRA adapter, adapter toggled)
+  baco_one_weights      BACO, one set of weights (base + LoRA): both views in one forward per
+                        step, the adapter switched per row (peft mixed-adapter batch)
+  baco_one_weights_no_joint   the same with two forwards per step (adapter toggled)
   baco_no_prefill_share BACO two models, each sample prefilled separately (optimisation off)
   baco_compact / baco_no_compact   rows end naturally (no min_new_tokens); compaction on/off
   *_bf16                the same under bf16 autocast (changes numerics; opt-in)
@@ -43,6 +45,7 @@ VARIANTS = [
     "aligned_generate",
     "baco_two_models",
     "baco_one_weights",
+    "baco_one_weights_no_joint",
     "baco_no_prefill_share",
     "baco_compact",
     "baco_no_compact",
@@ -97,6 +100,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
         options = DecodeOptions(
             share_prefill=base_name != "baco_no_prefill_share",
             compact_finished=base_name != "baco_no_compact",
+            joint_forward=base_name != "baco_one_weights_no_joint",
         )
         engine = BacoEngine(pair, options=options)
 

@@ -275,3 +275,18 @@ def test_eval_rejects_bad_option_before_loading(
 def test_eval_without_prompts_option(capsys) -> None:
     code, err = _run(["eval"], capsys)
     _assert_usage_error(code, err, "the following arguments are required: --prompts")
+
+
+def test_model_with_nan_logits_is_a_clear_error(tiny_pair_paths, monkeypatch, capsys):
+    from shared_core import ModelPair, cli
+
+    base, aligned = tiny_pair_paths
+    pair = ModelPair.from_pretrained(str(base), str(aligned))
+    with torch.no_grad():
+        pair.aligned.lm_head.weight.fill_(float("nan"))
+    monkeypatch.setattr(cli, "load_pair", lambda args: pair)
+    code = main(["generate", "Hi", "--base", str(base), "--aligned", str(aligned), "-n", "1"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "baco: error:" in err and "NaN" in err and str(aligned) in err
+    assert "Traceback" not in err
