@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -65,6 +68,24 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+#: Most blocking calls in flight at once. asyncio's default executor allows only
+#: ``cpu_count + 4`` (6 on a 2-core machine), which would hold the rest back in its own queue
+#: instead of letting the engine's request queue batch them.
+MAX_CONCURRENT_CALLS = 64
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _call_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(MAX_CONCURRENT_CALLS, thread_name_prefix="baco-call")
+        return _pool
+
+
 async def run_in_thread(function: Callable[..., T], *args: object, **kwargs: object) -> T:
     """``await`` a blocking call made in a worker thread (the loop keeps running)."""
-    return await asyncio.to_thread(function, *args, **kwargs)
+    loop = asyncio.get_running_loop()
+    call = contextvars.copy_context().run
+    return await loop.run_in_executor(_call_pool(), partial(call, function, *args, **kwargs))
