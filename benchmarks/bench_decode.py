@@ -17,6 +17,9 @@ Variants:
   baco_no_prefill_share BACO two models, each sample prefilled separately (optimisation off)
   baco_compact / baco_no_compact   rows end naturally (no min_new_tokens); compaction on/off
   *_bf16                the same under bf16 autocast (changes numerics; opt-in)
+  aligned_generate_static_compiled  the baseline with transformers' static KV cache and its
+                        decode step compiled (``torch.compile``, mode "default" on CPU; what a
+                        static-cache + compiled-step engine could gain on this device)
   reference_loop        one sample at a time, both models, Python routing (what research code
                         usually does), the peer users would otherwise copy
 """
@@ -49,6 +52,7 @@ VARIANTS = [
     "baco_no_prefill_share",
     "baco_compact",
     "baco_no_compact",
+    "aligned_generate_static_compiled",
     "aligned_generate_bf16",
     "baco_two_models_bf16",
     "baco_one_weights_bf16",
@@ -94,6 +98,8 @@ def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
     if base_name == "aligned_generate":
         run = lambda tokens: aligned_generate(pair, n, tokens, args.top_p)  # noqa: E731
+    elif base_name == "aligned_generate_static_compiled":
+        run = lambda tokens: aligned_generate(pair, n, tokens, args.top_p, compiled=True)  # noqa: E731
     elif base_name == "reference_loop":
         run = lambda tokens: reference_loop(pair, n, tokens, args)  # noqa: E731
     else:
@@ -121,6 +127,9 @@ def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
     with torch.inference_mode(), autocast:
         run(2)  # warm-up
+        if "compiled" in name:  # compile for both timed shapes before timing
+            run(1)
+            run(new)
         start = time.perf_counter()
         _, ttft = run(1)
         result["prefill_s"] = time.perf_counter() - start
@@ -139,8 +148,21 @@ def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def aligned_generate(pair, n: int, new: int, top_p: float) -> tuple[int, float]:
-    """The baseline: transformers ``generate`` on the aligned model alone."""
+def aligned_generate(
+    pair, n: int, new: int, top_p: float, compiled: bool = False
+) -> tuple[int, float]:
+    """The baseline: transformers ``generate`` on the aligned model alone.
+
+    ``compiled``: static KV cache and a compiled decode step (transformers' own compile path,
+    enabled on every device, CUDA graphs only on CUDA).
+    """
+    extra: dict[str, Any] = {}
+    if compiled:
+        from transformers import CompileConfig
+
+        config = CompileConfig(mode="reduce-overhead" if pair.device.type == "cuda" else "default")
+        config._compile_all_devices = True
+        extra = {"cache_implementation": "static", "compile_config": config}
     from shared_core.prompts import chat_template_ids, normalise_messages
 
     tokenizer = pair.tokenizer
@@ -175,6 +197,7 @@ def aligned_generate(pair, n: int, new: int, top_p: float) -> tuple[int, float]:
         min_new_tokens=new,
         pad_token_id=pad,
         streamer=FirstToken() if len(PROMPTS) == 1 else None,
+        **extra,
     )
     return (out.shape[1] - width) * out.shape[0], first[0] if first else 0.0
 
