@@ -14,6 +14,9 @@ Variants:
   baco_one_weights      BACO, one set of weights (base + LoRA): both views in one forward per
                         step, the adapter switched per row (peft mixed-adapter batch)
   baco_one_weights_no_joint   the same with two forwards per step (adapter toggled)
+  baco_two_models_lazy  BACO two models, aligned model caught up lazily in chunks (batch 1 only:
+                        run with --n 1 --prompts 1; opt-in, skips the aligned stop guard in
+                        base spans)
   baco_no_prefill_share BACO two models, each sample prefilled separately (optimisation off)
   baco_compact / baco_no_compact   rows end naturally (no min_new_tokens); compaction on/off
   *_bf16                the same under bf16 autocast (changes numerics; opt-in)
@@ -49,6 +52,7 @@ VARIANTS = [
     "baco_two_models",
     "baco_one_weights",
     "baco_one_weights_no_joint",
+    "baco_two_models_lazy",
     "baco_no_prefill_share",
     "baco_compact",
     "baco_no_compact",
@@ -81,7 +85,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     bf16 = name.endswith("_bf16")
     base_name = name.removesuffix("_bf16")
-    pair = load_pair(args, one_weights=base_name != "baco_two_models")
+    pair = load_pair(args, one_weights=not base_name.startswith("baco_two_models"))
     autocast = torch.autocast(pair.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     n, new = args.n, args.max_new_tokens
     common = {
@@ -107,6 +111,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
             share_prefill=base_name != "baco_no_prefill_share",
             compact_finished=base_name != "baco_no_compact",
             joint_forward=base_name != "baco_one_weights_no_joint",
+            lazy_aligned=base_name == "baco_two_models_lazy",
         )
         engine = BacoEngine(pair, options=options)
 

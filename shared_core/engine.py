@@ -47,6 +47,12 @@ class DecodeOptions:
     the adapter switched per row, reading the shared weights once per step.
     ``batch_requests``: merge concurrent ``generate`` calls with the same settings into one
     batched decode of at most ``max_batch_rows`` rows (see :mod:`shared_core.batching`).
+    ``lazy_aligned`` (opt-in; changes outputs): in a batch-1 decode (one prompt, ``n=1``)
+    with a built-in router that reads only base signals, run the aligned model only when its
+    distribution can matter, catching it up on the skipped tokens in one chunk. The
+    ``aligned_can_stop`` guard is then not checked while the base model owns the text, so
+    the aligned model cannot end the response in the middle of a base span; with
+    ``aligned_can_stop=False`` the outputs are those of the eager decode.
     """
 
     share_prefill: bool = True
@@ -54,6 +60,7 @@ class DecodeOptions:
     joint_forward: bool = True
     batch_requests: bool = True
     max_batch_rows: int = 64
+    lazy_aligned: bool = False
 
 
 @dataclass(frozen=True)
@@ -306,12 +313,18 @@ class _ModelState:
 
     def step(self, tokens: torch.Tensor, step: int) -> None:
         """Append ``tokens`` (one per row) at decode step ``step`` and compute next logits."""
-        self.mask[:, self.width + step] = 1
-        positions = (self.next_position + step).unsqueeze(-1)
+        self.extend(tokens.unsqueeze(-1), step)
+
+    def extend(self, tokens: torch.Tensor, first_step: int) -> None:
+        """Append ``tokens`` ``[rows, k]`` generated at steps ``first_step …`` in one forward."""
+        end = first_step + tokens.shape[1]
+        self.mask[:, self.width + first_step : self.width + end] = 1
+        steps = torch.arange(first_step, end, device=self.mask.device)
+        positions = self.next_position.unsqueeze(-1) + steps
         self.logits, self.cache = forward_last_logits(
             self.model,
-            tokens.unsqueeze(-1),
-            self.mask[:, : self.width + step + 1],
+            tokens,
+            self.mask[:, : self.width + end],
             positions,
             self.cache,
             adapter_names=self.adapters,
@@ -325,6 +338,38 @@ class _ModelState:
         self.mask = self.mask[keep]
         self.next_position = self.next_position[keep]
         self.logits = self.logits[keep]
+
+
+class _LazyState:
+    """A model fed only when its logits are read: tokens queue up and go in as one chunk.
+
+    Used for the aligned model of a batch-1 decode with a router that reads only base
+    signals: while the base model owns the text and the router keeps choosing it, the aligned
+    model's next-token distribution is not needed.
+    """
+
+    def __init__(self, state: _ModelState):
+        self.state = state
+        self.pending: list[torch.Tensor] = []
+        self.first_pending = 0
+        self.forwards = 0
+
+    def step(self, tokens: torch.Tensor, step: int) -> None:
+        if not self.pending:
+            self.first_pending = step
+        self.pending.append(tokens)
+
+    @property
+    def logits(self) -> torch.Tensor:
+        if self.pending:
+            self.state.extend(torch.stack(self.pending, dim=-1), self.first_pending)
+            self.pending.clear()
+            self.forwards += 1
+        return self.state.logits
+
+    def select(self, keep: torch.Tensor) -> None:
+        self.logits  # noqa: B018  (catch up before rows are dropped)
+        self.state.select(keep)
 
 
 class _JointState:
@@ -424,8 +469,10 @@ class _Decode:
         if self.spec.uses_base:
             stops = stops + tuple(s for s in pair.base_template.stop_strings if s not in stops)
         self.stops = stops
+        self.lazy = options.lazy_aligned and self.rows == 1 and self.spec.reads_only_base
         self.joint = (
             options.joint_forward
+            and not self.lazy
             and pair.shares_weights
             and self.spec.uses_base
             and self.spec.uses_aligned
@@ -473,6 +520,8 @@ class _Decode:
                     aligned = _ModelState(
                         self.pair.aligned, aligned_ids, n, pad_id, max_budget, share_prefill=share
                     )
+                    if self.lazy:
+                        aligned = _LazyState(aligned)
                 models = [m for m in (base, aligned) if m is not None]
 
         active = list(range(self.rows))  # batch position -> row id
@@ -483,11 +532,18 @@ class _Decode:
 
         for step in range(max_budget):
             with self.compute():
-                base_logits = self._clean(base.logits, step) if base is not None else None
-                aligned_logits = self._clean(aligned.logits, step) if aligned is not None else None
-                owner, token, broken = self._choose(
-                    base_logits, aligned_logits, owner, prev_token, step, seeds, sample_index
-                )
+                if self.lazy:
+                    owner, token, broken = self._choose_lazy(
+                        base, aligned, owner, prev_token, step, seeds, sample_index
+                    )
+                else:
+                    base_logits = self._clean(base.logits, step) if base is not None else None
+                    aligned_logits = (
+                        self._clean(aligned.logits, step) if aligned is not None else None
+                    )
+                    owner, token, broken = self._choose(
+                        base_logits, aligned_logits, owner, prev_token, step, seeds, sample_index
+                    )
                 token = torch.where(finished_mask, pad_id, token)
                 prev_token = token
                 host = torch.stack([token, owner.long(), *broken]).tolist()
@@ -630,6 +686,48 @@ class _Decode:
             aligned_can_stop=self.params.aligned_can_stop,
         )
         return owner, token, broken
+
+    def _choose_lazy(self, base, aligned, owner, prev_token, step, seeds, sample_index):
+        """:meth:`_choose` for a batch-1 decode that reads the aligned model only when needed.
+
+        When the base model owns the text and the router keeps it there, the aligned candidate
+        cannot change the token, except through the ``aligned_can_stop`` guard, which is
+        skipped on those steps (the trade-off of this mode).
+        """
+        base_logits = self._clean(base.logits, step)
+        base_probs = torch.softmax(base_logits, -1)
+        signals = compute_signals(
+            base_probs,
+            None,
+            base_logits,
+            None,
+            self.vocab,
+            content_source=self.spec.content_source,
+            uniform=row_uniforms(seeds, sample_index, step, ROUTER_DRAW),
+            step=step,
+        )
+        route = self.spec(signals).to(torch.bool)
+        base_token = self._candidate(base_logits, base_probs, step, BASE_DRAW, seeds, sample_index)
+        base_broken = base_probs[:, 0].isnan().long()
+        if step > 0 and bool(owner[0]) and bool(route[0]):
+            return owner, base_token, [base_broken, torch.zeros_like(base_broken)]
+        aligned_logits = self._clean(aligned.logits, step)
+        aligned_probs = torch.softmax(aligned_logits, -1)
+        aligned_token = self._candidate(
+            aligned_logits, aligned_probs, step, ALIGNED_DRAW, seeds, sample_index
+        )
+        owner, token = apply_guards(
+            route,
+            owner,
+            base_token,
+            aligned_token,
+            prev_token,
+            self.vocab,
+            first_step=step == 0,
+            aligned_starts=self.params.aligned_starts,
+            aligned_can_stop=self.params.aligned_can_stop,
+        )
+        return owner, token, [base_broken, aligned_probs[:, 0].isnan().long()]
 
     def _event(self, row, delta, token_id, from_base, generation=None) -> StreamEvent:
         source = None if from_base is None else ("base" if from_base else "aligned")

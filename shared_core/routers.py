@@ -71,6 +71,16 @@ class RouterSpec:
     source: object = None
 
     @property
+    def reads_only_base(self) -> bool:
+        """True for a built-in two-model router whose decision reads only base signals
+        (every built-in with ``content_source="base"``); a callable may read anything."""
+        return (
+            isinstance(self.source, str)
+            and not self.single_model
+            and (self.content_source == "base")
+        )
+
+    @property
     def single_model(self) -> bool:
         """True for the ``base``/``aligned`` baselines (exact single-model decoding)."""
         return not (self.uses_base and self.uses_aligned)

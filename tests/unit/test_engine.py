@@ -266,3 +266,52 @@ def test_speed_options_do_not_change_outputs(tiny_engine):
     lengths = {len(t[0]) for row in results[0] for t in row}
     assert len(lengths) > 2  # rows finished at different steps: compaction was exercised
     assert all(r == results[0] for r in results[1:])
+
+
+def _lazy_states(monkeypatch) -> list:
+    from shared_core import engine
+
+    created = []
+    original = engine._LazyState.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        created.append(self)
+
+    monkeypatch.setattr(engine._LazyState, "__init__", spy)
+    return created
+
+
+@pytest.mark.parametrize(("router", "gamma"), [("p-punc", 0.9), ("p", 0.5), ("rand", 0.5)])
+def test_lazy_aligned_matches_eager_without_the_stop_guard(tiny_pair, monkeypatch, router, gamma):
+    from shared_core.engine import DecodeOptions
+
+    created = _lazy_states(monkeypatch)
+    lazy_engine = BacoEngine(tiny_pair, options=DecodeOptions(lazy_aligned=True))
+    saved = steps = 0
+    for seed in range(3):
+        options = {"router": router, "gamma": gamma, "seed": seed, "max_new_tokens": 40}
+        options["aligned_can_stop"] = False  # the one guard the lazy mode skips in base spans
+        eager = BacoEngine(tiny_pair).generate(PROMPTS[0], **options)[0][0]
+        created.clear()
+        lazy = lazy_engine.generate(PROMPTS[0], **options)[0][0]
+        assert (lazy.token_ids, lazy.sources) == (eager.token_ids, eager.sources)
+        assert len(created) == 1
+        saved += len(lazy.token_ids) - created[0].forwards
+        steps += len(lazy.token_ids)
+    assert saved > steps // 10  # base spans really skipped aligned forwards
+
+
+def test_lazy_aligned_applies_only_at_batch_one_with_base_signal_routers(tiny_pair, monkeypatch):
+    from shared_core.engine import DecodeOptions
+
+    created = _lazy_states(monkeypatch)
+    engine = BacoEngine(tiny_pair, options=DecodeOptions(lazy_aligned=True))
+    engine.generate(PROMPTS[0], n=2, max_new_tokens=4, seed=0)  # two rows
+    engine.generate(PROMPTS[:2], max_new_tokens=4, seed=0)  # two prompts
+    engine.generate(PROMPTS[0], content_source="aligned", max_new_tokens=4, seed=0)
+    engine.generate(PROMPTS[0], router=lambda s: s.p_aligned < 0.5, max_new_tokens=4, seed=0)
+    engine.generate(PROMPTS[0], router="aligned", max_new_tokens=4, seed=0)
+    assert created == []
+    out = engine.generate(PROMPTS[0], max_new_tokens=12, seed=0)[0][0]  # default stop guard on
+    assert len(created) == 1 and 0 < len(out.token_ids) <= 12
