@@ -7,6 +7,10 @@ All variants are forced to generate exactly ``max_new_tokens`` tokens per sample
 
     python benchmarks/bench_decode.py                     # demo pair, CPU, n=8, 128 tokens
     python benchmarks/bench_decode.py --tiny --max-new-tokens 32   # quick smoke run
+    # GPU: random-weight Llama configs in bf16, n in {1, 8, 32}, with the roofline share
+    for n in 1 8 32; do python benchmarks/bench_decode.py --arch llama-1b --n $n --roofline \
+        --variants aligned_generate,baco_two_models,baco_one_weights,baco_one_weights_no_joint \
+        --out benchmarks/results/bench_decode_gpu_llama1b_n$n.json; done
 
 Variants:
   aligned_generate      aligned model alone, ``generate(num_return_sequences=n)`` (the baseline)
@@ -64,9 +68,98 @@ VARIANTS = [
 ]
 
 
+#: Llama-style configs for the GPU runs (random weights): (hidden, layers, heads, kv heads,
+#: MLP width, vocabulary). "mini" is a CPU smoke-test size with the same code path.
+ARCHS = {
+    "llama-1b": (2048, 16, 32, 8, 8192, 128256),
+    "llama-8b": (4096, 32, 32, 8, 14336, 128256),
+    "mini": (256, 4, 8, 2, 768, 32000),
+}
+
+
+def random_pair(arch: str, one_weights: bool):
+    """A base + aligned pair with random weights and a real architecture's shapes.
+
+    Two models: two random initialisations. One weights: one model plus a random rank-16 LoRA
+    on every projection (the aligned view), the base view with the adapter disabled. The
+    tokenizer is the tiny test tokenizer; the output layer keeps the full vocabulary, so the
+    weights read per step are the real model's.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from shared_core import ModelPair
+    from shared_core.pair import AdapterDisabledModel
+    from shared_core.testing import build_tiny_tokenizer
+
+    hidden, layers, heads, kv_heads, mlp, vocab = ARCHS[arch]
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        intermediate_size=mlp,
+        max_position_embeddings=4096,
+    )
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+
+    def build(seed: int):
+        torch.manual_seed(seed)
+        with torch.device(device):
+            return LlamaForCausalLM(config).to(dtype).eval()
+
+    tokenizer = build_tiny_tokenizer()
+    base = build(1)
+    if not one_weights:
+        return ModelPair(base, build(2), tokenizer)
+    import peft
+
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    lora = peft.LoraConfig(r=16, lora_alpha=32, target_modules=targets, init_lora_weights=False)
+    aligned = peft.get_peft_model(base, lora).eval()
+    return ModelPair(AdapterDisabledModel(aligned), aligned, tokenizer)
+
+
+def weight_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def kv_bytes_per_token(model) -> int:
+    """Bytes of K and V one cached token holds, over all layers."""
+    config = model.config.get_text_config()
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    dtype_bytes = next(model.parameters()).element_size()
+    return 2 * config.num_hidden_layers * heads * head_dim * dtype_bytes
+
+
+def measured_bandwidth(device: torch.device) -> float:
+    """Device memory bandwidth (bytes/s) measured with a 1 GiB copy (read + write)."""
+    size = 2**30 if device.type == "cuda" else 2**28
+    src = torch.empty(size, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    for _ in range(2):
+        dst.copy_(src)
+    _sync(device)
+    start = time.perf_counter()
+    reps = 10
+    for _ in range(reps):
+        dst.copy_(src)
+    _sync(device)
+    return 2 * size * reps / (time.perf_counter() - start)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def load_pair(args: argparse.Namespace, one_weights: bool):
     from shared_core import ModelPair
 
+    if args.arch:
+        return random_pair(args.arch, one_weights)
     if args.tiny:
         from shared_core.testing import save_tiny_pair
 
@@ -148,9 +241,42 @@ def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
         tokens_per_s=tokens / seconds,
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     )
+    if args.roofline:
+        result.update(roofline(pair, base_name, n * len(PROMPTS), new, seconds))
     if torch.cuda.is_available():
         result["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return result
+
+
+def roofline(pair, variant: str, rows: int, new: int, seconds: float) -> dict[str, float]:
+    """Share of the memory-bandwidth roofline: bytes that must be read per decode step
+    (the weights of every model the variant runs, once, plus the KV cache of every row at
+    the mean context length) over the measured step time, against the measured bandwidth."""
+    from shared_core.prompts import chat_template_ids, normalise_messages
+
+    if variant in ("aligned_generate", "aligned_generate_static_compiled"):
+        models = [pair.aligned]
+    elif pair.shares_weights and variant != "baco_one_weights_no_joint":
+        models = [pair.aligned]  # one read of the shared weights (+ LoRA) serves both views
+    else:
+        models = [pair.base, pair.aligned]
+    prompt = max(len(chat_template_ids(pair.tokenizer, normalise_messages(p))) for p in PROMPTS)
+    context = prompt + new / 2
+    views = 2 if variant.startswith("baco") or variant == "reference_loop" else 1
+    kv_rows = rows * views
+    per_step = sum(weight_bytes(m) for m in models) + kv_rows * context * (
+        kv_bytes_per_token(pair.aligned)
+    )
+    if variant == "reference_loop":
+        per_step *= rows  # every sample is its own batch-1 decode
+    step_s = seconds / new
+    bandwidth = measured_bandwidth(pair.device)
+    return {
+        "bytes_per_step": per_step,
+        "step_s": step_s,
+        "bandwidth_gb_s": bandwidth / 1e9,
+        "roofline_pct": 100 * per_step / step_s / bandwidth,
+    }
 
 
 def aligned_generate(
@@ -261,6 +387,14 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/out/bench_decode.json")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--prompts", type=int, default=2, help="how many built-in prompts")
+    parser.add_argument(
+        "--arch",
+        choices=sorted(ARCHS),
+        help="random-weight pair with this Llama config (bf16 on GPU) instead of the demo pair",
+    )
+    parser.add_argument(
+        "--roofline", action="store_true", help="report %% of the memory-bandwidth roofline"
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     PROMPTS[:] = PROMPTS[: args.prompts]
@@ -289,14 +423,15 @@ def main() -> None:
         )
     header = (
         f"{'variant':<24}{'tok/s':>9}{'× aligned':>11}{'TTFT s':>9}{'prefill s':>11}"
-        f"{'peak RSS MB':>13}"
+        f"{'peak RSS MB':>13}" + (f"{'roofline %':>11}" if args.roofline else "")
     )
     print(header)
     for r in rows:
         ratio = r["ratio_vs_aligned_generate"]
+        roof = f"{r['roofline_pct']:>11.1f}" if "roofline_pct" in r else ""
         print(
             f"{r['variant']:<24}{r['tokens_per_s']:>9.1f}{ratio if ratio else 0:>11.2f}"
-            f"{r['ttft_s']:>9.2f}{r['prefill_s']:>11.2f}{r['peak_rss_mb']:>13.0f}"
+            f"{r['ttft_s']:>9.2f}{r['prefill_s']:>11.2f}{r['peak_rss_mb']:>13.0f}{roof}"
         )
     meta = {
         "n": args.n,
@@ -305,7 +440,8 @@ def main() -> None:
         "router": args.router,
         "gamma": args.gamma,
         "prompts": PROMPTS,
-        "pair": "tiny" if args.tiny else "demo",
+        "pair": args.arch or ("tiny" if args.tiny else "demo"),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
