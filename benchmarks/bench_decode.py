@@ -125,15 +125,6 @@ def weight_bytes(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def kv_bytes_per_token(model) -> int:
-    """Bytes of K and V one cached token holds, over all layers."""
-    config = model.config.get_text_config()
-    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    dtype_bytes = next(model.parameters()).element_size()
-    return 2 * config.num_hidden_layers * heads * head_dim * dtype_bytes
-
-
 def measured_bandwidth(device: torch.device) -> float:
     """Device memory bandwidth (bytes/s) measured with a 1 GiB copy (read + write)."""
     size = 2**30 if device.type == "cuda" else 2**28
@@ -252,6 +243,7 @@ def roofline(pair, variant: str, rows: int, new: int, seconds: float) -> dict[st
     """Share of the memory-bandwidth roofline: bytes that must be read per decode step
     (the weights of every model the variant runs, once, plus the KV cache of every row at
     the mean context length) over the measured step time, against the measured bandwidth."""
+    from shared_core.memory import kv_bytes_per_token
     from shared_core.prompts import chat_template_ids, normalise_messages
 
     if variant in ("aligned_generate", "aligned_generate_static_compiled"):

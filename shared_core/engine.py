@@ -199,7 +199,9 @@ class BacoEngine:
         (``break``, ``close()``) stops the decode and releases the engine.
         """
         params, prepared, _ = self._prepare_all(prompts, options, False)
-        return self._decode([p for _, p in prepared], params, [_seed(params)] * len(prepared))
+        batch = [p for _, p in prepared]
+        self._check_memory(batch, params)
+        return self._decode(batch, params, [_seed(params)] * len(batch))
 
     def _prepare_all(
         self, prompts: Prompt | Sequence[Prompt], options: dict[str, Any], keep_going: bool
@@ -218,8 +220,6 @@ class BacoEngine:
                 if not keep_going:
                     raise
                 failures[index] = exc
-        if prepared:
-            self._check_memory([p for _, p in prepared], params)
         return params, prepared, failures
 
     def _check_memory(self, prompts: list[PreparedPrompt], params: GenerationParams) -> None:
@@ -653,38 +653,14 @@ class _Decode:
                     aligned_logits, aligned_probs, step, ALIGNED_DRAW, seeds, sample_index
                 )
             return torch.full_like(owner, spec.uses_base), token, broken
-        signals = compute_signals(
-            base_probs,
-            aligned_probs,
-            base_logits,
-            aligned_logits,
-            self.vocab,
-            content_source=spec.content_source,
-            uniform=row_uniforms(seeds, sample_index, step, ROUTER_DRAW),
-            step=step,
+        route = self._route(
+            base_probs, aligned_probs, base_logits, aligned_logits, step, seeds, sample_index
         )
-        route = spec(signals)
-        rows = owner.shape[0]
-        if not isinstance(route, torch.Tensor) or route.shape != (rows,):
-            raise TypeError(
-                f"router {spec.name!r} must return a bool tensor of shape [{rows}], "
-                f"got {getattr(route, 'shape', type(route).__name__)}"
-            )
         base_token = self._candidate(base_logits, base_probs, step, BASE_DRAW, seeds, sample_index)
         aligned_token = self._candidate(
             aligned_logits, aligned_probs, step, ALIGNED_DRAW, seeds, sample_index
         )
-        owner, token = apply_guards(
-            route.to(torch.bool),
-            owner,
-            base_token,
-            aligned_token,
-            prev_token,
-            self.vocab,
-            first_step=step == 0,
-            aligned_starts=self.params.aligned_starts,
-            aligned_can_stop=self.params.aligned_can_stop,
-        )
+        owner, token = self._guard(route, owner, base_token, aligned_token, prev_token, step)
         return owner, token, broken
 
     def _choose_lazy(self, base, aligned, owner, prev_token, step, seeds, sample_index):
@@ -696,17 +672,7 @@ class _Decode:
         """
         base_logits = self._clean(base.logits, step)
         base_probs = torch.softmax(base_logits, -1)
-        signals = compute_signals(
-            base_probs,
-            None,
-            base_logits,
-            None,
-            self.vocab,
-            content_source=self.spec.content_source,
-            uniform=row_uniforms(seeds, sample_index, step, ROUTER_DRAW),
-            step=step,
-        )
-        route = self.spec(signals).to(torch.bool)
+        route = self._route(base_probs, None, base_logits, None, step, seeds, sample_index)
         base_token = self._candidate(base_logits, base_probs, step, BASE_DRAW, seeds, sample_index)
         base_broken = base_probs[:, 0].isnan().long()
         if step > 0 and bool(owner[0]) and bool(route[0]):
@@ -716,7 +682,36 @@ class _Decode:
         aligned_token = self._candidate(
             aligned_logits, aligned_probs, step, ALIGNED_DRAW, seeds, sample_index
         )
-        owner, token = apply_guards(
+        owner, token = self._guard(route, owner, base_token, aligned_token, prev_token, step)
+        return owner, token, [base_broken, aligned_probs[:, 0].isnan().long()]
+
+    def _route(
+        self, base_probs, aligned_probs, base_logits, aligned_logits, step, seeds, sample_index
+    ) -> torch.Tensor:
+        """The router's per-row decision (True = base), validated."""
+        spec = self.spec
+        signals = compute_signals(
+            base_probs,
+            aligned_probs,
+            base_logits,
+            aligned_logits,
+            self.vocab,
+            content_source=spec.content_source,
+            uniform=row_uniforms(seeds, sample_index, step, ROUTER_DRAW),
+            step=step,
+        )
+        route = spec(signals)
+        rows = seeds.shape[0]
+        if not isinstance(route, torch.Tensor) or route.shape != (rows,):
+            raise TypeError(
+                f"router {spec.name!r} must return a bool tensor of shape [{rows}], "
+                f"got {getattr(route, 'shape', type(route).__name__)}"
+            )
+        return route.to(torch.bool)
+
+    def _guard(self, route, owner, base_token, aligned_token, prev_token, step):
+        """Owner and token after the word-boundary, start and end guards."""
+        return apply_guards(
             route,
             owner,
             base_token,
@@ -727,7 +722,6 @@ class _Decode:
             aligned_starts=self.params.aligned_starts,
             aligned_can_stop=self.params.aligned_can_stop,
         )
-        return owner, token, [base_broken, aligned_probs[:, 0].isnan().long()]
 
     def _event(self, row, delta, token_id, from_base, generation=None) -> StreamEvent:
         source = None if from_base is None else ("base" if from_base else "aligned")
