@@ -107,8 +107,8 @@ class Baco(CustomLLM):
     )
     gamma: float | None = Field(
         default=None,
-        description="Router threshold γ (p/p-punc/p-fc/rand/nudging: [0, 1]; h/h-punc: nats >= "
-        "0). None uses the router's default.",
+        description="Router threshold γ (p/p-punc/p-fc: >= 0, above 1 means base everywhere; "
+        "rand/nudging: [0, 1]; h/h-punc: nats >= 0). None uses the router's default.",
     )
     content_source: str = Field(
         default="base",
