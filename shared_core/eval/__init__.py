@@ -1,4 +1,4 @@
-"""Evaluation metrics for the diversity-quality trade-off (DESIGN.md section 5).
+"""Evaluation metrics for the diversity-quality trade-off (docs/design.md, "Evaluation protocol").
 
 Framework-free pure functions: lexical and semantic diversity of k samples per prompt, an
 LM-judge for fluency / relevance, and Pareto Coverage / Dominance over method sweeps. Heavy
@@ -39,6 +39,7 @@ from .runner import (
     RunStats,
     Setting,
     build_settings,
+    default_prompts_path,
     load_prompts,
     read_jsonl,
     run_generation,
@@ -91,6 +92,7 @@ __all__ = [
     "compression_ratio",
     "cosine_similarity_matrix",
     "coverage",
+    "default_prompts_path",
     "distinct_classes",
     "distinct_n",
     "dominance",

@@ -53,7 +53,12 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="diversity-quality sweep: generate, score, summarise (Coverage/Dominance), plot",
         description=__doc__.split("\n\n")[0],
     )
-    p.add_argument("--prompts", required=True, help="JSONL file with a 'prompt' field per line")
+    p.add_argument(
+        "--prompts",
+        default=None,
+        help="JSONL file with a 'prompt' field per line (default: the NoveltyBench curated "
+        "prompts shipped with baco, shared_core/assets/noveltybench/curated.jsonl)",
+    )
     p.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
     p.add_argument("-k", type=int, default=10, help="samples per prompt (default 10)")
     p.add_argument(
@@ -143,7 +148,7 @@ def _load_judge(spec: str | None) -> Any:
 def run_eval_command(args: argparse.Namespace) -> int:
     """Run the stages selected by ``args`` (parsed by :func:`add_eval_parser`)."""
     from ..cli import check_generation_options, set_torch_threads
-    from .runner import build_settings, load_prompts, run_generation
+    from .runner import build_settings, default_prompts_path, load_prompts, run_generation
     from .score import LazyScorer, aggregate_scores, score_generations
 
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
@@ -169,6 +174,8 @@ def run_eval_command(args: argparse.Namespace) -> int:
     grids = dict(args.grid or [])
     temps = {"aligned_temperatures": args.aligned_temperatures} if args.aligned_temperatures else {}
     settings = build_settings(_methods(args), grids=grids, **temps)
+    if args.prompts is None:
+        args.prompts = str(default_prompts_path())
     prompts = load_prompts(args.prompts, args.limit)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

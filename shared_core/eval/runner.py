@@ -1,4 +1,4 @@
-"""Generation runner for the diversity-quality sweep (DESIGN.md section 5).
+"""Generation runner for the diversity-quality sweep (docs/design.md, "Evaluation protocol").
 
 For a prompt set and ``k`` samples per prompt, every *setting* (a method at one γ or
 temperature) is decoded in batches of several prompts (all ``k`` samples of a prompt in the
@@ -44,6 +44,7 @@ __all__ = [
     "RunStats",
     "Setting",
     "build_settings",
+    "default_prompts_path",
     "load_prompts",
     "read_jsonl",
     "repair_jsonl",
@@ -162,11 +163,26 @@ class PromptItem:
     prompt: str
 
 
+def default_prompts_path() -> Path:
+    """Return the NoveltyBench curated prompts shipped with baco (100 prompts, MIT).
+
+    ``baco eval`` uses them when ``--prompts`` is not given; the licence notice is in
+    ``LICENSE`` next to the file.
+    """
+    return Path(__file__).resolve().parents[1] / "assets" / "noveltybench" / "curated.jsonl"
+
+
 def load_prompts(
-    path: str | os.PathLike[str], limit: int | None = None, *, field: str = "prompt"
+    path: str | os.PathLike[str] | None = None,
+    limit: int | None = None,
+    *,
+    field: str = "prompt",
 ) -> list[PromptItem]:
-    """Read prompts from a JSONL file with a ``field`` (default ``"prompt"``) per line."""
-    path = Path(path)
+    """Read prompts from a JSONL file with a ``field`` (default ``"prompt"``) per line.
+
+    ``path=None`` reads the shipped NoveltyBench curated set (:func:`default_prompts_path`).
+    """
+    path = default_prompts_path() if path is None else Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompt file {path} does not exist")
     if limit is not None and limit < 1:

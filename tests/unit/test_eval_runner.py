@@ -15,6 +15,7 @@ from shared_core.eval.runner import (
     PromptItem,
     Setting,
     build_settings,
+    default_prompts_path,
     load_prompts,
     read_jsonl,
     repair_jsonl,
@@ -28,7 +29,6 @@ from shared_core.eval.score import (
     score_record,
 )
 
-CURATED = Path(__file__).resolve().parents[3] / "shared" / "data" / "noveltybench" / "curated.jsonl"
 PROMPTS = [
     PromptItem("a", "Tell me a story"),
     PromptItem("b", "Name a color"),
@@ -126,11 +126,15 @@ def test_load_prompts(tmp_path: Path) -> None:
         load_prompts(tmp_path / "missing.jsonl")
 
 
-@pytest.mark.skipif(not CURATED.is_file(), reason="NoveltyBench data not available")
-def test_load_noveltybench_curated() -> None:
-    items = load_prompts(CURATED, limit=5)
+def test_shipped_noveltybench_curated_is_the_default() -> None:
+    path = default_prompts_path()
+    assert path.is_file()
+    assert "MIT License" in (path.parent / "LICENSE").read_text()
+    items = load_prompts(path, limit=5)
     assert len(items) == 5 and items[0].id == "curated-0"
-    assert len(load_prompts(CURATED)) == 100
+    everything = load_prompts()  # no path: the shipped set
+    assert len(everything) == 100 and everything[:5] == items
+    assert len({item.prompt for item in everything}) == 100
 
 
 def test_read_and_repair_jsonl(tmp_path: Path) -> None:
@@ -398,6 +402,25 @@ def test_eval_cli_with_judge_writes_summary_and_plots(
     # a summary-only rerun works from the caches
     argv2 = [*argv, "--stages", "summary"]
     assert run_eval_command(_eval_args(argv2)) == 0
+
+
+def test_eval_cli_defaults_to_the_shipped_prompts(tiny_pair_paths, tmp_path) -> None:
+    from shared_core.eval.cli import run_eval_command
+
+    base, aligned = tiny_pair_paths
+    out = tmp_path / "run"
+    argv = [
+        "--limit", "2", "-k", "2", "--max-new-tokens", "2", "--methods", "aligned",
+        "--aligned-temperatures", "1.0", "--base", str(base), "--aligned", str(aligned),
+        "--out", str(out), "--stages", "generate", "--precision", "fp32", "--quiet",
+    ]  # fmt: skip
+    args = _eval_args(argv)
+    assert args.prompts is None
+    assert run_eval_command(args) == 0
+    records = read_jsonl(out / "generations.jsonl")
+    assert [r["prompt_id"] for r in records] == ["curated-0", "curated-1"]
+    assert records[0]["prompt"] == load_prompts(limit=1)[0].prompt
+    assert json.loads((out / "run.json").read_text())["prompts"] == str(default_prompts_path())
 
 
 def test_eval_cli_rejects_bad_options(prompt_file, tiny_pair_paths, tmp_path) -> None:
