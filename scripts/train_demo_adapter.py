@@ -6,11 +6,19 @@ fine-tuning on an Alpaca subset in Gemma's chat format (user turn = instruction 
 input; model turn = output followed by ``<end_of_turn>``), loss on the response tokens only,
 bf16 autocast, per-batch padding, AdamW with linear warmup then linear decay, fixed seed.
 
+Data: Stanford Alpaca (52,002 instruction/input/output examples generated with OpenAI's
+text-davinci-003; github.com/tatsu-lab/stanford_alpaca, also ``tatsu-lab/alpaca`` on the
+Hugging Face Hub), licensed **CC BY-NC 4.0**, so the resulting adapter is for research use only.
+baco does not redistribute it: pass your copy with ``--data``, either the repository's
+``alpaca_data.json`` (a JSON list) or a JSON-lines export of the Hub dataset, e.g.
+``datasets.load_dataset("tatsu-lab/alpaca")["train"].to_json("alpaca.jsonl")``.
+The shipped adapter was trained on a 5000-row random subset of ``alpaca_data.json`` (commit
+5e69c50; sha256 of that subset file in the adapter card); ``--sample 5000`` draws a comparable
+subset from the full set with ``--seed``.
+
 Example (the command that produced the shipped adapter is in its README)::
 
-    python scripts/train_demo_adapter.py --steps 300
-
-The Alpaca data is CC BY-NC 4.0, so the resulting adapter is for research use only.
+    python scripts/train_demo_adapter.py --data alpaca_data.json --sample 5000 --steps 300
 """
 
 from __future__ import annotations
@@ -63,8 +71,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--data",
         type=Path,
-        default=Path("../shared/data/alpaca/alpaca_5000.json"),
-        help="Alpaca-style JSON list; relative paths are resolved against the repo root",
+        required=True,
+        help="Alpaca data (instruction/input/output records) as a JSON list or JSON lines: "
+        "alpaca_data.json from github.com/tatsu-lab/stanford_alpaca or an export of "
+        "tatsu-lab/alpaca from the Hugging Face Hub (CC BY-NC 4.0); relative paths are "
+        "resolved against the repo root",
+    )
+    p.add_argument(
+        "--sample",
+        type=int,
+        default=None,
+        help="train on N records drawn at random (with --seed) from --data; default: all "
+        "(the shipped adapter used a 5000-record subset)",
     )
     p.add_argument("--output", type=Path, default=demo_adapter_path(), help="adapter folder")
     p.add_argument("--base", type=Path, default=None, help="base model folder (default: demo)")
@@ -76,6 +94,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _resolve(path: Path) -> Path:
     """Resolve a relative path against the repository root."""
     return path if path.is_absolute() else (REPO_ROOT / path).resolve()
+
+
+def load_records(path: Path, sample: int | None = None, seed: int = 0) -> list[dict[str, str]]:
+    """Read Alpaca records from a JSON list or JSON lines; optionally draw ``sample`` of them."""
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        records = json.loads(text)
+    else:
+        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    for number, rec in enumerate(records):
+        if not isinstance(rec, dict) or not isinstance(rec.get("instruction"), str):
+            raise ValueError(f"{path}: record {number} has no 'instruction' string")
+        if not isinstance(rec.get("output"), str):
+            raise ValueError(f"{path}: record {number} has no 'output' string")
+    if sample is not None:
+        if not 1 <= sample <= len(records):
+            raise ValueError(f"--sample must be in [1, {len(records)}], got {sample}")
+        records = random.Random(seed).sample(records, sample)
+    return records
 
 
 def build_examples(records: list[dict[str, str]], tokenizer: Any, max_length: int) -> list[dict]:
@@ -218,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     model.train()
 
     data_path = _resolve(args.data)
-    records = json.loads(data_path.read_text(encoding="utf-8"))
+    records = load_records(data_path, args.sample, args.seed)
     examples = build_examples(records, tokenizer, args.max_length)
     print(f"{len(examples)} examples from {data_path} (max_length={args.max_length})")
     lengths = [len(ex["input_ids"]) for ex in examples]
