@@ -5,7 +5,7 @@ Best-of-k selection only helps when the k proposals differ. The proposer here is
 steady judge); the chooser keeps the best-rated plan. The pipeline is plain LCEL runnables,
 run once with an aligned-only proposer and once with BACO.
 
-    python examples/agent_pipeline.py            # the demo pair (pip install "baco[demo]")
+    python examples/agent_pipeline.py            # the demo pair (pip install -e ".[demo]")
     python examples/agent_pipeline.py --tiny     # offline smoke run on a tiny random pair
 """
 

@@ -4,7 +4,7 @@ An aligned model asked the same question k times keeps giving the same few answe
 chain asks for k ideas in one batched decode (``n=k``) twice — with the aligned model alone
 and with BACO — and counts how many of the ideas are actually different.
 
-    python examples/brainstorm.py                      # the demo pair (pip install "baco[demo]")
+    python examples/brainstorm.py                      # the demo pair (pip install -e ".[demo]")
     python examples/brainstorm.py --topic "a team offsite" -k 12 --gamma 0.2
     python examples/brainstorm.py --tiny               # offline smoke run on a tiny random pair
 """

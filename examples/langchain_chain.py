@@ -3,7 +3,7 @@
 The same chain is run with a different router and γ per call (``configurable_fields``), a few
 samples per setting, to show how the mix of base and aligned tokens changes the outputs.
 
-    python examples/langchain_chain.py          # the demo pair (pip install "baco[demo]")
+    python examples/langchain_chain.py          # the demo pair (pip install -e ".[demo]")
     python examples/langchain_chain.py --tiny   # offline smoke run on a tiny random pair
 """
 

