@@ -79,7 +79,7 @@ def end_token_ids(tokenizer, extra_ids: list[int] | tuple[int, ...] = ()) -> tup
 
 
 def build_vocab_tables(tokenizer, end_ids: tuple[int, ...]) -> VocabTables:
-    """Classify every token of ``tokenizer`` (see DESIGN §1 for the definitions)."""
+    """Classify every token of ``tokenizer`` (definitions in docs/design.md, section 4)."""
     size = len(tokenizer)
     ids = list(range(size))
     raw = tokenizer.convert_ids_to_tokens(ids)

@@ -81,7 +81,7 @@ def test_default_settings_cover_every_method_and_grid() -> None:
     }
     assert [s.temperature for s in settings if s.method == "aligned"] == list(ALIGNED_TEMPERATURES)
     assert [s.gamma for s in settings if s.method == "p-punc"] == list(DEFAULT_GRIDS["p-punc"])
-    assert min(DEFAULT_GRIDS["p"]) <= 0.02  # grids reach small values (DESIGN.md section 5)
+    assert min(DEFAULT_GRIDS["p"]) <= 0.02  # grids reach small values (docs/design.md, section 10)
     assert all(s.temperature == 1.0 for s in settings if s.method != "aligned")
     assert {s.gamma for s in settings if s.method in ("punc", "fc", "base")} == {None}
     assert Setting("p-punc", "p-punc", 0.1).key == "p-punc|gamma=0.1|T=1"
