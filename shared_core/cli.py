@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .eval.cli import add_eval_parser
 
     add_eval_parser(commands)
+    from .serve.cli import add_serve_parser
+
+    add_serve_parser(commands, _add_model_args)
     return parser
 
 
@@ -249,6 +252,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .eval.cli import run_eval_command
 
             return run_eval_command(args)
+        if args.command == "serve":
+            from .serve.cli import run_serve_command
+
+            return run_serve_command(args, load_pair)
     except (ValueError, TypeError, FileNotFoundError, OSError, ImportError) as exc:
         print(f"baco: error: {exc}", file=sys.stderr)
         return 2

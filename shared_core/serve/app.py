@@ -1,0 +1,293 @@
+"""The FastAPI app of ``baco serve``: OpenAI's chat and text completion endpoints.
+
+Requests run the blocking engine in worker threads (:mod:`shared_core.aio`), so concurrent
+non-streamed requests with the same settings reach the engine's request queue together and
+are decoded as one batch. A stream is its own decode; when its client disconnects (or the
+server's graceful-shutdown timeout passes) the response task is cancelled, which closes the
+engine iterator and stops those rows, while other requests continue.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..aio import iterate_in_thread, run_in_thread
+from ..types import Generation, StreamEvent
+from . import DEFAULT_MAX_QUEUE
+from .metrics import ServeMetrics
+from .openai_schema import (
+    APIError,
+    ParsedRequest,
+    bad_request,
+    choice_statistics,
+    chunk_body,
+    new_id,
+    now,
+    parse_chat_request,
+    parse_completion_request,
+    response_body,
+    usage_body,
+)
+
+
+@dataclass
+class ServerState:
+    """Everything a request handler needs: the engine, settings and live counters."""
+
+    engine: Any
+    model_name: str
+    max_queue: int = DEFAULT_MAX_QUEUE
+    api_key: str | None = None
+    calibration: str | None = None
+    in_flight: int = 0
+    metrics: ServeMetrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = ServeMetrics(self.engine)
+
+    def admit(self) -> None:
+        """Count a generation request in, or answer 429 when the queue is full."""
+        if self.in_flight >= self.max_queue:
+            raise APIError(
+                429,
+                f"the server queue is full ({self.in_flight} requests in flight, --max-queue "
+                f"{self.max_queue}); retry later",
+                type="rate_limit_error",
+                code="queue_full",
+                headers={"Retry-After": "1"},
+            )
+        self.in_flight += 1
+        self.metrics.queue_depth.set(self.in_flight)
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self.metrics.queue_depth.set(self.in_flight)
+
+
+def create_app(
+    engine: Any,
+    *,
+    model_name: str | None = None,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    api_key: str | None = None,
+    calibration: str | None = None,
+) -> FastAPI:
+    """An OpenAI-compatible app serving ``engine`` (a :class:`~shared_core.BacoEngine`).
+
+    ``max_queue`` bounds the generation requests in flight (more answer 429 with
+    ``Retry-After``); with ``api_key`` every ``/v1`` route needs ``Authorization: Bearer
+    <api_key>``. ``calibration`` is the γ calibration used for ``target_base_share``.
+    """
+    if max_queue < 1:
+        raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+    name = model_name or getattr(getattr(engine, "pair", None), "name", None) or "baco"
+    state = ServerState(engine, name, max_queue, api_key or None, calibration)
+    app = FastAPI(title="baco", summary="OpenAI-compatible BACO server", docs_url=None)
+    app.state.baco = state
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error = APIError(exc.status_code, str(exc.detail), type="invalid_request_error")
+        return JSONResponse(error.body(), status_code=exc.status_code)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "model": state.model_name,
+            "in_flight": state.in_flight,
+            "max_queue": state.max_queue,
+        }
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        body, content_type = state.metrics.render()
+        return Response(body, media_type=content_type)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        _authorize(state, request)
+        return {
+            "object": "list",
+            "data": [{"id": state.model_name, "object": "model", "created": 0, "owned_by": "baco"}],
+        }
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await _handle(state, request, "chat")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await _handle(state, request, "completion")
+
+    return app
+
+
+def _authorize(state: ServerState, request: Request) -> None:
+    """401 unless the request carries the server's bearer token (when one is set)."""
+    if state.api_key is None:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode(), state.api_key.encode()
+    ):
+        raise APIError(
+            401,
+            "missing or incorrect API key: send `Authorization: Bearer <key>`",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+async def _read_json(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request(f"could not parse the JSON body: {exc}") from exc
+
+
+async def _handle(state: ServerState, request: Request, kind: str) -> Response:
+    """Authorize, validate, admit and answer one generation request."""
+    endpoint = "chat" if kind == "chat" else "completions"
+    try:
+        _authorize(state, request)
+        body = await _read_json(request)
+        parse = parse_chat_request if kind == "chat" else parse_completion_request
+        parsed = parse(body, calibration=state.calibration)
+        state.admit()
+    except APIError as exc:
+        state.metrics.requests.labels(endpoint, str(exc.status)).inc()
+        raise
+    try:
+        await run_in_thread(_check_prompts, state.engine, parsed)
+        if parsed.stream:
+            iterator = await run_in_thread(_start_stream, state.engine, parsed)
+    except BaseException as exc:
+        state.release()
+        status = exc.status if isinstance(exc, APIError) else 500
+        state.metrics.requests.labels(endpoint, str(status)).inc()
+        raise
+    state.metrics.request_rows.observe(len(parsed.prompts) * parsed.n)
+    if parsed.stream:
+        state.metrics.requests.labels(endpoint, "200").inc()
+        return StreamingResponse(
+            _sse(state, parsed, iterator),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    try:
+        results = await run_in_thread(_generate, state.engine, parsed)
+    except APIError as exc:
+        state.metrics.requests.labels(endpoint, str(exc.status)).inc()
+        raise
+    finally:
+        state.release()
+    for row in results:
+        state.metrics.prompt_tokens.inc(row[0].usage.prompt_tokens if row else 0)
+        for generation in row:
+            state.metrics.record_generation(generation)
+    state.metrics.requests.labels(endpoint, "200").inc()
+    return JSONResponse(response_body(parsed, results, model=state.model_name))
+
+
+def _check_prompts(engine: Any, parsed: ParsedRequest) -> None:
+    """Tokenize every prompt and refuse those over the context window (no model work)."""
+    params = engine.params(**parsed.options)
+    for index, prompt in enumerate(parsed.prompts):
+        try:
+            engine.prepare(prompt, index, params=params)
+        except (TypeError, ValueError) as exc:
+            message = str(exc)
+            code = "context_length_exceeded" if "context window" in message else None
+            raise bad_request(
+                f"{parsed.prompt_param}: {message}", parsed.prompt_param, code
+            ) from exc
+
+
+def _engine_failure(exc: Exception) -> APIError:
+    if isinstance(exc, (TypeError, ValueError)):  # e.g. the free-memory pre-check
+        return bad_request(str(exc))
+    return APIError(500, f"generation failed: {exc}", type="server_error")
+
+
+def _generate(engine: Any, parsed: ParsedRequest) -> list[list[Generation]]:
+    try:
+        return engine.generate(parsed.prompts, **parsed.options)
+    except (TypeError, ValueError, FloatingPointError) as exc:
+        raise _engine_failure(exc) from exc
+
+
+def _start_stream(engine: Any, parsed: ParsedRequest) -> Iterator[StreamEvent]:
+    """Validate and start a stream (its first model work happens on the first item)."""
+    try:
+        return engine.stream(parsed.prompts, **parsed.options)
+    except (TypeError, ValueError) as exc:
+        raise _engine_failure(exc) from exc
+
+
+def _sse_line(payload: Any) -> str:
+    return f"data: {json.dumps(payload, separators=(',', ':'), ensure_ascii=False)}\n\n"
+
+
+async def _sse(
+    state: ServerState, parsed: ParsedRequest, iterator: Iterator[StreamEvent]
+) -> AsyncIterator[str]:
+    """Server-sent events of one stream: role, content deltas, finish per choice, [DONE]."""
+    response_id = new_id(parsed.kind)
+    created = now()
+    base = {"response_id": response_id, "created": created, "model": state.model_name}
+    finished: list[Generation] = []
+    completed = False
+    try:
+        if parsed.kind == "chat":
+            for index in range(len(parsed.prompts) * parsed.n):
+                yield _sse_line(chunk_body(parsed, **base, index=index, role=True, text=""))
+        try:
+            async for event in iterate_in_thread(lambda: iterator):
+                if event.text_delta:
+                    delta = chunk_body(parsed, **base, index=event.row, text=event.text_delta)
+                    yield _sse_line(delta)
+                generation = event.generation
+                if generation is not None:
+                    finished.append(generation)
+                    state.metrics.record_generation(generation)
+                    yield _sse_line(
+                        chunk_body(
+                            parsed,
+                            **base,
+                            index=event.row,
+                            finish_reason=generation.finish_reason,
+                            statistics=choice_statistics(generation, parsed.return_sources),
+                        )
+                    )
+        except (TypeError, ValueError, FloatingPointError) as exc:
+            yield _sse_line(_engine_failure(exc).body())
+            completed = True
+            return
+        by_prompt: dict[int, list[Generation]] = {}
+        for generation in finished:
+            by_prompt.setdefault(generation.prompt_index, []).append(generation)
+        results = [by_prompt[i] for i in sorted(by_prompt)]
+        state.metrics.prompt_tokens.inc(sum(row[0].usage.prompt_tokens for row in results))
+        if parsed.include_usage:
+            yield _sse_line(chunk_body(parsed, **base, usage=usage_body(results)))
+        yield "data: [DONE]\n\n"
+        completed = True
+    finally:  # reached on completion, and on cancellation (client gone, shutdown timeout)
+        if not completed:
+            state.metrics.cancelled.inc()
+        state.release()

@@ -1,0 +1,138 @@
+"""``baco serve``: command-line options and the server loop (uvicorn, or Ray Serve replicas)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from . import DEFAULT_MAX_QUEUE, require_serve
+
+
+def add_serve_parser(
+    commands: Any, add_model_args: Callable[[argparse.ArgumentParser], None]
+) -> argparse.ArgumentParser:
+    """Register ``baco serve`` on ``commands`` (model flags added by ``add_model_args``)."""
+    serve = commands.add_parser(
+        "serve",
+        help="OpenAI-compatible HTTP server (chat/completions, completions, models, metrics)",
+        description="Serve BACO over OpenAI's API. Needs the serve extra "
+        '(pip install -e ".[serve]"); --ray needs the ray extra.',
+    )
+    add_model_args(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument(
+        "--max-queue",
+        type=int,
+        default=DEFAULT_MAX_QUEUE,
+        help=f"generation requests in flight before answering 429 (default {DEFAULT_MAX_QUEUE})",
+    )
+    serve.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY`")
+    serve.add_argument(
+        "--served-model-name", default=None, help="model id in /v1/models (default: the pair)"
+    )
+    serve.add_argument(
+        "--calibration", default=None, help="γ calibration JSON for target_base_share"
+    )
+    serve.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        help="on SIGTERM/SIGINT, seconds to let in-flight requests finish before cancelling",
+    )
+    serve.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    serve.add_argument("--log-level", default="info", help="uvicorn log level")
+    ray = serve.add_argument_group("Ray Serve (needs the ray extra)")
+    ray.add_argument("--ray", action="store_true", help="serve replicas on Ray Serve")
+    ray.add_argument("--replicas", type=int, default=1, help="replicas (one engine each)")
+    ray.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs per replica")
+    ray.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs per replica")
+    ray.add_argument(
+        "--ray-address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or local)"
+    )
+    return serve
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Refuse bad server flags before anything is imported or loaded."""
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be in [0, 65535], got {args.port}")
+    if args.max_queue < 1:
+        raise ValueError(f"--max-queue must be >= 1, got {args.max_queue}")
+    if args.shutdown_timeout < 0:
+        raise ValueError(f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}")
+    if args.replicas < 1:
+        raise ValueError(f"--replicas must be >= 1, got {args.replicas}")
+    if args.gpus_per_replica < 0 or args.cpus_per_replica < 0:
+        raise ValueError("--gpus-per-replica and --cpus-per-replica must be >= 0")
+    if args.base is None and (args.aligned is not None or args.aligned_adapter is not None):
+        raise ValueError("--base is required when --aligned or --aligned-adapter is given")
+    if args.base is not None and (args.aligned is None) == (args.aligned_adapter is None):
+        raise ValueError("pass exactly one of --aligned or --aligned-adapter with --base")
+
+
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine's load options (``shared_core.registry.get_engine`` keywords) from the flags."""
+    return {
+        "base_model": args.base,
+        "aligned_model": args.aligned,
+        "aligned_adapter": args.aligned_adapter,
+        "dtype": None if args.dtype in (None, "auto") else args.dtype,
+        "device_map": args.device_map,
+    }
+
+
+def app_options(args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`shared_core.serve.app.create_app` keywords from the flags."""
+    return {
+        "model_name": args.served_model_name,
+        "max_queue": args.max_queue,
+        "api_key": args.api_key,
+        "calibration": args.calibration,
+    }
+
+
+def run_serve_command(args: argparse.Namespace, load_pair: Callable[[Any], Any]) -> int:
+    """Run ``baco serve`` until SIGTERM/SIGINT; returns the exit status."""
+    _check_args(args)
+    require_serve(ray=args.ray)
+    if args.ray:
+        from .ray_app import run_ray
+
+        return run_ray(args)
+    from ..cli import set_torch_threads
+    from ..engine import BacoEngine
+    from .app import create_app
+
+    set_torch_threads(args.threads)
+    print("loading the model pair...", file=sys.stderr, flush=True)
+    engine = BacoEngine(load_pair(args))
+    app = create_app(engine, **app_options(args))
+    return serve_uvicorn(app, args.host, args.port, args.shutdown_timeout, args.log_level)
+
+
+def serve_uvicorn(
+    app: Any, host: str, port: int, shutdown_timeout: float, log_level: str = "info"
+) -> int:
+    """Run ``app`` on uvicorn; SIGTERM/SIGINT shut it down gracefully and return 0."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_graceful_shutdown=shutdown_timeout,
+    )
+    server = uvicorn.Server(config)
+    if threading.current_thread() is threading.main_thread():
+        # uvicorn re-raises the signal it caught once it has shut down; with these handlers
+        # that re-raise is a no-op and the command returns 0 instead of dying by the signal.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)
+    server.run()
+    return 0
