@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,6 +108,7 @@ def create_app(
         return {
             "status": "ok",
             "model": state.model_name,
+            "pid": os.getpid(),
             "in_flight": state.in_flight,
             "max_queue": state.max_queue,
         }
@@ -239,6 +241,19 @@ def _start_stream(engine: Any, parsed: ParsedRequest) -> Iterator[StreamEvent]:
         raise _engine_failure(exc) from exc
 
 
+def _counting(events: Iterator[StreamEvent], counter: Any) -> Iterator[StreamEvent]:
+    """``events``, counting tokens as the engine yields them; closing it closes ``events``."""
+    try:
+        for event in events:
+            if event.token_id is not None:
+                counter.inc()
+            yield event
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()
+
+
 def _sse_line(payload: Any) -> str:
     return f"data: {json.dumps(payload, separators=(',', ':'), ensure_ascii=False)}\n\n"
 
@@ -252,6 +267,7 @@ async def _sse(
     base = {"response_id": response_id, "created": created, "model": state.model_name}
     finished: list[Generation] = []
     completed = False
+    iterator = _counting(iterator, state.metrics.stream_tokens)
     try:
         if parsed.kind == "chat":
             for index in range(len(parsed.prompts) * parsed.n):

@@ -54,6 +54,11 @@ class ServeMetrics:
         self.generated_tokens = Counter(
             "baco_generated_tokens", "Tokens generated (all samples)", registry=r
         )
+        self.stream_tokens = Counter(
+            "baco_stream_tokens",
+            "Tokens produced by streamed decodes, counted as the engine yields them",
+            registry=r,
+        )
         self.cancelled = Counter(
             "baco_cancelled_streams", "Streams stopped early (client gone or shutdown)", registry=r
         )
