@@ -327,18 +327,27 @@ def aligned_generate(
 
 def reference_loop(pair, n: int, new: int, args) -> tuple[int, float]:
     """One sample at a time, both models stepped with their own caches, routing in Python."""
+    from shared_core.forward import run_with_cache
     from shared_core.prompts import base_prompt_ids, chat_template_ids, normalise_messages
     from shared_core.vocab import VocabTables
 
     vocab: VocabTables = pair.vocab
+    device = pair.device
     count, start, first = 0, time.perf_counter(), None
     for prompt in PROMPTS:
         messages = normalise_messages(prompt)
         aligned_ids = chat_template_ids(pair.tokenizer, messages)
         base_ids = base_prompt_ids(pair.base_tokenizer, messages, pair.base_template)
         for _ in range(n):
-            out_a = pair.aligned(torch.tensor([aligned_ids]), use_cache=True)
-            out_b = pair.base(torch.tensor([base_ids]), use_cache=True)
+            out_a, cache_a = run_with_cache(
+                pair.aligned,
+                None,
+                input_ids=torch.tensor([aligned_ids], device=device),
+                use_cache=True,
+            )
+            out_b, cache_b = run_with_cache(
+                pair.base, None, input_ids=torch.tensor([base_ids], device=device), use_cache=True
+            )
             owner_base = False
             for step in range(new):
                 logits_a = out_a.logits[0, -1, : vocab.size].float()
@@ -355,9 +364,11 @@ def reference_loop(pair, n: int, new: int, args) -> tuple[int, float]:
                 token = tok_b if owner_base else tok_a
                 count += 1
                 first = first or time.perf_counter() - start
-                nxt = torch.tensor([[token]])
-                out_a = pair.aligned(nxt, past_key_values=out_a.past_key_values, use_cache=True)
-                out_b = pair.base(nxt, past_key_values=out_b.past_key_values, use_cache=True)
+                nxt = torch.tensor([[token]], device=device)
+                out_a, cache_a = run_with_cache(
+                    pair.aligned, cache_a, input_ids=nxt, use_cache=True
+                )
+                out_b, cache_b = run_with_cache(pair.base, cache_b, input_ids=nxt, use_cache=True)
     return count, first or 0.0
 
 

@@ -3,8 +3,9 @@
 Calls with the same settings (everything but the seed) that arrive while such a decode is
 running wait for it and then run together as one batch: one forward per model per step for
 all of them instead of one per call. A lone call starts at once. Each request keeps its own
-seed, and sampling is keyed by (seed, sample, step), so a request gets the same samples as
-it would alone. If a merged decode fails, each request is run again on its own, so one bad
+seed, its prompts get their seeds from it (:func:`~shared_core.sampling.prompt_seeds`) and
+sampling is keyed by (prompt seed, sample, step), so a request gets the same samples as it
+would alone. If a merged decode fails, each request is run again on its own, so one bad
 request never costs the others their results.
 """
 
@@ -17,9 +18,10 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .params import GenerationParams
+from .sampling import prompt_seeds
 from .types import Generation
 
-#: ``run(prompts, params, seeds)``: decode ``prompts`` (one seed each) in one batch.
+#: ``run(prompts, params, seeds)``: decode ``prompts`` (one seed per prompt) in one batch.
 BatchRunner = Callable[[Sequence[Any], GenerationParams, Sequence[int]], list[list[Generation]]]
 
 
@@ -99,7 +101,7 @@ class RequestQueue:
                 self._run_alone(batch[0])
                 return
             prompts = [p for r in batch for p in r.prompts]
-            seeds = [r.seed for r in batch for _ in r.prompts]
+            seeds = [s for r in batch for s in prompt_seeds(r.seed, r.prompts)]
             try:
                 results = self._run(prompts, batch[0].params, seeds)
             except Exception:
@@ -124,7 +126,7 @@ class RequestQueue:
     def _run_alone(self, request: _Request) -> None:
         try:
             request.result = self._run(
-                request.prompts, request.params, [request.seed] * len(request.prompts)
+                request.prompts, request.params, prompt_seeds(request.seed, request.prompts)
             )
         except Exception as exc:
             request.error = exc

@@ -28,6 +28,7 @@ from .sampling import (
     ALIGNED_DRAW,
     BASE_DRAW,
     ROUTER_DRAW,
+    prompt_seeds,
     row_streams,
     row_uniforms,
     sample_tokens,
@@ -172,7 +173,7 @@ class BacoEngine:
             if self._queue is not None:
                 results = self._queue.submit(batch, params)
             else:
-                results = self._run_batch(batch, params, [_seed(params)] * len(batch))
+                results = self._run_batch(batch, params, prompt_seeds(_seed(params), batch))
         out: list[Any] = [None] * (len(prepared) + len(failures))
         for (index, _), row in zip(prepared, results, strict=True):
             out[index] = row
@@ -183,7 +184,8 @@ class BacoEngine:
     def _run_batch(
         self, prompts: Sequence[PreparedPrompt], params: GenerationParams, seeds: Sequence[int]
     ) -> list[list[Generation]]:
-        """Decode ``prompts`` (one seed each) in one batch; ``n`` samples per prompt."""
+        """Decode ``prompts`` (one seed each, see :func:`prompt_seeds`) in one batch; ``n``
+        samples per prompt."""
         prompts = list(prompts)
         self._check_memory(prompts, params)
         results: list[list[Generation | None]] = [[None] * params.n for _ in prompts]
@@ -201,7 +203,7 @@ class BacoEngine:
         params, prepared, _ = self._prepare_all(prompts, options, False)
         batch = [p for _, p in prepared]
         self._check_memory(batch, params)
-        return self._decode(batch, params, [_seed(params)] * len(batch))
+        return self._decode(batch, params, prompt_seeds(_seed(params), batch))
 
     def _prepare_all(
         self, prompts: Prompt | Sequence[Prompt], options: dict[str, Any], keep_going: bool

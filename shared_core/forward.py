@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+from functools import cache as _memoize
 from typing import Any
 
 import torch
@@ -50,6 +52,33 @@ def supports_row_adapters(model: Any) -> bool:
     )
 
 
+@_memoize
+def _cache_argument(forward: Any) -> str:
+    """The name a model's ``forward`` takes its KV cache by.
+
+    transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name warns and goes
+    away in 5.40); earlier 5.x releases only know ``past_key_values``.
+    """
+    try:
+        parameters = inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def run_with_cache(module: Any, cache: Any, **inputs: Any) -> tuple[Any, Any]:
+    """``module(**inputs)`` with ``cache`` under the argument name its forward expects.
+
+    Returns ``(output, cache after the call)``.
+    """
+    target = getattr(module, "peft_model", module)  # the base view of a one-weights pair
+    target = _unwrap(target)  # PEFT passes keyword arguments through to the wrapped model
+    name = _cache_argument(type(target).forward)
+    out = module(**inputs, **{name: cache})
+    new_cache = getattr(out, "cache", None) if name == "cache" else None
+    return out, new_cache if new_cache is not None else out.past_key_values
+
+
 def forward_last_logits(
     model: Any,
     input_ids: torch.Tensor,
@@ -79,24 +108,26 @@ def forward_last_logits(
     inner = _unwrap(model)
     model_type = getattr(inner.config, "model_type", "")
     if model_type in _PLAIN_HEAD and hasattr(inner, "get_decoder"):
-        out = inner.get_decoder()(
+        out, cache = run_with_cache(
+            inner.get_decoder(),
+            cache,
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=True,
         )
         logits = inner.get_output_embeddings()(out.last_hidden_state[:, -1, :])
         cap = getattr(inner.config.get_text_config(), "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
-        return logits.float(), out.past_key_values
-    out = model(
+        return logits.float(), cache
+    out, cache = run_with_cache(
+        model,
+        cache,
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        past_key_values=cache,
         use_cache=True,
         logits_to_keep=1,
     )
-    return out.logits[:, -1, :].float(), out.past_key_values
+    return out.logits[:, -1, :].float(), cache

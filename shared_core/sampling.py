@@ -1,18 +1,46 @@
 """Token sampling with per-row random streams.
 
-Every sample of a request owns a counter-based random stream keyed by
-``(seed, sample_index, step, purpose)``: the uniforms are a hash of those integers computed
-on the device. A sample's tokens therefore depend only on its prompt, settings and seed,
-never on batch size, batch order or which other requests share the batch.
+Every prompt of a request gets its own seed (:func:`prompt_seeds`: the request seed, the
+prompt's content and how many identical prompts precede it), and every sample of that prompt
+owns a counter-based random stream keyed by ``(prompt seed, sample_index, step, purpose)``:
+the uniforms are a hash of those integers computed on the device. A sample's tokens therefore
+depend only on its prompt, settings and seed, never on batch size, batch order or which other
+prompts or requests share the batch, and two identical prompts of one call draw different
+samples.
 """
 
 from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 _MASK32 = 0xFFFFFFFF
 #: Purposes of a random draw; each gets an independent stream.
 BASE_DRAW, ALIGNED_DRAW, ROUTER_DRAW = 0, 1, 2
+
+
+def prompt_seeds(seed: int, prompts: Sequence[Any]) -> list[int]:
+    """One 63-bit seed per prompt of a request seeded with ``seed``.
+
+    The seed of a prompt hashes the request seed, the prompt's ``repr`` (its content) and the
+    number of identical prompts before it in the request. So a prompt draws the same samples
+    whatever other prompts share its call, while repeating a prompt in one call gives each
+    copy its own samples.
+    """
+    seen: dict[str, int] = {}
+    out = []
+    for prompt in prompts:
+        content = repr(prompt)
+        occurrence = seen.get(content, 0)
+        seen[content] = occurrence + 1
+        digest = hashlib.blake2b(
+            f"{seed}:{occurrence}:{content}".encode(), digest_size=8, person=b"baco-prompt"
+        ).digest()
+        out.append(int.from_bytes(digest, "little") >> 1)
+    return out
 
 
 def _mix32(x: torch.Tensor) -> torch.Tensor:

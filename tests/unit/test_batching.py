@@ -12,6 +12,7 @@ from shared_core import BacoEngine
 from shared_core.batching import RequestQueue, batch_key
 from shared_core.engine import DecodeOptions
 from shared_core.params import GenerationParams
+from shared_core.sampling import prompt_seeds
 
 
 class FakeRunner:
@@ -30,6 +31,11 @@ class FakeRunner:
         if any(p == "bad" for p in prompts):
             raise ValueError("bad prompt")
         return [[(p, s)] * params.n for p, s in zip(prompts, seeds, strict=True)]
+
+
+def _seed(seed: int, prompt: str) -> int:
+    """The seed a one-prompt request seeded with ``seed`` gives its prompt."""
+    return prompt_seeds(seed, [prompt])[0]
 
 
 def _wait_for_pending(queue: RequestQueue, count: int) -> None:
@@ -62,7 +68,8 @@ def test_requests_waiting_behind_a_decode_run_as_one_batch():
     assert runner.calls[0] == ["p0"] and len(runner.calls) == 2
     assert sorted(runner.calls[1]) == sorted(f"p{i}" for i in range(1, 9))
     for i, result in enumerate(results):
-        assert result == [[(f"p{i}", i)] * 2]  # each request gets its own prompt and seed
+        # each request gets its own prompt and seed
+        assert result == [[(f"p{i}", _seed(i, f"p{i}"))] * 2]
     assert (queue.batches_run, queue.requests_run) == (2, 9)
 
 
@@ -75,11 +82,12 @@ def test_only_requests_with_the_same_settings_merge_and_rows_are_capped():
         same = [pool.submit(queue.submit, [f"s{i}"], GenerationParams(seed=i)) for i in range(6)]
         _wait_for_pending(queue, 6)
         other = pool.submit(queue.submit, ["o"], GenerationParams(router="p", gamma=0.2, seed=0))
-        assert other.result(10) == [[("o", 0)]]  # other settings do not wait for the decode
+        # other settings do not wait for the decode
+        assert other.result(10) == [[("o", _seed(0, "o"))]]
         runner.release.set()
-        assert first.result(10) == [[("x", 0)]]
+        assert first.result(10) == [[("x", _seed(0, "x"))]]
         for i, future in enumerate(same):
-            assert future.result(10) == [[(f"s{i}", i)]]
+            assert future.result(10) == [[(f"s{i}", _seed(i, f"s{i}"))]]
     merged = [c for c in runner.calls if c[0].startswith("s")]
     assert sorted(len(c) for c in merged) == [2, 4]  # 6 one-row requests, at most 4 rows a batch
 
@@ -96,13 +104,24 @@ def test_a_failing_request_does_not_cost_the_others_their_results():
         ]
         _wait_for_pending(queue, 3)
         runner.release.set()
-        assert first.result(10) == [[("a", 0)]]
-        assert futures[0].result(10) == [[("b", 1)]]
+        assert first.result(10) == [[("a", _seed(0, "a"))]]
+        assert futures[0].result(10) == [[("b", _seed(1, "b"))]]
         with pytest.raises(ValueError, match="bad prompt"):
             futures[1].result(10)
-        assert futures[2].result(10) == [[("c", 3)]]
+        assert futures[2].result(10) == [[("c", _seed(3, "c"))]]
     assert sorted(runner.calls[1]) == ["b", "bad", "c"]  # merged first, then each alone
     assert sorted(runner.calls[2:]) == [["b"], ["bad"], ["c"]]
+
+
+def test_prompts_of_one_request_get_their_own_seeds():
+    runner = FakeRunner()
+    runner.started.set()  # run at once
+    queue = RequestQueue(runner)
+    out = queue.submit(["q", "q", "r"], GenerationParams(seed=5))
+    seeds = [row[0][1] for row in out]
+    assert len(set(seeds)) == 3  # a repeated prompt draws its own samples
+    assert seeds[2] == _seed(5, "r")  # a prompt draws what it would draw alone
+    assert seeds[0] == _seed(5, "q")
 
 
 def test_concurrent_engine_calls_are_merged_and_equal_serial_results(tiny_pair):
