@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import aclosing, closing
-from typing import Any, Literal
+from typing import Any
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
@@ -18,18 +17,19 @@ from langchain_core.messages import (
     AIMessageChunk,
     BaseMessage,
     ChatMessage,
+    FunctionMessage,
     HumanMessage,
     SystemMessage,
+    ToolMessage,
 )
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import Field, field_validator, model_validator
-from typing_extensions import Self
+from pydantic import Field, model_validator
 
 from shared_core import registry
 from shared_core.adapter_support import (
     DEMO_ALIGNED_ID,
     DEMO_BASE_ID,
-    DEMO_MODEL_NAME,
+    DEMO_MODEL_NAME,  # noqa: F401  (re-exported: the name reported for the demo pair)
     BacoFields,
     combine_stop,
     field_options,
@@ -40,7 +40,6 @@ from shared_core.adapter_support import (
 )
 from shared_core.aio import iterate_in_thread, run_in_thread
 from shared_core.engine import BacoEngine
-from shared_core.params import GenerationParams
 from shared_core.prompts import chat_template_ids, normalise_messages
 from shared_core.routers import RouterSpec
 from shared_core.types import Generation
@@ -88,25 +87,37 @@ def convert_messages(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
     """LangChain messages -> ``{"role", "content"}`` dicts for the engine.
 
     System -> ``system``, Human -> ``user``, AI -> ``assistant``; a ``ChatMessage`` keeps its
-    role (the engine accepts common aliases and rejects others). ``name`` is not sent. The
-    engine merges consecutive roles and folds system messages where a template needs it.
+    role (the engine accepts common aliases and rejects others). A ``ToolMessage`` (or
+    ``FunctionMessage``, or a ``ChatMessage`` with role ``tool``/``function``) becomes a user
+    turn ``Tool result (name/id): …`` (:func:`~shared_core.adapter_support.tool_result_message`).
+    ``name`` is not sent otherwise. The engine merges consecutive roles and folds system
+    messages where a template needs it.
     """
     out = []
     for i, message in enumerate(messages):
+        text = _message_text(message, i)
         if isinstance(message, SystemMessage):
             role = "system"
         elif isinstance(message, HumanMessage):
             role = "user"
         elif isinstance(message, AIMessage):
             role = "assistant"
+        elif isinstance(message, ToolMessage):
+            out.append(tool_result_message(text, name=message.name, call_id=message.tool_call_id))
+            continue
+        elif isinstance(message, FunctionMessage) or (
+            isinstance(message, ChatMessage) and message.role in ("tool", "function")
+        ):
+            out.append(tool_result_message(text, name=message.name))
+            continue
         elif isinstance(message, ChatMessage):
             role = message.role
         else:
             raise ValueError(
-                f"ChatBaco does not support tool calling or {type(message).__name__} "
-                f"(message {i}); pass SystemMessage, HumanMessage and AIMessage only"
+                f"ChatBaco does not support {type(message).__name__} (message {i}); pass "
+                "System, Human, AI, Tool or Chat messages"
             )
-        out.append({"role": role, "content": _message_text(message, i)})
+        out.append({"role": role, "content": text})
     return out
 
 
@@ -143,6 +154,7 @@ class ChatBaco(BaseChatModel, BacoFields):
     return_sources: bool = Field(
         default=False, description="Add per-token sources ('base'/'aligned') to the metadata."
     )
+
     @model_validator(mode="before")
     @classmethod
     def _warn_unknown_args(cls, values: Any) -> Any:
@@ -169,17 +181,8 @@ class ChatBaco(BaseChatModel, BacoFields):
             "aligned_model": self.aligned_model
             or (self.aligned_adapter and f"{self.base_model}+{self.aligned_adapter}")
             or DEMO_ALIGNED_ID,
+            **field_options(self),
             "router": _router_id(self.router),
-            "gamma": self.gamma,
-            "content_source": self.content_source,
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-            "min_tokens": self.min_tokens,
-            "top_p": self.top_p,
-            "top_k": self.top_k,
-            "min_p": self.min_p,
-            "n": self.n,
-            "seed": self.seed,
             "stop": self.stop,
             "return_sources": self.return_sources,
             "dtype": None if self.dtype is None else str(self.dtype),

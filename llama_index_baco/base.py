@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterator, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,20 +19,23 @@ from llama_index.core.base.llms.types import (
     MessageRole,
     TextBlock,
 )
-from llama_index.core.bridge.pydantic import Field, model_validator
+from llama_index.core.bridge.pydantic import Field
 from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
 from shared_core.adapter_support import (
+    BacoFields,
     combine_stop,
     field_options,
     merge_options,
     statistics_dict,
+    tool_result_message,
     usage_dict,
 )
 from shared_core.aio import iterate_in_thread, run_in_thread
 from shared_core.engine import BacoEngine
+from shared_core.loading import split_model_ref
 from shared_core.registry import engine_key, get_engine
 from shared_core.types import Generation, StreamEvent
 
@@ -45,11 +46,9 @@ logger = logging.getLogger(__name__)
 DEMO_CONTEXT_WINDOW = 32768
 
 #: LlamaIndex roles that the engine's prompt builder does not know, mapped to ones it does.
-_ROLE_MAP = {
-    MessageRole.CHATBOT.value: "assistant",
-    MessageRole.TOOL.value: "user",
-    MessageRole.FUNCTION.value: "user",
-}
+_ROLE_MAP = {MessageRole.CHATBOT.value: "assistant"}
+#: Roles whose messages are tool results (sent as user turns, see ``tool_result_message``).
+_TOOL_ROLES = frozenset({MessageRole.TOOL.value, MessageRole.FUNCTION.value})
 
 #: Hugging Face loading options that also apply to reading a config.
 _CONFIG_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "trust_remote_code")
@@ -60,7 +59,7 @@ _CONTEXT_WINDOWS: dict[str, int] = {}
 Prompt = str | list[dict[str, str]]
 
 
-class Baco(CustomLLM):
+class Baco(CustomLLM, BacoFields):
     """BACO decoding (arXiv 2511.05650): a base and an aligned model pick each token together.
 
     A per-token router chooses which model's distribution to sample, giving outputs that are
@@ -70,7 +69,9 @@ class Baco(CustomLLM):
     including ``model_copy(update=...)`` variants.
 
     Every decoding field can be overridden per call: ``llm.complete(p, router="p-fc",
-    gamma=0.2)``. Unknown kwargs (e.g. LlamaIndex's ``formatted``) are ignored.
+    gamma=0.2)``. Unknown kwargs (e.g. LlamaIndex's ``formatted``) are ignored. A response
+    holds one text: with ``n > 1`` it is the first sample's and every sample is in
+    ``raw["samples"]`` (streaming needs ``n=1``).
 
     Examples:
         ```python
@@ -82,99 +83,6 @@ class Baco(CustomLLM):
         ```
     """
 
-    base_model: str | None = Field(
-        default=None,
-        description=(
-            "Base (diverse) model: hub id, local folder or .gguf file. Omit together with "
-            "aligned_model and aligned_adapter to use the embedded demo pair."
-        ),
-    )
-    aligned_model: str | None = Field(
-        default=None,
-        description="Aligned (instruction-tuned) counterpart of the base: hub id, folder or .gguf.",
-    )
-    aligned_adapter: str | None = Field(
-        default=None,
-        description="PEFT adapter that turns base_model into the aligned model (instead of a "
-        "second model).",
-    )
-    router: str | Callable[..., Any] = Field(
-        default="p-punc",
-        description=(
-            "Token router: aligned, base, rand, p, h, punc, fc, p-punc, h-punc, p-fc, nudging "
-            "(case-insensitive), or a callable (signals) -> bool tensor [batch], True = base."
-        ),
-    )
-    gamma: float | None = Field(
-        default=None,
-        description="Router threshold γ (p/p-punc/p-fc: >= 0, above 1 means base everywhere; "
-        "rand/nudging: [0, 1]; h/h-punc: nats >= 0). None uses the router's default.",
-    )
-    content_source: str = Field(
-        default="base",
-        description="Model whose top-1 token the content routers (punc/fc) inspect: base or "
-        "aligned.",
-    )
-    aligned_starts: bool = Field(
-        default=True, description="The aligned model writes the first word of the response."
-    )
-    aligned_can_stop: bool = Field(
-        default=True,
-        description="An end token sampled from the aligned model always ends the response.",
-    )
-    temperature: float = Field(
-        default=1.0, ge=0.0, description="Sampling temperature (0 = greedy decoding)."
-    )
-    max_tokens: int = Field(
-        default=256, ge=1, description="Maximum number of tokens to generate per response."
-    )
-    min_tokens: int = Field(
-        default=0, ge=0, description="End tokens are masked until this many tokens are generated."
-    )
-    top_p: float = Field(
-        default=0.95, gt=0.0, le=1.0, description="Nucleus sampling mass (1 disables it)."
-    )
-    top_k: int = Field(default=0, ge=0, description="Top-k sampling (0 disables it).")
-    min_p: float = Field(
-        default=0.0, ge=0.0, le=1.0, description="Min-p sampling threshold (0 disables it)."
-    )
-    n: int = Field(
-        default=1,
-        ge=1,
-        description=(
-            "Samples per request, decoded in one batch. LlamaIndex responses hold one text: the "
-            "first sample is the response and all samples are in raw['samples']. Streaming "
-            "needs n=1."
-        ),
-    )
-    seed: int | None = Field(
-        default=None,
-        ge=0,
-        description="Random seed for reproducible samples; None draws fresh randomness.",
-    )
-    target_base_share: float | None = Field(
-        default=None,
-        description="Ask for a mean share of base-model tokens instead of a gamma: gamma is "
-        "read from `calibration` (default: the shipped demo-pair calibration).",
-    )
-    calibration: str | None = Field(
-        default=None,
-        description="γ calibration JSON written by `baco eval --calibrate` for this pair.",
-    )
-    stop: list[str] | None = Field(
-        default=None,
-        description="Stop strings (not included in the output); per-call stops are added to these.",
-    )
-    dtype: str | None = Field(
-        default=None,
-        description="torch dtype to load the weights in (e.g. bfloat16, float32, auto).",
-    )
-    device_map: str | dict[str, Any] | None = Field(
-        default=None, description='Device placement passed to from_pretrained (e.g. "cuda").'
-    )
-    model_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="Extra keyword arguments for from_pretrained."
-    )
     context_window: int | None = Field(
         default=None,
         gt=0,
@@ -182,46 +90,9 @@ class Baco(CustomLLM):
         "configs without loading weights.",
     )
 
-    @model_validator(mode="after")
-    def _check_settings(self) -> Baco:
-        """Fail at construction (without loading anything) on an invalid model or option."""
-        if self.aligned_model is not None and self.aligned_adapter is not None:
-            raise ValueError("pass aligned_model or aligned_adapter, not both")
-        has_aligned = self.aligned_model is not None or self.aligned_adapter is not None
-        if (self.base_model is None) == has_aligned:
-            raise ValueError(
-                "pass base_model with aligned_model (or aligned_adapter), or none of them to use "
-                "the embedded demo pair"
-            )
-        self._options({})
-        return self
-
     @classmethod
     def class_name(cls) -> str:
         return "Baco_llm"
-
-    @property
-    def _is_demo(self) -> bool:
-        models = (self.base_model, self.aligned_model, self.aligned_adapter)
-        return all(m is None for m in models)
-
-    @property
-    def _load_options(self) -> dict[str, Any]:
-        return {
-            "base_model": self.base_model,
-            "aligned_model": self.aligned_model,
-            "aligned_adapter": self.aligned_adapter,
-            "dtype": self.dtype,
-            "device_map": self.device_map,
-            "model_kwargs": self.model_kwargs,
-        }
-
-    @property
-    def model_name(self) -> str:
-        """``baco:<base>+<aligned>`` (``baco:demo`` for the embedded pair)."""
-        if self._is_demo:
-            return "baco:demo"
-        return f"baco:{self.base_model}+{self.aligned_model or self.aligned_adapter}"
 
     @property
     def metadata(self) -> LLMMetadata:
@@ -236,7 +107,7 @@ class Baco(CustomLLM):
     @property
     def engine(self) -> BacoEngine:
         """The shared engine of this pair (loads the models on first access)."""
-        options = self._load_options
+        options = self.load_options
         engine = get_engine(**options)
         _CONTEXT_WINDOWS[engine_key(**options)] = engine.pair.context_window
         return engine
@@ -348,14 +219,14 @@ class Baco(CustomLLM):
         return self.engine.stream(prompt, **options)
 
     def _config_context_window(self) -> int:
-        key = engine_key(**self._load_options)
+        key = engine_key(**self.load_options)
         if key not in _CONTEXT_WINDOWS:
             _CONTEXT_WINDOWS[key] = self._read_context_window()
         return _CONTEXT_WINDOWS[key]
 
     def _read_context_window(self) -> int:
         """min(base, aligned) maximum length from the configs (as the engine computes it)."""
-        if self._is_demo:
+        if self.base_model is None:  # the embedded demo pair
             from shared_core.demo_models import DEMO_BASE_DIRNAME, baco_home
 
             folder = baco_home() / DEMO_BASE_DIRNAME
@@ -382,23 +253,31 @@ def _config_max_length(ref: str, model_kwargs: dict[str, Any]) -> int:
 
     from shared_core.pair import context_window
 
+    location, extra = split_model_ref(ref)
     kwargs = {k: v for k, v in model_kwargs.items() if k in _CONFIG_KWARGS}
-    if ref.lower().endswith(".gguf"):
-        path = Path(ref).expanduser()
-        ref, kwargs["gguf_file"] = str(path.parent), path.name
-    config = AutoConfig.from_pretrained(os.path.expanduser(ref), **kwargs)
+    config = AutoConfig.from_pretrained(location, **kwargs, **extra)
     return context_window(SimpleNamespace(config=config))
 
 
 def to_engine_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
-    """LlamaIndex messages as the engine's ``[{"role", "content"}]`` list (text blocks only)."""
+    """LlamaIndex messages as the engine's ``[{"role", "content"}]`` list (text blocks only).
+
+    ``chatbot`` -> ``assistant``; a ``tool``/``function`` message becomes a user turn
+    ``Tool result (name/id): …`` (name and ``tool_call_id`` from ``additional_kwargs``).
+    """
     out = []
     for i, message in enumerate(messages):
         if any(not isinstance(block, TextBlock) for block in message.blocks):
             kinds = sorted({type(b).__name__ for b in message.blocks})
             raise ValueError(f"message {i}: Baco takes text only, got blocks {kinds}")
-        role = message.role.value
-        out.append({"role": _ROLE_MAP.get(role, role), "content": message.content or ""})
+        role, text = message.role.value, message.content or ""
+        if role in _TOOL_ROLES:
+            extra = message.additional_kwargs
+            out.append(
+                tool_result_message(text, name=extra.get("name"), call_id=extra.get("tool_call_id"))
+            )
+        else:
+            out.append({"role": _ROLE_MAP.get(role, role), "content": text})
     return out
 
 

@@ -1,16 +1,29 @@
-"""What the LangChain and LlamaIndex adapters share: option merging, usage and statistics.
+"""What the LangChain and LlamaIndex adapters share: fields, option merging, names, messages.
 
-Adapters call these so that option names, defaults, validation and reported numbers are the
-same in every framework.
+:class:`BacoFields` declares every field both adapters have (the pair to load and the
+decoding options) once; ``ChatBaco`` and ``Baco`` inherit it, so option names, types,
+defaults, descriptions and validation are the same in every framework. Adapters also use
+these functions for the model name, tool results, usage and statistics.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
+from pydantic import BaseModel, Field, field_validator, model_validator
+from typing_extensions import Self
+
+from .loading import check_pair_args
 from .params import GenerationParams
 from .types import Generation
+
+#: Model name of the embedded demo pair (``ModelPair.demo()``), in both adapters.
+DEMO_MODEL_NAME = "baco:demo"
+#: What the demo pair's two models are, for traces.
+DEMO_BASE_ID = "google/gemma-3-270m"
+DEMO_ALIGNED_ID = "google/gemma-3-270m+baco-demo-lora"
 
 #: Adapter field name -> engine option name, for every per-call decoding option.
 OPTION_FIELDS: dict[str, str] = {
@@ -51,6 +64,154 @@ ADAPTER_OPTION_FIELDS: tuple[str, ...] = (
     "target_base_share",
     "calibration",
 )
+
+
+class BacoFields(BaseModel):
+    """The fields of both adapters: which pair to load and the default decoding options.
+
+    Construction loads nothing; it checks the pair arguments and validates the options with
+    the engine's own rules (:func:`merge_options`), so a bad value fails at construction
+    with the same message in every adapter. Per-call options are validated the same way
+    when a call is made.
+    """
+
+    base_model: str | None = Field(
+        default=None,
+        description="Base model: hub id, local folder or .gguf file. Omit it together with "
+        "aligned_model and aligned_adapter to use the embedded demo pair.",
+    )
+    aligned_model: str | None = Field(
+        default=None,
+        description="Aligned (instruction-tuned) counterpart of base_model with the same "
+        "tokenizer: hub id, local folder or .gguf file.",
+    )
+    aligned_adapter: str | None = Field(
+        default=None,
+        description="PEFT adapter that turns base_model into the aligned model (instead of "
+        "aligned_model).",
+    )
+    router: str | Callable[..., Any] = Field(
+        default=GenerationParams.router,
+        description="Token router: aligned, base, rand, p, h, punc, fc, p-punc, h-punc, p-fc, "
+        "nudging (case-insensitive), or a callable (signals) -> bool tensor [batch], "
+        "True = base.",
+    )
+    gamma: float | None = Field(
+        default=GenerationParams.gamma,
+        description="Router threshold γ (p/p-punc/p-fc: >= 0, above 1 means base everywhere; "
+        "rand/nudging: [0, 1]; h/h-punc: nats >= 0). None: the router's default. Ignored by "
+        "routers without one.",
+    )
+    content_source: Literal["base", "aligned"] = Field(
+        default="base",
+        description="Model whose top-1 token the content rules (punc/fc) inspect.",
+    )
+    aligned_starts: bool = Field(
+        default=GenerationParams.aligned_starts,
+        description="The aligned model writes the first word of the response.",
+    )
+    aligned_can_stop: bool = Field(
+        default=GenerationParams.aligned_can_stop,
+        description="An end token sampled from the aligned model always ends the response.",
+    )
+    temperature: float = Field(
+        default=GenerationParams.temperature, description="Sampling temperature; 0 is greedy."
+    )
+    max_tokens: int = Field(
+        default=GenerationParams.max_new_tokens,
+        description="Maximum number of tokens to generate per response.",
+    )
+    min_tokens: int = Field(
+        default=GenerationParams.min_new_tokens,
+        description="End tokens are blocked until this many tokens are generated.",
+    )
+    top_p: float = Field(
+        default=0.95,
+        description="Nucleus sampling mass (0.95 cuts the long junk tail of large "
+        "vocabularies; 1 disables it).",
+    )
+    top_k: int = Field(default=GenerationParams.top_k, description="Top-k filter; 0 disables.")
+    min_p: float = Field(default=GenerationParams.min_p, description="Min-p filter; 0 disables.")
+    n: int = Field(
+        default=GenerationParams.n, description="Samples per request, from one batched decode."
+    )
+    seed: int | None = Field(
+        default=GenerationParams.seed,
+        description="Random seed; a sample then depends only on prompt, options and seed. "
+        "None draws fresh randomness.",
+    )
+    target_base_share: float | None = Field(
+        default=None,
+        description="Ask for a mean share of base-model tokens instead of a gamma: gamma is "
+        "read from `calibration` (default: the shipped demo-pair calibration).",
+    )
+    calibration: str | None = Field(
+        default=None,
+        description="γ calibration JSON written by `baco eval --calibrate` for this pair.",
+    )
+    stop: list[str] | None = Field(
+        default=None,
+        description="Stop strings (not included in the output); per-call stops are added to these.",
+    )
+    dtype: Any = Field(
+        default=None,
+        description="torch dtype (or its name: bfloat16, float32, auto) to load the weights in.",
+    )
+    device_map: str | dict[str, Any] | None = Field(
+        default=None, description="device_map for from_pretrained (e.g. 'cuda', 'auto')."
+    )
+    model_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra keyword arguments for from_pretrained."
+    )
+
+    @field_validator("base_model", "aligned_model", "aligned_adapter", "calibration", mode="before")
+    @classmethod
+    def _fspath(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    @model_validator(mode="after")
+    def _check_pair_and_options(self) -> Self:
+        """Fail at construction (without loading anything) on a bad pair or option."""
+        check_pair_args(self.base_model, self.aligned_model, self.aligned_adapter)
+        merge_options({**field_options(self), "stop": self.stop})
+        return self
+
+    @property
+    def model_name(self) -> str:
+        """``baco:<base>+<aligned>`` (``baco:demo`` for the embedded pair)."""
+        return pair_model_name(self.base_model, self.aligned_model, self.aligned_adapter)
+
+    @property
+    def load_options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`shared_core.registry.get_engine` for this pair."""
+        return {
+            "base_model": self.base_model,
+            "aligned_model": self.aligned_model,
+            "aligned_adapter": self.aligned_adapter,
+            "dtype": self.dtype,
+            "device_map": self.device_map,
+            "model_kwargs": self.model_kwargs or None,
+        }
+
+
+def pair_model_name(base: str | None, aligned: str | None, adapter: str | None = None) -> str:
+    """The name both adapters report for a pair: ``baco:<base>+<aligned or adapter>``."""
+    if base is None:
+        return DEMO_MODEL_NAME
+    return f"baco:{base}+{aligned if aligned is not None else adapter}"
+
+
+def tool_result_message(
+    content: str, *, name: str | None = None, call_id: str | None = None
+) -> dict[str, str]:
+    """A tool's result as an engine message: a user turn ``Tool result (name/id): content``.
+
+    Neither model was trained with a tool role, so both adapters send tool results as
+    plain user text. Real tool calling will replace this one function.
+    """
+    label = "/".join(part for part in (name, call_id) if part)
+    prefix = f"Tool result ({label}): " if label else "Tool result: "
+    return {"role": "user", "content": prefix + content}
 
 
 def field_options(adapter: object) -> dict[str, Any]:

@@ -7,6 +7,7 @@ Llamas. Nothing is downloaded.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +109,44 @@ def tiny_pair_folders() -> tuple[Path, Path]:
     if "pair" not in _SAVED:
         _SAVED["pair"] = save_tiny_pair(tempfile.mkdtemp(prefix="baco-tiny-"))
     return _SAVED["pair"]
+
+
+def engine_stream_events(
+    generation: Any,
+    pieces: Sequence[str],
+    *,
+    ended_on_end_token: bool | None = None,
+    flush: str = "",
+    row: int = 0,
+) -> Iterator[Any]:
+    """The ``StreamEvent``s the engine yields for a finished ``generation``, for fake engines.
+
+    ``pieces`` are the text deltas of the generation's tokens (one per token id, ``""`` while
+    text is pending) and ``flush`` is the pending text released when the sample ends. As in
+    ``BacoEngine`` (``_advance``): a sample that ends on an end token (the default for
+    ``finish_reason="stop"``) gets one event per token and then a final event with
+    ``token_id=None`` and ``source=None``; one that ends by length or a stop string gets its
+    last token's event as the final one.
+    """
+    from .types import StreamEvent
+
+    if len(pieces) != len(generation.token_ids):
+        raise ValueError(f"{len(pieces)} pieces for {len(generation.token_ids)} tokens")
+    if ended_on_end_token is None:
+        ended_on_end_token = generation.finish_reason == "stop"
+    last = len(pieces) - 1
+    tokens = zip(generation.token_ids, generation.sources, pieces, strict=True)
+    for i, (token_id, source, piece) in enumerate(tokens):
+        final = i == last and not ended_on_end_token
+        yield StreamEvent(
+            row=row,
+            text_delta=piece + flush if final else piece,
+            token_id=token_id,
+            source=source,
+            sample_index=generation.sample_index,
+            generation=generation if final else None,
+        )
+    if ended_on_end_token:
+        yield StreamEvent(
+            row=row, text_delta=flush, sample_index=generation.sample_index, generation=generation
+        )

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from shared_core.adapter_support import combine_stop, merge_options, statistics_dict, usage_dict
+from shared_core.adapter_support import (
+    DEMO_MODEL_NAME,
+    combine_stop,
+    field_options,
+    merge_options,
+    statistics_dict,
+    tool_result_message,
+    usage_dict,
+)
 from shared_core.types import Generation, Usage
 
 
@@ -79,3 +87,67 @@ def test_target_base_share_resolves_gamma_from_a_calibration(tmp_path):
         merge_options(
             {"router": "p-punc", "target_base_share": 0.9, "calibration": str(calibration)}
         )
+
+
+# ---------------------------------------------------------------- both adapters, one field set
+
+
+def _adapters() -> list[type]:
+    langchain = pytest.importorskip("langchain_baco")
+    llama_index = pytest.importorskip("llama_index_baco")
+    return [langchain.ChatBaco, llama_index.Baco]
+
+
+def test_both_adapters_expose_the_shared_fields_unchanged():
+    from shared_core.adapter_support import ADAPTER_OPTION_FIELDS, BacoFields
+
+    shared = BacoFields.model_fields
+    assert set(ADAPTER_OPTION_FIELDS) <= set(shared)
+    assert {"aligned_starts", "aligned_can_stop", "stop", "dtype"} <= set(shared)
+    for adapter in _adapters():
+        fields = adapter.model_fields
+        for name, info in shared.items():
+            assert fields[name].annotation == info.annotation, (adapter, name)
+            assert fields[name].get_default(call_default_factory=True) == info.get_default(
+                call_default_factory=True
+            ), (adapter, name)
+            assert fields[name].description == info.description, (adapter, name)
+
+
+def test_both_adapters_have_the_same_defaults_and_validation():
+    chat, llm = (adapter() for adapter in _adapters())
+    assert field_options(chat) == field_options(llm)
+    assert field_options(llm)["top_p"] == 0.95 and field_options(llm)["aligned_starts"] is True
+    assert chat.model_name == llm.model_name == DEMO_MODEL_NAME
+    pair = {"base_model": "org/b", "aligned_model": "org/a"}
+    assert (
+        _adapters()[0](**pair).model_name == _adapters()[1](**pair).model_name == "baco:org/b+org/a"
+    )
+    for adapter in _adapters():
+        with pytest.raises(ValueError, match="top_p"):
+            adapter(top_p=2.0)
+        with pytest.raises(ValueError, match="base_model is required"):
+            adapter(aligned_adapter="x")
+
+
+def test_tool_results_map_the_same_in_both_adapters():
+    pytest.importorskip("langchain_core")
+    pytest.importorskip("llama_index.core")
+    from langchain_core.messages import ToolMessage
+    from llama_index.core.base.llms.types import ChatMessage, MessageRole
+
+    from langchain_baco import convert_messages
+    from llama_index_baco.base import to_engine_messages
+
+    expected = tool_result_message("42", name="multiply", call_id="call-1")
+    assert expected == {"role": "user", "content": "Tool result (multiply/call-1): 42"}
+    assert convert_messages([ToolMessage("42", name="multiply", tool_call_id="call-1")]) == [
+        expected
+    ]
+    tool = ChatMessage(
+        role=MessageRole.TOOL,
+        content="42",
+        additional_kwargs={"name": "multiply", "tool_call_id": "call-1"},
+    )
+    assert to_engine_messages([tool]) == [expected]
+    assert tool_result_message("ok") == {"role": "user", "content": "Tool result: ok"}

@@ -8,6 +8,7 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,8 +21,8 @@ from langchain_baco import ChatBaco
 
 
 @pytest.fixture
-def llm(tiny_pair: tuple[str, str]) -> ChatBaco:
-    base, aligned = tiny_pair
+def llm(tiny_pair_paths: tuple[Path, Path]) -> ChatBaco:
+    base, aligned = map(str, tiny_pair_paths)
     return ChatBaco(base_model=base, aligned_model=aligned, max_tokens=12, min_tokens=4, seed=0)
 
 

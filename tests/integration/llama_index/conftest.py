@@ -1,6 +1,11 @@
-"""Fixtures for the LlamaIndex adapter's integration tests: the tiny random pair, saved to disk."""
+"""Fixtures for the LlamaIndex adapter's integration tests: ``Baco`` on the tiny random pair.
+
+The pair itself is ``tiny_pair_paths`` from tests/conftest.py.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -8,7 +13,6 @@ pytest.importorskip("llama_index.core")
 torch = pytest.importorskip("torch")
 
 from llama_index_baco import Baco  # noqa: E402
-from shared_core.testing import save_tiny_pair  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -21,15 +25,8 @@ def _one_torch_thread() -> None:
     torch.set_num_threads(previous)
 
 
-@pytest.fixture(scope="session")
-def tiny_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """Folders of the tiny random pair (built once per session, loaded by path)."""
-    base, aligned = save_tiny_pair(tmp_path_factory.mktemp("tiny_pair"))
-    return str(base), str(aligned)
-
-
 @pytest.fixture
-def llm(tiny_pair: tuple[str, str]) -> Baco:
+def llm(tiny_pair_paths: tuple[Path, Path]) -> Baco:
     """A ``Baco`` on the tiny pair; ``min_tokens`` keeps the random models from stopping early."""
-    base, aligned = tiny_pair
+    base, aligned = map(str, tiny_pair_paths)
     return Baco(base_model=base, aligned_model=aligned, max_tokens=8, min_tokens=4, seed=11)

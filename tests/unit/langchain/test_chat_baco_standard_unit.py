@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,8 +13,8 @@ from langchain_baco import ChatBaco
 
 class TestChatBacoStandardUnit(ChatModelUnitTests):
     @pytest.fixture(autouse=True)
-    def _tiny(self, tiny_pair: tuple[str, str]) -> None:
-        self._pair = tiny_pair
+    def _tiny(self, tiny_pair_paths: tuple[Path, Path]) -> None:
+        self._pair = tuple(map(str, tiny_pair_paths))
 
     @property
     def chat_model_class(self) -> type[ChatBaco]:

@@ -21,15 +21,20 @@ from langchain_core.messages import (
 from langchain_core.runnables import ConfigurableField
 
 from langchain_baco import ChatBaco, convert_messages
-from langchain_baco.chat_models import DEMO_MODEL_NAME
 from shared_core import registry
+from shared_core.adapter_support import DEMO_MODEL_NAME
 from shared_core.pair import ModelPair
 from shared_core.params import GenerationParams
+from shared_core.testing import engine_stream_events
 from shared_core.types import Generation, StreamEvent, Usage
 
 
 class FakeEngine:
-    """Records the options of each call and returns canned samples (engine semantics)."""
+    """Records the options of each call and returns canned samples (engine semantics).
+
+    Samples end on an end token, so a stream ends with an event that has no token (the
+    held-back text " 0" is released there), as ``BacoEngine.stream`` does.
+    """
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any, dict[str, Any]]] = []
@@ -58,9 +63,7 @@ class FakeEngine:
     def stream(self, prompt: Any, **options: Any) -> Iterator[StreamEvent]:
         self.calls.append(("stream", prompt, options))
         sample = self._samples(options)[0]
-        for i, piece in enumerate(["sam", "", "ple"]):
-            yield StreamEvent(row=0, text_delta=piece, token_id=10 + i, source="base")
-        yield StreamEvent(row=0, text_delta=" 0", token_id=13, source="aligned", generation=sample)
+        yield from engine_stream_events(sample, ["sam", "", "ple", ""], flush=" 0")
 
     @property
     def options(self) -> dict[str, Any]:
@@ -85,8 +88,8 @@ def no_loading(monkeypatch: pytest.MonkeyPatch) -> None:
 # ---------------------------------------------------------------- construction
 
 
-def test_construction_bind_and_config_load_nothing(no_loading: None, tiny_pair) -> None:
-    base, aligned = tiny_pair
+def test_construction_bind_and_config_load_nothing(no_loading: None, tiny_pair_paths) -> None:
+    base, aligned = map(str, tiny_pair_paths)
     llm = ChatBaco(base_model=base, aligned_model=aligned, router="p", gamma=0.2)
     llm.bind(router="h-punc", gamma=1.5)
     llm.model_copy(update={"gamma": 0.5})
@@ -109,9 +112,9 @@ def test_demo_pair_when_no_models_given(no_loading: None) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"base_model": "b"}, "no aligned model: pass aligned_model="),
-        ({"aligned_model": "a"}, "no base_model: pass base_model="),
-        ({"aligned_adapter": "x"}, "no base_model"),
+        ({"base_model": "b"}, "no aligned model: pass exactly one of aligned_model or"),
+        ({"aligned_model": "a"}, "base_model is required with an aligned model"),
+        ({"aligned_adapter": "x"}, "base_model is required"),
         ({"base_model": "b", "aligned_model": "a", "aligned_adapter": "x"}, "not both"),
         ({"router": "nope"}, "valid routers"),
         ({"router": "rand", "gamma": 2.0}, "gamma"),
@@ -132,13 +135,11 @@ def test_unknown_init_args_warn_but_framework_extras_do_not() -> None:
         ChatBaco(timeout=60, max_retries=2, api_key="x")
 
 
-def test_paths_accepted(tiny_pair, no_loading: None) -> None:
-    from pathlib import Path
-
-    base, aligned = tiny_pair
-    llm = ChatBaco(base_model=Path(base), aligned_model=Path(aligned))
-    assert llm.base_model == base
-    assert llm.model_name == f"{base}+{aligned}"
+def test_paths_accepted(tiny_pair_paths, no_loading: None) -> None:
+    base, aligned = tiny_pair_paths
+    llm = ChatBaco(base_model=base, aligned_model=aligned)  # pathlib.Path objects
+    assert llm.base_model == str(base)
+    assert llm.model_name == f"baco:{base}+{aligned}"
 
 
 def test_identifying_and_ls_params() -> None:
@@ -160,7 +161,7 @@ def test_identifying_and_ls_params() -> None:
     assert llm._llm_type == "baco"
     ls = llm._get_ls_params(stop=["STOP"])
     assert ls["ls_provider"] == "baco"
-    assert ls["ls_model_name"] == "org/base+org/aligned"
+    assert ls["ls_model_name"] == "baco:org/base+org/aligned"
     assert ls["ls_temperature"] == 0.7 and ls["ls_max_tokens"] == 64
     assert ls["ls_stop"] == ["END", "STOP"]
     assert llm._get_ls_params(model="other")["ls_model_name"] == "other"
@@ -180,6 +181,8 @@ def test_fields_become_engine_options(fake: FakeEngine) -> None:
         "router": "p",
         "gamma": 0.2,
         "content_source": "base",
+        "aligned_starts": True,
+        "aligned_can_stop": True,
         "temperature": 0.5,
         "max_new_tokens": 9,
         "min_new_tokens": 2,
@@ -260,7 +263,7 @@ def test_invoke_metadata(fake: FakeEngine) -> None:
     assert result.content == "sample 0"
     assert result.usage_metadata == {"input_tokens": 7, "output_tokens": 5, "total_tokens": 12}
     meta = result.response_metadata
-    assert meta["model_name"] == "b+a"
+    assert meta["model_name"] == "baco:b+a"
     assert meta["model_provider"] == "baco"
     assert meta["finish_reason"] == "stop"
     assert (meta["router"], meta["gamma"], meta["base_share"], meta["switches"]) == (
@@ -337,9 +340,22 @@ def test_messages_reach_the_engine(fake: FakeEngine) -> None:
     ]
 
 
+def test_tool_results_are_sent_as_user_turns(fake: FakeEngine) -> None:
+    ChatBaco().invoke(
+        [
+            HumanMessage("What is 6 x 7?"),
+            AIMessage("Let me compute it."),
+            ToolMessage("42", tool_call_id="call-1", name="multiply"),
+            ChatMessage(role="tool", content="done"),
+        ]
+    )
+    assert fake.calls[-1][1][2:] == [
+        {"role": "user", "content": "Tool result (multiply/call-1): 42"},
+        {"role": "user", "content": "Tool result: done"},
+    ]
+
+
 def test_unsupported_messages_raise_clear_errors(fake: FakeEngine) -> None:
-    with pytest.raises(ValueError, match="does not support tool calling or ToolMessage"):
-        ChatBaco().invoke([HumanMessage("hi"), ToolMessage("42", tool_call_id="1")])
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
     with pytest.raises(ValueError, match=r"text only.*'image_url'"):
         ChatBaco().invoke([HumanMessage([{"type": "text", "text": "see"}, image])])
@@ -349,8 +365,8 @@ def test_unsupported_messages_raise_clear_errors(fake: FakeEngine) -> None:
 # ---------------------------------------------------------------- the shared engine (tiny pair)
 
 
-def test_engine_loaded_once_and_shared(monkeypatch: pytest.MonkeyPatch, tiny_pair) -> None:
-    base, aligned = tiny_pair
+def test_engine_loaded_once_and_shared(monkeypatch: pytest.MonkeyPatch, tiny_pair_paths) -> None:
+    base, aligned = map(str, tiny_pair_paths)
     registry.clear_engines()
     loads = []
     original = ModelPair.from_pretrained.__func__
@@ -382,8 +398,8 @@ def test_engine_loaded_once_and_shared(monkeypatch: pytest.MonkeyPatch, tiny_pai
     assert len(loads) == 2
 
 
-def test_token_counting_uses_the_pair_tokenizer(tiny_pair) -> None:
-    base, aligned = tiny_pair
+def test_token_counting_uses_the_pair_tokenizer(tiny_pair_paths) -> None:
+    base, aligned = map(str, tiny_pair_paths)
     llm = ChatBaco(base_model=base, aligned_model=aligned, max_tokens=2, min_tokens=1, seed=0)
     tokenizer = llm._get_engine().tokenizer
     text = "The quick brown fox"

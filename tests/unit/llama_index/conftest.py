@@ -11,23 +11,22 @@ import pytest
 
 pytest.importorskip("llama_index.core")
 
-from shared_core.testing import save_tiny_pair
+from shared_core.testing import engine_stream_events
 from shared_core.types import Generation, StreamEvent, Usage
 
 
-@pytest.fixture(scope="session")
-def tiny_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """Folders of the tiny random pair (built once per session)."""
-    base, aligned = save_tiny_pair(tmp_path_factory.mktemp("tiny_pair_unit"))
-    return str(base), str(aligned)
-
-
 class FakeEngine:
-    """Records the options it is called with and answers with fixed text (no model)."""
+    """Records the options it is called with and answers with fixed text (no model).
+
+    Streams follow ``BacoEngine.stream``: with ``finish_reason="length"`` (the default) the
+    last token's event is the final one; with ``"stop"`` the sample ended on an end token and
+    a final event without a token follows.
+    """
 
     PIECES = ("Hel", "", "lo", " world")
 
-    def __init__(self) -> None:
+    def __init__(self, finish_reason: str = "length") -> None:
+        self.finish_reason = finish_reason
         self.pair = SimpleNamespace(context_window=1024)
         self.calls: list[tuple[str, Any, dict[str, Any]]] = []
 
@@ -37,7 +36,7 @@ class FakeEngine:
             text=text,
             token_ids=[1, 2, 3, 4],
             sources=["aligned", "base", "base", "aligned"],
-            finish_reason="length",
+            finish_reason=self.finish_reason,  # type: ignore[arg-type]
             usage=Usage(prompt_tokens=5, completion_tokens=4),
             router=str(options.get("router", "p-punc")),
             gamma=options.get("gamma"),
@@ -50,14 +49,7 @@ class FakeEngine:
 
     def stream(self, prompt: Any, **options: Any) -> Iterator[StreamEvent]:
         self.calls.append(("stream", prompt, options))
-        final = self._generation(0, options)
-
-        def events() -> Iterator[StreamEvent]:
-            for i, piece in enumerate(self.PIECES[:-1]):
-                yield StreamEvent(row=0, text_delta=piece, token_id=i, source="aligned")
-            yield StreamEvent(row=0, text_delta=self.PIECES[-1], token_id=9, generation=final)
-
-        return events()
+        return engine_stream_events(self._generation(0, options), self.PIECES)
 
 
 @pytest.fixture

@@ -47,7 +47,7 @@ def test_is_a_custom_llm_with_described_fields() -> None:
 
 
 @pytest.mark.usefixtures("no_loading", "empty_baco_home")
-def test_construction_copies_and_metadata_load_nothing(tiny_pair: tuple[str, str]) -> None:
+def test_construction_copies_and_metadata_load_nothing(tiny_pair_paths: tuple[Path, Path]) -> None:
     demo = Baco()
     meta = demo.metadata
     assert meta.is_chat_model
@@ -58,7 +58,7 @@ def test_construction_copies_and_metadata_load_nothing(tiny_pair: tuple[str, str
     assert (copy.gamma, demo.gamma) == (0.5, None)
     assert copy.to_payload()["class_name"] == "Baco_llm"
 
-    base, aligned = tiny_pair
+    base, aligned = map(str, tiny_pair_paths)
     llm = Baco(base_model=base, aligned_model=aligned, max_tokens=12)
     meta = llm.metadata
     assert meta.context_window == 512  # the tiny Llama's max_position_embeddings
@@ -146,6 +146,28 @@ def test_chat_sends_a_message_list(fake_engine) -> None:
     assert response.message.content == "Hello world"
 
 
+def test_tool_results_are_sent_as_user_turns(fake_engine) -> None:
+    tool = ChatMessage(
+        role=MessageRole.TOOL,
+        content="42",
+        additional_kwargs={"tool_call_id": "call-1", "name": "multiply"},
+    )
+    Baco().chat([ChatMessage(role="user", content="What is 6 x 7?"), tool])
+    assert fake_engine.calls[-1][1][1] == {
+        "role": "user",
+        "content": "Tool result (multiply/call-1): 42",
+    }
+
+
+def test_stream_that_ends_on_an_end_token(fake_engine) -> None:
+    fake_engine.finish_reason = "stop"  # the last event carries no token, as in the engine
+    chunks = list(Baco().stream_complete("hi"))
+    assert [c.delta for c in chunks] == ["Hel", "lo", " world", ""]
+    assert chunks[-2].raw == {"token_id": 4, "source": "aligned"}
+    assert chunks[-1].text == "Hello world"
+    assert chunks[-1].raw["baco"]["finish_reason"] == "stop"
+
+
 def test_non_text_content_is_rejected(fake_engine) -> None:
     image = ChatMessage(
         role="user", blocks=[ImageBlock(image=b"\x89PNG", image_mimetype="image/png")]
@@ -177,7 +199,8 @@ def test_stream_chunks(fake_engine) -> None:
     chunks = list(Baco().stream_complete("hi"))
     assert [c.delta for c in chunks] == ["Hel", "lo", " world"]  # empty pending delta skipped
     assert [c.text for c in chunks] == ["Hel", "Hello", "Hello world"]
-    assert chunks[0].raw == {"token_id": 0, "source": "aligned"}
+    assert chunks[0].raw == {"token_id": 1, "source": "aligned"}
+    assert chunks[1].raw == {"token_id": 3, "source": "base"}
     assert chunks[-1].raw["usage"]["total_tokens"] == 9
     assert chunks[-1].raw["baco"]["sources"] == ["aligned", "base", "base", "aligned"]
 
