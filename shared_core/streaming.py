@@ -45,13 +45,23 @@ class IncrementalDecoder:
 
 
 class ResponseText:
-    """The visible text of one sample: decoded, leading whitespace trimmed, stops applied."""
+    """The visible text of one sample: decoded, leading whitespace trimmed, stops applied.
 
-    def __init__(self, tokenizer, stops: tuple[str, ...]) -> None:
+    ``protect`` (``(begin, end)`` markers, e.g. of a grammar-constrained tool call) suspends
+    the stop strings between the markers: a stop string inside such a segment does not end
+    the sample, and text held back for a possible stop is released when a segment opens.
+    """
+
+    def __init__(
+        self, tokenizer, stops: tuple[str, ...], *, protect: tuple[str, str] | None = None
+    ) -> None:
         self.decoder = IncrementalDecoder(tokenizer)
         self.matcher = StopMatcher(stops)
         self.text = ""
         self._started = False
+        self._protect = protect if stops else None
+        self._inside = False
+        self._recent = ""
 
     @property
     def stopped(self) -> bool:
@@ -59,12 +69,35 @@ class ResponseText:
 
     def push(self, token_id: int) -> str:
         """Add a generated token; return the newly visible text."""
-        return self._emit(self.matcher.feed(self._trim(self.decoder.push(token_id))))
+        return self._emit(self._feed(self._trim(self.decoder.push(token_id))))
 
     def finish(self) -> str:
         """Flush everything held back; return the last visible text."""
-        tail = self.matcher.feed(self._trim(self.decoder.flush()))
+        tail = self._feed(self._trim(self.decoder.flush()))
         return self._emit(tail + self.matcher.flush())
+
+    def _feed(self, delta: str) -> str:
+        """Pass ``delta`` through the stop matcher, except inside a protected segment."""
+        if self._protect is None:
+            return self.matcher.feed(delta)
+        out = ""
+        while delta:
+            marker = self._protect[1] if self._inside else self._protect[0]
+            window = self._recent + delta
+            at = window.find(marker)
+            if at < 0:
+                out += delta if self._inside else self.matcher.feed(delta)
+                self._recent = window[max(0, len(window) - len(marker) + 1) :]
+                break
+            cut = at + len(marker) - len(self._recent)
+            head, delta = delta[:cut], delta[cut:]
+            if self._inside:
+                out += head
+            else:  # a segment opens: release what was held back for a possible stop
+                out += self.matcher.feed(head) + self.matcher.flush()
+            self._inside = not self._inside
+            self._recent = ""
+        return out
 
     def _trim(self, delta: str) -> str:
         if not self._started:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Source = Literal["base", "aligned"]
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "error"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,8 @@ class Generation:
     ``token_ids`` and ``sources`` are aligned element by element; ``sources[i]`` names the
     model whose distribution produced ``token_ids[i]``. An end token that finished the
     sample is not part of ``token_ids`` (nor of ``text``), but it is counted in ``usage``.
+    ``finish_reason`` is ``"error"`` (with the reason in ``error``) for a grammar-constrained
+    sample that could not continue; ``generate`` raises for it, ``stream`` reports it here.
     """
 
     text: str
@@ -39,6 +41,7 @@ class Generation:
     gamma: float | None
     prompt_index: int = 0
     sample_index: int = 0
+    error: str | None = None
 
     @property
     def base_share(self) -> float:

@@ -1,0 +1,306 @@
+"""Grammar-constrained decoding: JSON-schema output and tool calls, with llguidance.
+
+A :class:`Constraint` is a compiled grammar plus a canonical key (two requests with the same
+schema compare equal, so the request queue may merge them). During a decode every constrained
+row owns an ``llguidance.LLMatcher``; :class:`RowMatchers` fills one packed bitmask of allowed
+tokens for all rows on the host each step (the fill releases the GIL), unpacks it into one
+boolean tensor on the model's device, and advances each row's matcher with its chosen token.
+The engine applies that mask to both models' logits before the router, the candidates and
+the guards, and ends a row as soon as its grammar is complete.
+
+llguidance is an optional dependency (``pip install -e ".[structured]"``); importing this
+module does not need it, asking for a constraint does.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+
+#: How to install the optional grammar engine from a clone of this repository.
+INSTALL_HINT = 'pip install -e ".[structured]" (or: bash scripts/install.sh structured)'
+
+#: JSON whitespace allowed between tokens: bounded, so a model cannot loop on newlines forever.
+WHITESPACE_PATTERN = r"[\x20\x0A\x0D\x09]{0,16}"
+
+#: The schema used for ``json_schema=True``: any JSON object.
+ANY_OBJECT: dict[str, Any] = {"type": "object"}
+
+
+class ConstraintError(ValueError):
+    """A constrained sample could not continue (its grammar allowed no token, or failed)."""
+
+
+def require_llguidance() -> Any:
+    """The ``llguidance`` module, or an ``ImportError`` saying how to install it."""
+    try:
+        import llguidance
+        import llguidance.hf
+    except ImportError as exc:
+        raise ImportError(
+            "structured output and tool calling need the grammar engine llguidance; "
+            f"install it with: {INSTALL_HINT}"
+        ) from exc
+    return llguidance
+
+
+@dataclass(frozen=True, eq=False)
+class Constraint:
+    """A validated llguidance grammar for (part of) a response.
+
+    ``key`` is canonical (equal schemas give equal keys) and is what equality and hashing use.
+    ``protected`` is ``None`` when the whole response is constrained; for a grammar that only
+    constrains segments (tool calls inside free text) it is the ``(begin, end)`` markers of
+    such a segment, inside which stop strings are not matched.
+    """
+
+    key: str
+    grammar: str = field(repr=False)
+    label: str = "JSON schema"
+    protected: tuple[str, str] | None = None
+    schema: Any = field(default=None, repr=False)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Constraint) and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    @property
+    def whole_response(self) -> bool:
+        """True when every token of the response is constrained."""
+        return self.protected is None
+
+
+def canonical_json(value: Any) -> str:
+    """``value`` as canonical JSON text (sorted keys); ``TypeError`` if it is not JSON."""
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"json_schema must be JSON-serialisable: {exc}") from exc
+
+
+def with_whitespace_limit(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """``schema`` with llguidance's ``x-guidance`` options bounding whitespace (unless set)."""
+    out = dict(schema)
+    options = dict(out.get("x-guidance") or {})
+    options.setdefault("whitespace_pattern", WHITESPACE_PATTERN)
+    out["x-guidance"] = options
+    return out
+
+
+def _check_grammar(grammar: str, what: str) -> None:
+    """Compile ``grammar`` without a tokenizer; ``ValueError`` naming the unsupported feature."""
+    llguidance = require_llguidance()
+    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
+    if is_error:
+        raise ValueError(f"{what} cannot be used for constrained decoding: {messages[0]}")
+
+
+@lru_cache(maxsize=256)
+def _json_constraint(key: str) -> Constraint:
+    llguidance = require_llguidance()
+    schema = json.loads(key)
+    grammar = llguidance.LLMatcher.grammar_from_json_schema(with_whitespace_limit(schema))
+    _check_grammar(grammar, "the JSON schema")
+    return Constraint(key=f"json:{key}", grammar=grammar, label="JSON schema", schema=schema)
+
+
+def json_schema_constraint(schema: Mapping[str, Any] | bool | str) -> Constraint:
+    """A whole-response constraint from a JSON schema (``True``: any JSON object).
+
+    ``schema`` may also be the schema's JSON text. Raises ``ValueError`` naming the schema
+    feature llguidance does not support (e.g. ``not``, look-around in ``pattern``), or
+    ``ImportError`` when llguidance is missing, before any model work.
+    """
+    if schema is True:
+        schema = ANY_OBJECT
+    elif isinstance(schema, str):
+        try:
+            schema = json.loads(schema)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"json_schema is not valid JSON text: {exc}") from exc
+    if not isinstance(schema, Mapping):
+        raise TypeError(
+            "json_schema must be a JSON-schema dict, its JSON text or True (any JSON object), "
+            f"got {type(schema).__name__}"
+        )
+    return _json_constraint(canonical_json(dict(schema)))
+
+
+@lru_cache(maxsize=256)
+def lark_constraint(
+    lark: str, *, label: str, protected: tuple[str, str] | None = None
+) -> Constraint:
+    """A constraint from a Lark grammar in llguidance's dialect (validated, cached)."""
+    llguidance = require_llguidance()
+    grammar = llguidance.LLMatcher.grammar_from_lark(lark)
+    _check_grammar(grammar, f"the {label} grammar")
+    return Constraint(key=f"lark:{lark}", grammar=grammar, label=label, protected=protected)
+
+
+def as_constraint(value: Any) -> Constraint | None:
+    """Normalise the engine's ``json_schema`` option: ``None``/``False`` mean unconstrained."""
+    if value is None or value is False:
+        return None
+    if isinstance(value, Constraint):
+        return value
+    return json_schema_constraint(value)
+
+
+# ---------------------------------------------------------------------- tokenizer bridge
+
+_TOKENIZERS: dict[tuple[int, int, tuple[int, ...]], Any] = {}
+_TOKENIZERS_LOCK = threading.Lock()
+
+
+def llg_tokenizer(tokenizer: Any, end_ids: Sequence[int], size: int) -> Any:
+    """The llguidance tokenizer of a Hugging Face fast tokenizer, built once (about 1 s per
+    100k tokens) per tokenizer. ``size`` is the engine's vocabulary width (``len(tokenizer)``)
+    and every id in ``end_ids`` counts as end of sequence."""
+    llguidance = require_llguidance()
+    key = (id(tokenizer), size, tuple(end_ids))
+    with _TOKENIZERS_LOCK:
+        if key not in _TOKENIZERS:
+            _TOKENIZERS[key] = (
+                tokenizer,  # kept alive so its id is never reused for another tokenizer
+                llguidance.hf.from_tokenizer(
+                    tokenizer, n_vocab=size, eos_token=list(end_ids) or None
+                ),
+            )
+        return _TOKENIZERS[key][1]
+
+
+def pack_bits(flags: torch.Tensor) -> np.ndarray:
+    """A boolean vector as llguidance's bitmask layout (int32 words, bit ``i % 32`` of word
+    ``i // 32`` is token ``i``)."""
+    size = flags.shape[-1]
+    padded = np.zeros(-(-size // 32) * 32, dtype=np.uint8)
+    padded[:size] = flags.detach().cpu().numpy().astype(np.uint8)
+    return np.packbits(padded, bitorder="little").view(np.int32)
+
+
+def unpack_bitmask(words: np.ndarray, size: int, device: torch.device | str) -> torch.Tensor:
+    """Packed int32 bitmasks ``[rows, words]`` as a boolean tensor ``[rows, size]`` on ``device``.
+
+    On a CPU the bits are unpacked with numpy; on an accelerator the packed words (32x
+    smaller) are copied over and unpacked there.
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        bits = np.unpackbits(words.view(np.uint8), axis=-1, bitorder="little")[:, :size]
+        return torch.from_numpy(bits).to(torch.bool)
+    packed = torch.from_numpy(words).to(device, non_blocking=False)
+    shifts = torch.arange(32, device=device, dtype=torch.int32)
+    bits = (packed.unsqueeze(-1) >> shifts) & 1
+    return bits.view(packed.shape[0], -1)[:, :size].to(torch.bool)
+
+
+class RowMatchers:
+    """One llguidance matcher per row of a decode, and the per-step allowed-token masks.
+
+    ``never`` marks tokens that must never be generated (special, reserved and turn-start
+    tokens) and ``ends`` the end ids; both are removed from every mask, the end ids only while
+    ``ban_ends`` (``min_new_tokens``). A row whose mask is then empty, or whose matcher fails,
+    gets an error (:meth:`error`) and an all-allowed mask, so the batch keeps finite logits
+    while the engine ends that row.
+    """
+
+    def __init__(
+        self,
+        constraint: Constraint,
+        tokenizer: Any,
+        end_ids: Sequence[int],
+        rows: int,
+        never: torch.Tensor,
+        ends: torch.Tensor,
+    ) -> None:
+        llguidance = require_llguidance()
+        self.constraint = constraint
+        self.size = int(never.shape[-1])
+        lltok = llg_tokenizer(tokenizer, end_ids, self.size)
+        self.matchers = [
+            llguidance.LLMatcher(lltok, constraint.grammar, log_level=0) for _ in range(rows)
+        ]
+        self.words = -(-self.size // 32)
+        self._never = ~pack_bits(never)
+        self._ends = ~pack_bits(ends)
+        self._executor = _executor()
+        self.errors: dict[int, str] = {}
+        self.done: set[int] = set()
+        for row, matcher in enumerate(self.matchers):
+            if matcher.is_error():
+                self.errors[row] = matcher.get_error()
+
+    def allowed(
+        self, row_ids: Sequence[int], device: torch.device | str, *, ban_ends: bool = False
+    ) -> torch.Tensor:
+        """Allowed tokens ``[len(row_ids), size]`` (bool, on ``device``) for these rows."""
+        import llguidance.numpy as llnp
+
+        words = np.full((len(row_ids), self.words), -1, dtype=np.int32)
+        live = [
+            (self.matchers[row], position)
+            for position, row in enumerate(row_ids)
+            if row not in self.errors and row not in self.done
+        ]
+        if live:
+            llnp.fill_next_token_bitmask_par(self._executor, live, words)
+            positions = [p for _, p in live]
+            words[positions] &= self._never
+            if ban_ends:
+                words[positions] &= self._ends
+            empty = ~words[positions].any(axis=1)
+            for (matcher, position), is_empty in zip(live, empty, strict=True):
+                row = row_ids[position]
+                if matcher.is_error():
+                    self.errors[row] = f"the grammar engine failed: {matcher.get_error()}"
+                elif is_empty:
+                    self.errors[row] = (
+                        "the grammar allows no token here (it needs a special token that is "
+                        "never generated, or min_new_tokens forbids ending a complete value)"
+                    )
+                else:
+                    continue
+                words[position] = -1
+        return unpack_bitmask(words, self.size, device)
+
+    def advance(self, row: int, token_id: int) -> bool:
+        """Feed a row's chosen token; True when its grammar is complete (only an end allowed).
+
+        A rejected token records an error for the row (see :meth:`error`).
+        """
+        matcher = self.matchers[row]
+        if not matcher.consume_token(int(token_id)):
+            self.errors[row] = f"the grammar rejected token {token_id}: {matcher.get_error()}"
+            return False
+        if matcher.is_stopped():
+            self.done.add(row)
+            return True
+        return False
+
+    def error(self, row: int) -> str | None:
+        """Why a row cannot continue, or ``None``."""
+        return self.errors.get(row)
+
+    def is_accepting(self, row: int) -> bool:
+        """True when the row's text so far is a complete match (it may end here)."""
+        return self.matchers[row].is_accepting()
+
+
+_EXECUTOR: list[Any] = []
+
+
+def _executor() -> Any:
+    """One llguidance thread pool per process (mask fills of many rows run in parallel)."""
+    with _TOKENIZERS_LOCK:
+        if not _EXECUTOR:
+            _EXECUTOR.append(require_llguidance().LLExecutor())
+        return _EXECUTOR[0]

@@ -1,0 +1,313 @@
+"""Tool calling, framework-free: tool schemas, prompt rendering, grammars and parsing.
+
+Both adapters convert their tool objects to OpenAI-style dicts and use this module for the
+rest, so the format is defined once:
+
+* tools are described to both models in a Hermes-style system block (:func:`tools_system_block`);
+* a call is written as ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``;
+* earlier calls and tool results in the history are rendered as text in the same format
+  (:func:`render_tool_messages`), so any chat template (and the base model's plain
+  transcript) can carry them;
+* :func:`tool_constraint` turns a tool choice into a grammar: ``"auto"`` leaves the text free
+  but constrains every call once ``<tool_call>`` is written, ``"required"`` (or one named
+  tool) makes the whole response exactly one call; either way the calls always parse;
+* :func:`parse_tool_calls` splits a response into its text and its calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .structured import Constraint, canonical_json, lark_constraint, with_whitespace_limit
+
+TOOL_CALL_BEGIN = "<tool_call>"
+TOOL_CALL_END = "</tool_call>"
+#: What a constrained call starts and ends with (the JSON sits on its own line).
+CALL_OPEN = TOOL_CALL_BEGIN + "\n"
+CALL_CLOSE = "\n" + TOOL_CALL_END
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A callable tool: its name, description and JSON schema of its arguments."""
+
+    name: str
+    description: str = ""
+    parameters: Mapping[str, Any] = field(default_factory=lambda: {"type": "object"})
+
+    def openai(self) -> dict[str, Any]:
+        """The tool as an OpenAI-style function description."""
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": dict(self.parameters),
+            },
+        }
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A parsed call: ``arguments`` is the decoded JSON object."""
+
+    name: str
+    arguments: dict[str, Any]
+    id: str
+
+
+@dataclass(frozen=True)
+class InvalidToolCall:
+    """A call that did not parse (only possible without a grammar, or when cut by length)."""
+
+    name: str | None
+    arguments: str
+    id: str
+    error: str
+
+
+@dataclass(frozen=True)
+class ParsedReply:
+    """A response split into its visible text and its tool calls."""
+
+    content: str
+    tool_calls: list[ToolCall]
+    invalid_tool_calls: list[InvalidToolCall]
+
+
+def new_call_id() -> str:
+    """A fresh tool-call id (``call_`` and 24 hex digits)."""
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def normalise_tools(tools: Sequence[Mapping[str, Any] | ToolSpec]) -> list[ToolSpec]:
+    """Tools as :class:`ToolSpec` s, from OpenAI-style dicts (``{"type": "function",
+    "function": {...}}`` or the inner ``{"name", "description", "parameters"}``)."""
+    specs: list[ToolSpec] = []
+    for i, tool in enumerate(tools):
+        if isinstance(tool, ToolSpec):
+            specs.append(tool)
+            continue
+        if not isinstance(tool, Mapping):
+            raise TypeError(f"tool {i} must be a dict, got {type(tool).__name__}")
+        spec = tool.get("function", tool)
+        name = spec.get("name")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"tool {i} has no name")
+        parameters = spec.get("parameters") or {"type": "object", "properties": {}}
+        if not isinstance(parameters, Mapping):
+            raise TypeError(f"tool {name!r}: parameters must be a JSON-schema dict")
+        specs.append(ToolSpec(name, str(spec.get("description") or ""), dict(parameters)))
+    names = [s.name for s in specs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"tool names must be unique; repeated: {duplicates}")
+    return specs
+
+
+def resolve_tool_choice(tools: Sequence[ToolSpec], choice: Any) -> tuple[str, list[ToolSpec]]:
+    """``(mode, tools)`` for a tool choice: mode ``"auto"``, ``"none"`` or ``"required"``.
+
+    ``None``/``"auto"``: the model may call any tool or answer; ``"none"``: no call;
+    ``"any"``/``"required"``/``True``: exactly one call to one of the tools; a tool name, or
+    ``{"type": "function", "function": {"name": ...}}`` / ``{"name": ...}``: that tool.
+    """
+    if choice is None or choice == "auto":
+        return "auto", list(tools)
+    if choice is False or choice == "none":
+        return "none", []
+    if choice is True or choice in ("any", "required"):
+        if not tools:
+            raise ValueError(f"tool_choice={choice!r} needs at least one tool")
+        return "required", list(tools)
+    if isinstance(choice, Mapping):
+        choice = (choice.get("function") or choice).get("name")
+    if isinstance(choice, str):
+        for tool in tools:
+            if tool.name == choice:
+                return "required", [tool]
+        raise ValueError(
+            f"tool_choice {choice!r} is not one of the bound tools {[t.name for t in tools]}"
+        )
+    raise TypeError(
+        "tool_choice must be None, 'auto', 'none', 'any', 'required', True, a tool name or "
+        f"{{'type': 'function', 'function': {{'name': ...}}}}, got {choice!r}"
+    )
+
+
+def call_schema(tools: Sequence[ToolSpec]) -> dict[str, Any]:
+    """JSON schema of one call ``{"name": ..., "arguments": {...}}`` to any of ``tools``."""
+    options = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": t.name}, "arguments": dict(t.parameters)},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for t in tools
+    ]
+    schema = options[0] if len(options) == 1 else {"anyOf": options}
+    return with_whitespace_limit(schema)
+
+
+def tool_constraint(tools: Sequence[ToolSpec], mode: str) -> Constraint | None:
+    """The grammar of a tool choice (``mode`` from :func:`resolve_tool_choice`).
+
+    ``"required"``: the whole response is one ``<tool_call>`` block. ``"auto"``: free text in
+    which every ``<tool_call>`` block must be a valid call (a lazy grammar: it only takes
+    effect once the model writes the opening tag). ``"none"``: ``None``.
+    """
+    if mode == "none" or not tools:
+        return None
+    body = f"%json {canonical_json(call_schema(tools))}"
+    if mode == "required":
+        lark = f"start: {json.dumps(CALL_OPEN)} {body} {json.dumps(CALL_CLOSE)}\n"
+        return lark_constraint(lark, label="tool call")
+    if mode != "auto":
+        raise ValueError(f"unknown tool mode {mode!r}")
+    lark = (
+        "%llguidance {}\n"
+        "start: call* text\n"
+        "text: TEXT\n"
+        "TEXT: /(.|\\n)*/\n"
+        f"call_open[lazy]: TEXT {json.dumps(TOOL_CALL_BEGIN)}\n"
+        f'call: call_open "\\n" {body} {json.dumps(CALL_CLOSE)}\n'
+    )
+    return lark_constraint(lark, label="tool call", protected=(TOOL_CALL_BEGIN, TOOL_CALL_END))
+
+
+def tools_system_block(tools: Sequence[ToolSpec], mode: str = "auto") -> str:
+    """The Hermes-style system text that describes ``tools`` and the call format."""
+    listing = "\n".join(json.dumps(t.openai(), ensure_ascii=False) for t in tools)
+    rule = (
+        "You must call exactly one of these functions."
+        if mode == "required"
+        else "Call a function only when it helps; otherwise answer directly."
+    )
+    return (
+        "You can call functions. Their signatures, as JSON schemas, are inside <tools></tools>:"
+        f"\n<tools>\n{listing}\n</tools>\n{rule} To call one, write a JSON object with its "
+        "name and arguments inside <tool_call></tool_call> tags:\n"
+        f'{CALL_OPEN}{{"name": <function-name>, "arguments": <args-json-object>}}{CALL_CLOSE}\n'
+        "A function's result comes back inside <tool_response></tool_response> tags."
+    )
+
+
+def format_call(name: str, arguments: Any) -> str:
+    """One call in the response format."""
+    payload = json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
+    return f"{CALL_OPEN}{payload}{CALL_CLOSE}"
+
+
+def render_tool_messages(
+    messages: Sequence[Mapping[str, Any]],
+    tools: Sequence[ToolSpec] = (),
+    mode: str = "auto",
+) -> list[dict[str, str]]:
+    """Messages with tool calls and tool results rendered as text, ready for the engine.
+
+    An assistant message's ``tool_calls`` (``[{"name", "arguments"}]``, or OpenAI's
+    ``{"function": {"name", "arguments"}}``) are appended to its content as ``<tool_call>``
+    blocks; a ``tool`` message becomes a user turn holding a ``<tool_response>`` block. When
+    ``tools`` are given (and ``mode`` is not ``"none"``), their description is added to the
+    system message.
+    """
+    out: list[dict[str, str]] = []
+    for message in messages:
+        role = str(message.get("role", ""))
+        content = message.get("content") or ""
+        if not isinstance(content, str):
+            content = json.dumps(content, ensure_ascii=False)
+        if role == "tool":
+            name = message.get("name")
+            head = f'{{"name": {json.dumps(name)}}}\n' if name else ""
+            out.append(
+                {"role": "user", "content": f"<tool_response>\n{head}{content}\n</tool_response>"}
+            )
+            continue
+        calls = message.get("tool_calls") or []
+        if calls:
+            blocks = []
+            for call in calls:
+                spec = call.get("function", call)
+                arguments = spec.get("arguments", spec.get("args", {}))
+                if isinstance(arguments, str):
+                    with contextlib.suppress(json.JSONDecodeError):
+                        arguments = json.loads(arguments)
+                blocks.append(format_call(spec.get("name"), arguments))
+            content = "\n".join([content, *blocks]) if content else "\n".join(blocks)
+        out.append({"role": role, "content": content})
+    if tools and mode != "none":
+        block = tools_system_block(tools, mode)
+        if out and out[0]["role"] in ("system", "developer"):
+            out[0] = {"role": out[0]["role"], "content": f"{out[0]['content']}\n\n{block}"}
+        else:
+            out.insert(0, {"role": "system", "content": block})
+    return out
+
+
+def parse_tool_calls(text: str, *, ids: Sequence[str] | None = None) -> ParsedReply:
+    """Split a response into its text and its ``<tool_call>`` blocks.
+
+    A block whose JSON does not decode to ``{"name": str, "arguments": object}`` (possible only
+    without a grammar, or when ``max_new_tokens`` cut the call) becomes an
+    :class:`InvalidToolCall`, as does an opening tag that is never closed. ``ids`` (optional)
+    are used for the calls in order; fresh ids otherwise.
+    """
+    pieces: list[str] = []
+    calls: list[ToolCall] = []
+    invalid: list[InvalidToolCall] = []
+    id_iter = iter(ids or ())
+    position = 0
+    while True:
+        start = text.find(TOOL_CALL_BEGIN, position)
+        if start < 0:
+            pieces.append(text[position:])
+            break
+        pieces.append(text[position:start])
+        end = text.find(TOOL_CALL_END, start)
+        body_end = len(text) if end < 0 else end
+        body = text[start + len(TOOL_CALL_BEGIN) : body_end].strip()
+        call_id = next(id_iter, None) or new_call_id()
+        parsed = _parse_call(body, call_id) if end >= 0 else None
+        if isinstance(parsed, ToolCall):
+            calls.append(parsed)
+        else:
+            error = parsed if isinstance(parsed, str) else "the call was cut off (no closing tag)"
+            invalid.append(InvalidToolCall(_guess_name(body), body, call_id, error))
+        if end < 0:
+            break
+        position = end + len(TOOL_CALL_END)
+    content = "".join(pieces).strip()
+    return ParsedReply(content, calls, invalid)
+
+
+def _parse_call(body: str, call_id: str) -> ToolCall | str:
+    try:
+        payload = json.loads(body)
+    except json.JSONDecodeError as exc:
+        return f"invalid JSON: {exc}"
+    if not isinstance(payload, dict) or not isinstance(payload.get("name"), str):
+        return 'expected {"name": <string>, "arguments": <object>}'
+    arguments = payload.get("arguments", payload.get("parameters", {}))
+    if not isinstance(arguments, dict):
+        return "arguments must be a JSON object"
+    return ToolCall(payload["name"], arguments, call_id)
+
+
+def _guess_name(body: str) -> str | None:
+    """The ``name`` of a broken call, when it can be read."""
+    marker = '"name"'
+    at = body.find(marker)
+    if at < 0:
+        return None
+    rest = body[at + len(marker) :].lstrip(" :\n\t")
+    if not rest.startswith('"'):
+        return None
+    close = rest.find('"', 1)
+    return rest[1:close] if close > 0 else None

@@ -1,0 +1,175 @@
+"""Tool schemas, prompt rendering, grammars and parsing (shared_core.tools), no model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shared_core.streaming import ResponseText
+from shared_core.testing import build_tiny_tokenizer
+from shared_core.tools import (
+    ToolSpec,
+    call_schema,
+    format_call,
+    normalise_tools,
+    parse_tool_calls,
+    render_tool_messages,
+    resolve_tool_choice,
+    tool_constraint,
+    tools_system_block,
+)
+
+ADD = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Add two integers.",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"],
+        },
+    },
+}
+NOW = {"name": "now", "description": "The time."}
+
+
+def test_normalise_tools_accepts_openai_and_flat_dicts() -> None:
+    tools = normalise_tools([ADD, NOW])
+    assert [t.name for t in tools] == ["add", "now"]
+    assert tools[1].parameters == {"type": "object", "properties": {}}
+    assert tools[0].openai() == ADD
+    with pytest.raises(ValueError, match="unique"):
+        normalise_tools([NOW, NOW])
+    with pytest.raises(ValueError, match="no name"):
+        normalise_tools([{"description": "x"}])
+
+
+@pytest.mark.parametrize(
+    ("choice", "mode", "names"),
+    [
+        (None, "auto", ["add", "now"]),
+        ("auto", "auto", ["add", "now"]),
+        ("none", "none", []),
+        ("any", "required", ["add", "now"]),
+        ("required", "required", ["add", "now"]),
+        (True, "required", ["add", "now"]),
+        ("now", "required", ["now"]),
+        ({"type": "function", "function": {"name": "add"}}, "required", ["add"]),
+        ({"name": "add"}, "required", ["add"]),
+    ],
+)
+def test_resolve_tool_choice(choice, mode, names) -> None:
+    got_mode, tools = resolve_tool_choice(normalise_tools([ADD, NOW]), choice)
+    assert got_mode == mode and [t.name for t in tools] == names
+
+
+def test_resolve_tool_choice_errors() -> None:
+    tools = normalise_tools([ADD])
+    with pytest.raises(ValueError, match="not one of the bound tools"):
+        resolve_tool_choice(tools, "missing")
+    with pytest.raises(TypeError, match="tool_choice"):
+        resolve_tool_choice(tools, 3)
+    with pytest.raises(ValueError, match="at least one tool"):
+        resolve_tool_choice([], "any")
+
+
+def test_call_schema_pins_the_name_and_the_arguments() -> None:
+    schema = call_schema(normalise_tools([ADD]))
+    assert schema["properties"]["name"] == {"const": "add"}
+    assert schema["properties"]["arguments"]["required"] == ["a", "b"]
+    both = call_schema(normalise_tools([ADD, NOW]))
+    assert [o["properties"]["name"]["const"] for o in both["anyOf"]] == ["add", "now"]
+
+
+def test_parse_round_trips_formatted_calls_and_keeps_text() -> None:
+    text = "Let me add.\n" + format_call("add", {"a": 1, "b": 2}) + "\nDone."
+    reply = parse_tool_calls(text, ids=["call_1"])
+    assert reply.content == "Let me add.\n\nDone."
+    assert [(c.name, c.arguments, c.id) for c in reply.tool_calls] == [
+        ("add", {"a": 1, "b": 2}, "call_1")
+    ]
+    assert reply.invalid_tool_calls == []
+
+
+def test_parse_reports_invalid_and_cut_calls_with_ids() -> None:
+    reply = parse_tool_calls(
+        '<tool_call>{"name": "add", "arguments": 3}</tool_call><tool_call>{"name": "ad'
+    )
+    assert reply.tool_calls == []
+    first, second = reply.invalid_tool_calls
+    assert "object" in first.error and first.name == "add"
+    assert "cut off" in second.error and second.name is None
+    assert first.id.startswith("call_") and first.id != second.id
+
+
+def test_render_tool_history_as_text() -> None:
+    messages = [
+        {"role": "user", "content": "1+2?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"name": "add", "args": {"a": 1, "b": 2}, "id": "c1"}],
+        },
+        {"role": "tool", "content": "3", "name": "add", "tool_call_id": "c1"},
+    ]
+    out = render_tool_messages(messages, normalise_tools([ADD]))
+    assert out[0]["role"] == "system" and "<tools>" in out[0]["content"]
+    assert parse_tool_calls(out[2]["content"]).tool_calls[0].arguments == {"a": 1, "b": 2}
+    assert out[3] == {
+        "role": "user",
+        "content": '<tool_response>\n{"name": "add"}\n3\n</tool_response>',
+    }
+    # OpenAI-style calls with string arguments, and a system message to extend
+    out = render_tool_messages(
+        [
+            {"role": "system", "content": "Be brief."},
+            {
+                "role": "assistant",
+                "content": "ok",
+                "tool_calls": [{"function": {"name": "add", "arguments": '{"a": 1}'}}],
+            },
+        ],
+        normalise_tools([ADD]),
+    )
+    assert out[0]["content"].startswith("Be brief.\n\n") and len(out) == 2
+    assert json.loads(out[1]["content"].split("\n")[2]) == {"name": "add", "arguments": {"a": 1}}
+
+
+def test_system_block_names_every_tool_and_the_format() -> None:
+    block = tools_system_block(normalise_tools([ADD, NOW]), "required")
+    assert '"name": "add"' in block and '"name": "now"' in block
+    assert "<tool_call>" in block and "exactly one" in block
+
+
+def test_tool_constraints() -> None:
+    tools = normalise_tools([ADD])
+    required = tool_constraint(tools, "required")
+    auto = tool_constraint(tools, "auto")
+    assert required is not None and required.whole_response
+    assert auto is not None and auto.protected == ("<tool_call>", "</tool_call>")
+    assert tool_constraint(tools, "none") is None
+    assert tool_constraint([ToolSpec("x")], "required") == tool_constraint(
+        [ToolSpec("x")], "required"
+    )
+
+
+def test_stop_strings_are_suspended_inside_protected_segments() -> None:
+    tokenizer = build_tiny_tokenizer()
+    text = 'Hi <tool_call>\n{"q": "User: x"}\n</tool_call> then\nUser: more'
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def run(protect):
+        response = ResponseText(tokenizer, ("User:",), protect=protect)
+        for i in ids:
+            response.push(i)
+            if response.stopped:
+                break
+        response.finish()
+        return response.text
+
+    assert run(None) == 'Hi <tool_call>\n{"q": "'
+    assert run(("<tool_call>", "</tool_call>")) == (
+        'Hi <tool_call>\n{"q": "User: x"}\n</tool_call> then\n'
+    )
