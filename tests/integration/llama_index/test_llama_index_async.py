@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,46 +12,29 @@ from llama_index.core.base.llms.types import ChatMessage
 from llama_index_baco import Baco
 
 PROMPT = "Write a haiku about the sea, the moon and the wind."
-LONG = {"max_tokens": 96, "min_tokens": 96}  # long enough to see a blocked loop
+STEPS = 24
+LONG = {"max_tokens": STEPS, "min_tokens": STEPS}
 
 
-async def _drain(result: Any) -> None:
-    async for _ in result:
-        pass
+async def _acomplete(llm: Baco, router: Any) -> Any:
+    return (await llm.acomplete(PROMPT, router=router, **LONG)).raw
 
 
-async def _acomplete(llm: Baco) -> None:
-    await llm.acomplete(PROMPT, **LONG)
-
-
-async def _astream_chat(llm: Baco) -> None:
-    await _drain(await llm.astream_chat([ChatMessage(role="user", content=PROMPT)], **LONG))
+async def _astream_chat(llm: Baco, router: Any) -> Any:
+    stream = await llm.astream_chat(
+        [ChatMessage(role="user", content=PROMPT)], router=router, **LONG
+    )
+    return [chunk async for chunk in stream][-1].raw
 
 
 @pytest.mark.parametrize("generate", [_acomplete, _astream_chat], ids=["acomplete", "astream_chat"])
 async def test_event_loop_keeps_ticking(
-    llm: Baco, generate: Callable[[Baco], Awaitable[None]]
+    llm: Baco, loop_probe, generate: Callable[[Baco, Any], Awaitable[Any]]
 ) -> None:
-    llm.complete("warm up")  # load the engine outside the measurement
-    gaps: list[float] = []
-    done = asyncio.Event()
-
-    async def ticker() -> None:
-        last = time.perf_counter()
-        while not done.is_set():
-            await asyncio.sleep(0.002)
-            now = time.perf_counter()
-            gaps.append(now - last)
-            last = now
-
-    tick_task = asyncio.create_task(ticker())
-    start = time.perf_counter()
-    await generate(llm)
-    elapsed = time.perf_counter() - start
-    done.set()
-    await tick_task
-    assert len(gaps) >= 10
-    assert max(gaps) < elapsed / 4, (max(gaps), elapsed)
+    probe = loop_probe()
+    raw = await probe.run(generate(llm, probe.router))
+    assert raw["usage"]["output_tokens"] == STEPS
+    probe.check(steps=STEPS)
 
 
 async def test_concurrent_calls_share_one_engine(llm: Baco) -> None:
