@@ -2,15 +2,15 @@
 
 Every concurrent call must return exactly what the same call returned when made alone
 (text, token usage, router statistics and per-token sources), nothing may deadlock (every
-wait has a timeout), the event loop must keep ticking while 16 async calls decode, and no
-``baco-stream`` worker thread may outlive its stream.
+wait has a timeout), no decode may run on the event loop thread while 16 async calls decode,
+and the loop must tick between every two steps of a probe call decoded next to them (see
+``LoopProbe`` in conftest.py), and no ``baco-stream`` worker thread may outlive its stream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import statistics
 import sys
 import threading
 import time
@@ -30,12 +30,11 @@ from llama_index_baco import Baco
 
 WORKERS = 16
 TIMEOUT = 180.0  # seconds for one stress round; a deadlock fails instead of hanging
-#: Tokens per sample (max_tokens == min_tokens: every sample has the same length). The async
-#: stress decodes longer samples so that one generation is long next to the few-millisecond
-#: pauses that GIL handovers between 16 busy threads cause anyway (see ``with_ticker``).
+#: Tokens per sample (max_tokens == min_tokens: every sample has the same length).
 TOKENS = 24
-ASYNC_TOKENS = 96
-TICK = 0.005
+ASYNC_TOKENS = 48
+#: Decode steps of the event-loop probe call made next to the 16 coroutines.
+PROBE_STEPS = 16
 ROUTERS = ("p-punc", "h", "rand", "aligned")
 PROMPTS = (
     "Tell me a story about a girl and her dog.",
@@ -158,45 +157,27 @@ def assert_overlapped(spans: list[tuple[float, float]]) -> None:
     assert last_start < first_end, "the calls did not overlap (they ran one after another)"
 
 
-async def with_ticker(
+async def within_timeout(
     make_calls: Callable[[], Awaitable[Any]], capsys: pytest.CaptureFixture[str]
-) -> tuple[Any, list[float]]:
-    """Await ``make_calls()`` next to a ticker sleeping 5 ms; returns (result, gaps between ticks).
-
-    The calls are created only once the ticker runs (``gather`` starts its tasks at once, so
-    their synchronous first steps would otherwise run before the first tick, unmeasured).
-    A decode on the event loop would stall it for a whole generation; what remains when all
-    decoding is in worker threads are short waits for the GIL (16 busy threads, a 5 ms switch
-    interval), mostly while the loop starts a thread (``Thread.start`` waits for it to run).
-    """
-    done = asyncio.Event()
-    gaps: list[float] = []
-
-    async def ticker() -> None:
-        last = time.perf_counter()
-        while not done.is_set():
-            await asyncio.sleep(TICK)
-            now = time.perf_counter()
-            gaps.append(now - last)
-            last = now
-
-    tick_task = asyncio.create_task(ticker())
-    await asyncio.sleep(0)  # the ticker's first step runs (its clock starts) before the calls
-    assert not gaps
+) -> Any:
+    """Await ``make_calls()``; fail (with every thread's stack) if it is not done in TIMEOUT."""
     calls = asyncio.ensure_future(make_calls())
-    try:
-        # asyncio.wait, not wait_for: cancelling a stuck async stream waits for its worker
-        # thread, so after a deadlock wait_for would hang instead of failing
-        finished, _ = await asyncio.wait({calls}, timeout=TIMEOUT)
-    finally:
-        done.set()
-        await tick_task
+    # asyncio.wait, not wait_for: cancelling a stuck async stream waits for its worker
+    # thread, so after a deadlock wait_for would hang instead of failing
+    finished, _ = await asyncio.wait({calls}, timeout=TIMEOUT)
     if not finished:
         message = f"16 coroutines not done after {TIMEOUT:.0f} s (deadlock?)\n{thread_stacks()}"
         with capsys.disabled():  # shown now: the loop's teardown may hang on the stuck calls
             print(message, file=sys.stderr)
         pytest.fail(message)
-    return calls.result(), gaps
+    return calls.result()
+
+
+def assert_decoded_off_the_loop(threads: Any, probe: Any, calls: int) -> None:
+    """No engine call or stream step ran on the loop thread, and the probe saw the loop tick."""
+    assert threads.calls >= calls
+    assert probe.loop_thread not in threads.generate | threads.stream, "decode on the loop"
+    probe.check(steps=PROBE_STEPS)
 
 
 # ---------------------------------------------------------------- ChatBaco results
@@ -354,20 +335,13 @@ def baco(models) -> Baco:
 
 @dataclass(frozen=True)
 class Serial:
-    """Results of the cases made one at a time, and the median duration of one generation."""
+    """Results of the cases made one at a time."""
 
     results: list[Any]
-    one_generation: float
 
 
 def run_serially(call: Callable[[Case], Any], cases: tuple[Case, ...]) -> Serial:
-    results, durations = [], []
-    for case in cases:
-        start = time.perf_counter()
-        results.append(call(case))
-        if case.n == 1:
-            durations.append(time.perf_counter() - start)
-    return Serial(results, statistics.median(durations))
+    return Serial([call(case) for case in cases])
 
 
 def chat_serial_results(chat: ChatBaco, cases: tuple[Case, ...]) -> Serial:
@@ -415,16 +389,6 @@ def baco_serial_long(baco: Baco) -> Serial:
     return baco_serial_results(baco, ASYNC_CASES)
 
 
-def report(name: str, gaps: list[float], one: float) -> str:
-    line = (
-        f"{name}: max loop gap {max(gaps) * 1e3:.1f} ms (after the first tick "
-        f"{max(gaps[1:], default=0.0) * 1e3:.1f} ms, median {statistics.median(gaps) * 1e3:.1f} "
-        f"ms, {len(gaps)} ticks); one serial generation {one * 1e3:.1f} ms"
-    )
-    print(f"\n{line}")
-    return line
-
-
 async def collect(stream: Any) -> list[Any]:
     return [item async for item in stream]
 
@@ -467,31 +431,43 @@ def test_baco_shared_by_16_threads(baco: Baco, baco_serial: Serial) -> None:
 
 
 async def test_chat_baco_shared_by_16_coroutines(
-    chat: ChatBaco, chat_serial_long: Serial, capsys: pytest.CaptureFixture[str]
+    chat: ChatBaco,
+    chat_serial_long: Serial,
+    capsys: pytest.CaptureFixture[str],
+    loop_probe: Any,
+    engine_threads: Any,
 ) -> None:
     kinds = [achat_kind(case) for case in ASYNC_CASES]
     assert {"ainvoke", "astream", "agenerate"} <= set(kinds)
     await warm_up(chat.ainvoke, lambda p, **kw: collect(chat.astream(p, **kw)))
-
-    results, gaps = await with_ticker(
-        capsys=capsys,
-        make_calls=lambda: asyncio.gather(
-            *(chat_async(chat, c, k) for c, k in zip(ASYNC_CASES, kinds, strict=True))
-        ),
+    probe = loop_probe()
+    probe_call = chat.ainvoke(
+        "Hi", router=probe.router, max_tokens=PROBE_STEPS, min_tokens=PROBE_STEPS
     )
-    one = chat_serial_long.one_generation
-    line = report("ChatBaco, 16 coroutines", gaps, one)
+
+    *results, _ = await probe.run(
+        within_timeout(
+            capsys=capsys,
+            make_calls=lambda: asyncio.gather(
+                *(chat_async(chat, c, k) for c, k in zip(ASYNC_CASES, kinds, strict=True)),
+                probe_call,
+            ),
+        )
+    )
     for case, kind, got, want in zip(
         ASYNC_CASES, kinds, results, chat_serial_long.results, strict=True
     ):
         assert got == want, f"case {case} ({kind}) differs from the serial call"
     await async_assert_no_stream_thread_left()
-    assert len(gaps) >= 10
-    assert max(gaps) < one / 4, line
+    assert_decoded_off_the_loop(engine_threads, probe, calls=WORKERS)
 
 
 async def test_baco_shared_by_16_coroutines(
-    baco: Baco, baco_serial_long: Serial, capsys: pytest.CaptureFixture[str]
+    baco: Baco,
+    baco_serial_long: Serial,
+    capsys: pytest.CaptureFixture[str],
+    loop_probe: Any,
+    engine_threads: Any,
 ) -> None:
     kinds = [abaco_kind(case) for case in ASYNC_CASES]
     assert {"acomplete", "achat", "astream_complete", "astream_chat"} <= set(kinds)
@@ -500,19 +476,23 @@ async def test_baco_shared_by_16_coroutines(
         return await collect(await baco.astream_complete(prompt, **options))
 
     await warm_up(baco.acomplete, astream)
-
-    results, gaps = await with_ticker(
-        capsys=capsys,
-        make_calls=lambda: asyncio.gather(
-            *(baco_async(baco, c, k) for c, k in zip(ASYNC_CASES, kinds, strict=True))
-        ),
+    probe = loop_probe()
+    probe_call = baco.acomplete(
+        "Hi", router=probe.router, max_tokens=PROBE_STEPS, min_tokens=PROBE_STEPS
     )
-    one = baco_serial_long.one_generation
-    line = report("Baco, 16 coroutines", gaps, one)
+
+    *results, _ = await probe.run(
+        within_timeout(
+            capsys=capsys,
+            make_calls=lambda: asyncio.gather(
+                *(baco_async(baco, c, k) for c, k in zip(ASYNC_CASES, kinds, strict=True)),
+                probe_call,
+            ),
+        )
+    )
     for case, kind, got, want in zip(
         ASYNC_CASES, kinds, results, baco_serial_long.results, strict=True
     ):
         assert got == want, f"case {case} ({kind}) differs from the serial call"
     await async_assert_no_stream_thread_left()
-    assert len(gaps) >= 10
-    assert max(gaps) < one / 4, line
+    assert_decoded_off_the_loop(engine_threads, probe, calls=WORKERS)
