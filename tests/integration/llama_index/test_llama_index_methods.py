@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 import pytest
@@ -66,9 +67,13 @@ def test_method_matrix(llm: Baco, method: str) -> None:
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
     stats = raw["baco"]
     assert stats["router"] == "p-punc" and stats["gamma"] == pytest.approx(0.3)
-    assert 0.0 <= stats["base_share"] <= 1.0 and stats["switches"] >= 0
+    sources = stats["sources"]
+    assert sources and set(sources) <= {"base", "aligned"}
+    assert sources[0] == "aligned"  # the aligned model writes the first token
+    assert stats["base_share"] == sources.count("base") / len(sources)
+    assert stats["switches"] == sum(a != b for a, b in itertools.pairwise(sources))
     assert stats["finish_reason"] in ("stop", "length")
-    assert len(stats["sources"]) <= usage["output_tokens"]
+    assert len(sources) <= usage["output_tokens"]
 
 
 @pytest.mark.parametrize(
