@@ -27,8 +27,9 @@ import torch
 #: How to install the optional grammar engine from a clone of this repository.
 INSTALL_HINT = 'pip install -e ".[structured]" (or: bash scripts/install.sh structured)'
 
-#: JSON whitespace allowed between tokens: bounded, so a model cannot loop on newlines forever.
-WHITESPACE_PATTERN = r"[\x20\x0A\x0D\x09]{0,16}"
+#: JSON whitespace allowed between tokens: one space, or a newline and some indentation
+#: (bounded, so a model cannot loop on whitespace forever).
+WHITESPACE_PATTERN = r"(?: ?|\n[ \t]{0,16})"
 
 #: The schema used for ``json_schema=True``: any JSON object.
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
