@@ -111,6 +111,11 @@ def test_content_source_validated():
         resolve_router("punc", content_source="judge")
 
 
+def entropy_nats(row: list[float]) -> float:
+    """Shannon entropy of an explicit distribution, by the textbook formula."""
+    return -sum(p * math.log(p) for p in row if p > 0)
+
+
 def test_signals_match_hand_computation():
     probs = [[0.5, 0.25, 0.25, 0.0, 0.0, 0.0], [0.1, 0.1, 0.7, 0.1, 0.0, 0.0]]
     s = signals_for(probs)
@@ -166,9 +171,15 @@ def test_builtin_decisions():
     assert decide["p-fc"] == [False, True, True, False]
     assert decide["rand"] == [True, False, True, False]
     assert decide["nudging"] == [True, False, False, False]
-    h = s.h_base.tolist()
-    assert decide["h"] == [x > 1.0 for x in h]
-    assert decide["h-punc"] == [x > 1.0 and i != 2 for i, x in enumerate(h)]
+    # Entropies computed by hand (nats), independently of the code under test:
+    # row 0: 0.325, row 1: 1.280, rows 2 and 3: 1.332.
+    entropies = [entropy_nats(row) for row in probs]
+    assert entropies == pytest.approx([0.3251, 1.2799, 1.3322, 1.3322], abs=1e-4)
+    assert s.h_base.tolist() == pytest.approx(entropies, rel=1e-5)
+    assert decide["h"] == [False, True, True, True]
+    assert decide["h-punc"] == [False, True, False, True]  # row 2's top-1 is punctuation
+    assert resolve_router("h", 1.3)(s).tolist() == [False, False, True, True]
+    assert resolve_router("h-punc", 1.3)(s).tolist() == [False, False, False, True]
 
 
 def test_custom_callable_router():
