@@ -6,7 +6,6 @@ import asyncio
 import itertools
 import re
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -208,49 +207,28 @@ def test_lcel_chain(llm: ChatBaco) -> None:
 # ---------------------------------------------------------------- async never blocks the loop
 
 
-async def _ticking(coro_factory) -> tuple[float, float, int]:
-    """Run a coroutine next to a ticker; returns (elapsed, largest gap between ticks, ticks)."""
-    done = asyncio.Event()
-    gaps: list[float] = []
-
-    async def ticker() -> None:
-        last = time.perf_counter()
-        while not done.is_set():
-            await asyncio.sleep(0.005)
-            now = time.perf_counter()
-            gaps.append(now - last)
-            last = now
-
-    tick_task = asyncio.create_task(ticker())
-    start = time.perf_counter()
-    try:
-        await coro_factory()
-    finally:
-        elapsed = time.perf_counter() - start
-        done.set()
-        await tick_task
-    return elapsed, max(gaps, default=elapsed), len(gaps)
+PROBE_TOKENS = 24
 
 
-async def test_ainvoke_does_not_block_the_event_loop(llm: ChatBaco) -> None:
-    long = llm.bind(max_tokens=160, min_tokens=160)
-    elapsed, gap, ticks = await _ticking(lambda: long.ainvoke("Tell me a story"))
-    assert elapsed > 0.3, "generation too short to measure"
-    assert gap < elapsed / 4, f"loop blocked for {gap:.3f}s of a {elapsed:.3f}s generation"
-    assert ticks >= 10
+async def test_ainvoke_does_not_block_the_event_loop(llm: ChatBaco, loop_probe) -> None:
+    probe = loop_probe()
+    long = llm.bind(max_tokens=PROBE_TOKENS, min_tokens=PROBE_TOKENS, router=probe.router)
+    message = await probe.run(long.ainvoke("Tell me a story"))
+    assert message.usage_metadata["output_tokens"] == PROBE_TOKENS
+    probe.check(steps=PROBE_TOKENS)
 
 
-async def test_astream_does_not_block_the_event_loop(llm: ChatBaco) -> None:
-    long = llm.bind(max_tokens=160, min_tokens=160)
+async def test_astream_does_not_block_the_event_loop(llm: ChatBaco, loop_probe) -> None:
+    probe = loop_probe()
+    long = llm.bind(max_tokens=PROBE_TOKENS, min_tokens=PROBE_TOKENS, router=probe.router)
 
-    async def consume() -> None:
-        chunks = [c async for c in long.astream("Tell me a story")]
-        assert chunks[-1].chunk_position == "last"
+    async def consume() -> list[AIMessageChunk]:
+        return [c async for c in long.astream("Tell me a story")]
 
-    elapsed, gap, ticks = await _ticking(consume)
-    assert elapsed > 0.3, "generation too short to measure"
-    assert gap < elapsed / 4, f"loop blocked for {gap:.3f}s of a {elapsed:.3f}s generation"
-    assert ticks >= 10
+    chunks = await probe.run(consume())
+    assert chunks[-1].chunk_position == "last"
+    assert _join(chunks).usage_metadata["output_tokens"] == PROBE_TOKENS
+    probe.check(steps=PROBE_TOKENS)
 
 
 async def test_astream_matches_stream_and_propagates_errors(llm: ChatBaco) -> None:
