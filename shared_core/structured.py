@@ -97,6 +97,71 @@ def with_whitespace_limit(schema: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: JSON-schema keywords whose value is a map of names to schemas, a list of schemas, a schema.
+_SCHEMA_MAPS = frozenset({"properties", "$defs", "definitions", "patternProperties"})
+_SCHEMA_LISTS = frozenset({"anyOf", "oneOf", "allOf", "prefixItems", "items"})
+_SCHEMA_VALUES = frozenset(
+    {"items", "additionalProperties", "not", "if", "then", "else", "contains"}
+)
+
+
+def limit_schema(
+    schema: Mapping[str, Any] | bool,
+    *,
+    max_string_length: int | None = None,
+    close_objects: bool = False,
+) -> dict[str, Any]:
+    """A copy of ``schema`` with bounds a sampler can always reach the end of.
+
+    A grammar guarantees that every finished sample is valid, but a string with no
+    ``maxLength`` can run until ``max_new_tokens`` cuts it (a weak or very random model
+    rarely picks the closing quote). ``max_string_length`` gives every string schema without
+    a ``maxLength`` (and no ``enum``/``const``/``format``) that bound; ``close_objects``
+    sets ``additionalProperties: false`` on every object schema that does not say otherwise,
+    so no undeclared keys (with unbounded values) are generated. ``True`` is any object.
+    """
+    if schema is True:
+        schema = ANY_OBJECT
+    if max_string_length is not None and (
+        isinstance(max_string_length, bool) or not isinstance(max_string_length, int)
+    ):
+        raise TypeError("max_string_length must be an int or None")
+    if max_string_length is not None and max_string_length < 0:
+        raise ValueError("max_string_length must be >= 0")
+
+    def visit(node: Any) -> Any:
+        if not isinstance(node, Mapping):
+            return node
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if key in _SCHEMA_MAPS and isinstance(value, Mapping):
+                out[key] = {name: visit(sub) for name, sub in value.items()}
+            elif key in _SCHEMA_LISTS and isinstance(value, list):
+                out[key] = [visit(sub) for sub in value]
+            elif key in _SCHEMA_VALUES:
+                out[key] = visit(value)
+            else:
+                out[key] = value
+        types = out.get("type")
+        types = types if isinstance(types, list) else [types]
+        if (
+            max_string_length is not None
+            and "string" in types
+            and not {"maxLength", "enum", "const", "format"} & set(out)
+        ):
+            out["maxLength"] = max_string_length
+        is_object = "object" in types or "properties" in out
+        if (
+            close_objects
+            and is_object
+            and not {"additionalProperties", "patternProperties"} & set(out)
+        ):
+            out["additionalProperties"] = False
+        return out
+
+    return visit(dict(schema))
+
+
 def _check_grammar(grammar: str, what: str) -> None:
     """Compile ``grammar`` without a tokenizer; ``ValueError`` naming the unsupported feature."""
     llguidance = require_llguidance()

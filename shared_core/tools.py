@@ -23,7 +23,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .structured import Constraint, canonical_json, lark_constraint, with_whitespace_limit
+from .structured import (
+    Constraint,
+    canonical_json,
+    lark_constraint,
+    limit_schema,
+    with_whitespace_limit,
+)
 
 TOOL_CALL_BEGIN = "<tool_call>"
 TOOL_CALL_END = "</tool_call>"
@@ -140,12 +146,24 @@ def resolve_tool_choice(tools: Sequence[ToolSpec], choice: Any) -> tuple[str, li
     )
 
 
-def call_schema(tools: Sequence[ToolSpec]) -> dict[str, Any]:
-    """JSON schema of one call ``{"name": ..., "arguments": {...}}`` to any of ``tools``."""
+def call_schema(
+    tools: Sequence[ToolSpec], *, max_string_length: int | None = None
+) -> dict[str, Any]:
+    """JSON schema of one call ``{"name": ..., "arguments": {...}}`` to any of ``tools``.
+
+    Argument objects that do not say otherwise get ``additionalProperties: false`` (a call
+    carries only the declared arguments); ``max_string_length`` bounds unbounded strings
+    (see :func:`~shared_core.structured.limit_schema`).
+    """
     options = [
         {
             "type": "object",
-            "properties": {"name": {"const": t.name}, "arguments": dict(t.parameters)},
+            "properties": {
+                "name": {"const": t.name},
+                "arguments": limit_schema(
+                    t.parameters, max_string_length=max_string_length, close_objects=True
+                ),
+            },
             "required": ["name", "arguments"],
             "additionalProperties": False,
         }
@@ -155,7 +173,9 @@ def call_schema(tools: Sequence[ToolSpec]) -> dict[str, Any]:
     return with_whitespace_limit(schema)
 
 
-def tool_constraint(tools: Sequence[ToolSpec], mode: str) -> Constraint | None:
+def tool_constraint(
+    tools: Sequence[ToolSpec], mode: str, *, max_string_length: int | None = None
+) -> Constraint | None:
     """The grammar of a tool choice (``mode`` from :func:`resolve_tool_choice`).
 
     ``"required"``: the whole response is one ``<tool_call>`` block. ``"auto"``: free text in
@@ -164,7 +184,8 @@ def tool_constraint(tools: Sequence[ToolSpec], mode: str) -> Constraint | None:
     """
     if mode == "none" or not tools:
         return None
-    body = f"%json {canonical_json(call_schema(tools))}"
+    schema = call_schema(tools, max_string_length=max_string_length)
+    body = f"%json {canonical_json(schema)}"
     if mode == "required":
         lark = f"start: {json.dumps(CALL_OPEN)} {body} {json.dumps(CALL_CLOSE)}\n"
         return lark_constraint(lark, label="tool call")
@@ -311,3 +332,108 @@ def _guess_name(body: str) -> str | None:
         return None
     close = rest.find('"', 1)
     return rest[1:close] if close > 0 else None
+
+
+@dataclass(frozen=True)
+class ToolRequest:
+    """Bound tools and a tool choice, resolved once per call (shared by both adapters).
+
+    :meth:`messages` adds the tools to the prompt and renders tool calls/results in the
+    history, :attr:`constraint` is the grammar to pass as the engine's ``json_schema``, and
+    :meth:`parse` splits a response into text and calls.
+    """
+
+    tools: tuple[ToolSpec, ...]
+    mode: str
+    constraint: Constraint | None
+
+    @property
+    def active(self) -> bool:
+        """True when calls may be generated (some tools and a mode other than ``"none"``)."""
+        return bool(self.tools) and self.mode != "none"
+
+    def messages(self, messages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+        """The conversation for the engine (see :func:`render_tool_messages`)."""
+        return render_tool_messages(messages, self.tools, self.mode)
+
+    def parse(self, text: str) -> ParsedReply:
+        """The response's text and calls (no parsing when calls are off)."""
+        if not self.active:
+            return ParsedReply(text, [], [])
+        return parse_tool_calls(text)
+
+
+def tool_request(
+    tools: Sequence[Mapping[str, Any] | ToolSpec] | None,
+    tool_choice: Any = None,
+    *,
+    max_string_length: int | None = None,
+) -> ToolRequest:
+    """Validate ``tools`` and ``tool_choice`` and build their grammar (no model work)."""
+    specs = normalise_tools(tools or [])
+    mode, chosen = resolve_tool_choice(specs, tool_choice) if specs else ("none", [])
+    constraint = (
+        tool_constraint(chosen, mode, max_string_length=max_string_length) if chosen else None
+    )
+    return ToolRequest(tuple(specs), mode, constraint)
+
+
+class ToolCallStream:
+    """Splits streamed text into plain text and complete tool calls, as they arrive.
+
+    :meth:`feed` returns ``("text", str)``, ``("call", ToolCall)`` and ``("invalid",
+    InvalidToolCall)`` items; text that may be the start of ``<tool_call>`` is held back until
+    it is known not to be. :meth:`finish` releases the rest (an unclosed call is invalid).
+    """
+
+    def __init__(self) -> None:
+        self._buffer = ""
+        self._inside = False
+
+    def feed(self, delta: str) -> list[tuple[str, Any]]:
+        self._buffer += delta
+        items: list[tuple[str, Any]] = []
+        while True:
+            if self._inside:
+                end = self._buffer.find(TOOL_CALL_END)
+                if end < 0:
+                    return items
+                block = self._buffer[: end + len(TOOL_CALL_END)]
+                self._buffer = self._buffer[end + len(TOOL_CALL_END) :]
+                self._inside = False
+                items.extend(self._calls(block))
+                continue
+            start = self._buffer.find(TOOL_CALL_BEGIN)
+            if start >= 0:
+                if start:
+                    items.append(("text", self._buffer[:start]))
+                self._buffer = self._buffer[start:]
+                self._inside = True
+                continue
+            keep = _partial_suffix(self._buffer, TOOL_CALL_BEGIN)
+            if len(self._buffer) > keep:
+                items.append(("text", self._buffer[: len(self._buffer) - keep]))
+                self._buffer = self._buffer[len(self._buffer) - keep :]
+            return items
+
+    def finish(self) -> list[tuple[str, Any]]:
+        rest, self._buffer = self._buffer, ""
+        if self._inside:
+            self._inside = False
+            return self._calls(rest)
+        return [("text", rest)] if rest else []
+
+    @staticmethod
+    def _calls(block: str) -> list[tuple[str, Any]]:
+        reply = parse_tool_calls(block)
+        return [("call", c) for c in reply.tool_calls] + [
+            ("invalid", c) for c in reply.invalid_tool_calls
+        ]
+
+
+def _partial_suffix(text: str, marker: str) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of ``marker``."""
+    for size in range(min(len(marker) - 1, len(text)), 0, -1):
+        if text.endswith(marker[:size]):
+            return size
+    return 0

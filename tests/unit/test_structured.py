@@ -14,6 +14,7 @@ from shared_core.structured import (
     as_constraint,
     json_schema_constraint,
     lark_constraint,
+    limit_schema,
     pack_bits,
     require_llguidance,
     unpack_bitmask,
@@ -142,3 +143,31 @@ def test_a_rejected_token_records_an_error(tokenizer, tables) -> None:
     assert m.advance(0, bad) is False
     assert "rejected token" in (m.error(0) or "")
     assert issubclass(ConstraintError, ValueError)
+
+
+def test_limit_schema_bounds_strings_and_closes_objects() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "properties": {"type": "string"},  # a property named like the keyword
+            "maybe": {"type": ["string", "null"]},
+            "fixed": {"type": "string", "enum": ["x"]},
+            "list": {"type": "array", "items": {"type": "object", "properties": {}}},
+            "open": {"type": "object", "additionalProperties": True},
+        },
+        "$defs": {"D": {"type": "string", "maxLength": 2}},
+    }
+    out = limit_schema(schema, max_string_length=5, close_objects=True)
+    props = out["properties"]
+    assert props["properties"] == {"type": "string", "maxLength": 5}
+    assert props["maybe"]["maxLength"] == 5 and "maxLength" not in props["fixed"]
+    assert props["list"]["items"]["additionalProperties"] is False
+    assert props["open"]["additionalProperties"] is True
+    assert out["additionalProperties"] is False and out["$defs"]["D"]["maxLength"] == 2
+    assert "additionalProperties" not in schema  # the input is not modified
+    assert limit_schema(True, close_objects=True) == {
+        "type": "object",
+        "additionalProperties": False,
+    }
+    with pytest.raises(ValueError, match="max_string_length"):
+        limit_schema({}, max_string_length=-1)

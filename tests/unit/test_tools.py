@@ -9,6 +9,7 @@ import pytest
 from shared_core.streaming import ResponseText
 from shared_core.testing import build_tiny_tokenizer
 from shared_core.tools import (
+    ToolCallStream,
     ToolSpec,
     call_schema,
     format_call,
@@ -17,6 +18,7 @@ from shared_core.tools import (
     render_tool_messages,
     resolve_tool_choice,
     tool_constraint,
+    tool_request,
     tools_system_block,
 )
 
@@ -173,3 +175,44 @@ def test_stop_strings_are_suspended_inside_protected_segments() -> None:
     assert run(("<tool_call>", "</tool_call>")) == (
         'Hi <tool_call>\n{"q": "User: x"}\n</tool_call> then\n'
     )
+
+
+def test_tool_arguments_are_closed_and_bounded() -> None:
+    schema = call_schema(normalise_tools([ADD, NOW]), max_string_length=4)
+    add, now = schema["anyOf"]
+    assert add["properties"]["arguments"]["additionalProperties"] is False
+    assert now["properties"]["arguments"]["additionalProperties"] is False
+    text = {"name": "t", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}
+    bounded = call_schema(normalise_tools([text]), max_string_length=4)
+    assert bounded["properties"]["arguments"]["properties"]["q"]["maxLength"] == 4
+
+
+def test_tool_request_renders_constrains_and_parses() -> None:
+    request = tool_request([ADD], "any")
+    assert request.active and request.mode == "required"
+    assert request.constraint is not None and request.constraint.whole_response
+    rendered = request.messages([{"role": "user", "content": "1+2?"}])
+    assert rendered[0]["role"] == "system" and "exactly one" in rendered[0]["content"]
+    reply = request.parse(format_call("add", {"a": 1, "b": 2}))
+    assert reply.tool_calls[0].arguments == {"a": 1, "b": 2}
+    off = tool_request([ADD], "none")
+    assert not off.active and off.constraint is None
+    assert off.parse(format_call("add", {})).tool_calls == []
+    assert off.messages([{"role": "user", "content": "hi"}]) == [{"role": "user", "content": "hi"}]
+    assert not tool_request(None).active
+
+
+def test_tool_call_stream_splits_text_and_calls_across_deltas() -> None:
+    text = "Hi <" + "tool" + " there " + format_call("add", {"a": 1, "b": 2}) + " bye"
+    stream = ToolCallStream()
+    items = []
+    for i in range(0, len(text), 3):
+        items.extend(stream.feed(text[i : i + 3]))
+    items.extend(stream.finish())
+    plain = "".join(v for kind, v in items if kind == "text")
+    calls = [v for kind, v in items if kind == "call"]
+    assert plain == "Hi <tool there  bye"
+    assert [(c.name, c.arguments) for c in calls] == [("add", {"a": 1, "b": 2})]
+    cut = ToolCallStream()
+    assert cut.feed('<tool_call>\n{"name": "add"') == []
+    assert [kind for kind, _ in cut.finish()] == ["invalid"]
