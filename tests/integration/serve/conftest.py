@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from serve_helpers import LiveServer, run_server
+from serve_helpers import GateRouter, LiveServer, run_server
 
 
 @pytest.fixture(scope="session")
@@ -19,3 +19,19 @@ def server(tiny_engine: Any) -> Iterator[LiveServer]:
 @pytest.fixture(scope="session")
 def model_name() -> str:
     return "tiny-baco"
+
+
+@pytest.fixture
+def gate() -> Iterator[GateRouter]:
+    """A gate router; opened again after the test so no decode stays held."""
+    router = GateRouter()
+    yield router
+    router.open()
+
+
+@pytest.fixture
+def gated_engine(tiny_pair: Any, gate: GateRouter) -> Any:
+    """An engine on the tiny pair whose default router is ``gate``."""
+    from shared_core import BacoEngine, GenerationParams
+
+    return BacoEngine(tiny_pair, GenerationParams(router=gate))

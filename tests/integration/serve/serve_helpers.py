@@ -28,6 +28,12 @@ class LiveServer:
 
     url: str
     state: Any
+    server: Any = None
+
+    @property
+    def connections(self) -> int:
+        """Open client connections, as uvicorn sees them."""
+        return len(self.server.server_state.connections)
 
     @property
     def base_url(self) -> str:
@@ -75,7 +81,7 @@ def run_server(engine: Any, **app_options: Any) -> Iterator[LiveServer]:
         assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.02)
     try:
-        yield LiveServer(f"http://127.0.0.1:{port}", app.state.baco)
+        yield LiveServer(f"http://127.0.0.1:{port}", app.state.baco, server)
     finally:
         server.should_exit = True
         thread.join(timeout=TIMEOUT)
@@ -88,3 +94,32 @@ def wait_until(condition: Any, what: str, timeout: float = TIMEOUT) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
+
+
+class GateRouter:
+    """A router callable (BACO's ``rand`` rule at γ=0.5) that can hold the decode at a step.
+
+    While closed, every decode step of the engine waits inside the router (holding the
+    engine), so a test can keep requests in flight for as long as it needs, then open it.
+    """
+
+    def __init__(self) -> None:
+        self._open = threading.Event()
+        self._open.set()
+        self.waiting = threading.Event()
+        self.calls = 0
+
+    def close(self) -> None:
+        self.waiting.clear()
+        self._open.clear()
+
+    def open(self) -> None:
+        self._open.set()
+
+    def __call__(self, signals: Any) -> Any:
+        self.calls += 1
+        if not self._open.is_set():
+            self.waiting.set()
+        if not self._open.wait(TIMEOUT):
+            raise TimeoutError("the test never opened the gate")
+        return signals.uniform < 0.5
