@@ -292,7 +292,8 @@ class _ModelState:
         width = max(len(ids) for ids in prompt_ids)
         batch = len(prompt_ids)
         input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
-        mask = torch.zeros((batch, width + budget), dtype=torch.long)
+        # One spare column: the optional space slot fed before the first response token.
+        mask = torch.zeros((batch, width + budget + 1), dtype=torch.long)
         for row, ids in enumerate(prompt_ids):
             input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
             mask[row, width - len(ids) : width] = 1
@@ -302,6 +303,7 @@ class _ModelState:
             model, input_ids, mask[:, :width], positions, None, adapter_names=adapters
         )
         self.width = width
+        self.shift = 0  # 1 once a space slot was fed at the first step
         self.next_position = mask[:, :width].sum(-1)
         if n > 1:
             if self.adapters is not None:
@@ -313,20 +315,45 @@ class _ModelState:
         self.mask = mask
         self.logits = logits
 
-    def step(self, tokens: torch.Tensor, step: int) -> None:
-        """Append ``tokens`` (one per row) at decode step ``step`` and compute next logits."""
-        self.extend(tokens.unsqueeze(-1), step)
+    def step(
+        self, tokens: torch.Tensor, step: int, space: tuple[int, torch.Tensor] | None = None
+    ) -> None:
+        """Append ``tokens`` (one per row) at decode step ``step`` and compute next logits.
+
+        ``space`` = ``(space_id, rows)`` (first step only) feeds ``space_id`` before the token
+        on the marked rows, in a slot that the other rows leave masked out.
+        """
+        if space is None:
+            self.extend(tokens.unsqueeze(-1), step)
+            return
+        space_id, rows = space
+        start = self.width
+        self.mask[:, start] = rows.long()
+        self.mask[:, start + 1] = 1
+        positions = torch.stack([self.next_position, self.next_position + rows.long()], -1)
+        inputs = torch.stack([torch.full_like(tokens, space_id), tokens], -1)
+        self.logits, self.cache = forward_last_logits(
+            self.model,
+            inputs,
+            self.mask[:, : start + 2],
+            positions,
+            self.cache,
+            adapter_names=self.adapters,
+        )
+        self.next_position = self.next_position + rows.long()
+        self.shift = 1
 
     def extend(self, tokens: torch.Tensor, first_step: int) -> None:
         """Append ``tokens`` ``[rows, k]`` generated at steps ``first_step …`` in one forward."""
-        end = first_step + tokens.shape[1]
-        self.mask[:, self.width + first_step : self.width + end] = 1
-        steps = torch.arange(first_step, end, device=self.mask.device)
+        begin = self.width + self.shift + first_step
+        end = begin + tokens.shape[1]
+        self.mask[:, begin:end] = 1
+        steps = torch.arange(first_step, first_step + tokens.shape[1], device=self.mask.device)
         positions = self.next_position.unsqueeze(-1) + steps
         self.logits, self.cache = forward_last_logits(
             self.model,
             tokens,
-            self.mask[:, : self.width + end],
+            self.mask[:, :end],
             positions,
             self.cache,
             adapter_names=self.adapters,
@@ -357,6 +384,7 @@ class _LazyState:
         self.forwards = 0
 
     def step(self, tokens: torch.Tensor, step: int) -> None:
+        """Queue ``tokens`` of step ``step``; they are fed when the logits are next read."""
         if not self.pending:
             self.first_pending = step
         self.pending.append(tokens)
@@ -410,8 +438,19 @@ class _JointState:
     def half(self) -> int:
         return self.state.logits.shape[0] // 2
 
-    def step(self, tokens: torch.Tensor, step: int) -> None:
-        self.state.step(torch.cat([tokens, tokens]), step)
+    def step(
+        self,
+        tokens: torch.Tensor,
+        step: int,
+        base_tokens: torch.Tensor | None = None,
+        space: tuple[int, torch.Tensor] | None = None,
+    ) -> None:
+        """Feed ``tokens`` to both views (``base_tokens`` to the base rows when given)."""
+        base_tokens = tokens if base_tokens is None else base_tokens
+        if space is not None:
+            space_id, rows = space
+            space = (space_id, torch.cat([rows, torch.zeros_like(rows)]))
+        self.state.step(torch.cat([base_tokens, tokens]), step, space)
 
     def select(self, keep: torch.Tensor) -> None:
         self.state.select(torch.cat([keep, keep + self.half]))
@@ -471,6 +510,8 @@ class _Decode:
         if self.spec.uses_base:
             stops = stops + tuple(s for s in pair.base_template.stop_strings if s not in stops)
         self.stops = stops
+        # The base prompt ends ``Assistant:``; an aligned first token reads after a space.
+        self.seam = self.spec.uses_base and self.spec.uses_aligned and pair.base_template.cue_space
         self.lazy = options.lazy_aligned and self.rows == 1 and self.spec.reads_only_base
         self.joint = (
             options.joint_forward
@@ -571,8 +612,29 @@ class _Decode:
                     finished_mask = torch.tensor(
                         [rows[r].finished for r in active], dtype=torch.bool, device=self.device
                     )
-                for state in models:
-                    state.step(token, step)
+                base_token, space = self._base_input(token, owner, step)
+                if self.joint:
+                    joint.step(token, step, base_token, space)
+                else:
+                    if base is not None:
+                        base.step(base_token, step, space)
+                    if aligned is not None:
+                        aligned.step(token, step)
+
+    def _base_input(
+        self, token: torch.Tensor, owner: torch.Tensor, step: int
+    ) -> tuple[torch.Tensor, tuple[int, torch.Tensor] | None]:
+        """What the base model reads for ``token``: at the first step an aligned token is
+        written after a space (``Assistant: Paris``), by its spaced form or a space slot."""
+        if not self.seam or step != 0:
+            return token, None
+        spaced, needs_space = self.vocab.after_space(token)
+        from_aligned = ~owner
+        base_token = torch.where(from_aligned, spaced, token)
+        rows = needs_space & from_aligned
+        if self.vocab.space_id is None or not bool(rows.any()):
+            return base_token, None
+        return base_token, (self.vocab.space_id, rows)
 
     def _advance(self, row_id: int, row: _Row, token_id: int, from_base: bool) -> StreamEvent:
         """Record one generated token of a row and return its stream event."""

@@ -152,6 +152,16 @@ class PlainTemplate:
         return f"{system}{self.system_separator}{body}" if system else body
 
     @property
+    def cue_space(self) -> bool:
+        """True when the rendered cue dropped a trailing space of ``assistant_prefix``.
+
+        The prompt ends ``Assistant:`` (a trailing space would be an unnatural last token),
+        so the answer's first token must carry that space when the base model reads it: the
+        engine feeds the base ``Assistant: Paris``, not ``Assistant:Paris``.
+        """
+        return self.assistant_prefix[len(self.assistant_prefix.rstrip()) :] == " "
+
+    @property
     def stop_strings(self) -> tuple[str, ...]:
         return (
             self.separator + self.user_prefix.rstrip(),

@@ -6,6 +6,8 @@ whole batch is a handful of gathers on the device instead of Python work per tok
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import threading
 from dataclasses import dataclass
@@ -34,7 +36,15 @@ _RESERVED = re.compile(
 
 @dataclass(frozen=True)
 class VocabTables:
-    """Boolean tensors of length ``size`` describing each token id."""
+    """Tensors of length ``size`` describing each token id.
+
+    ``spaced`` and ``needs_space`` say how to write a token after a leading space (used when
+    the base model reads the aligned model's first token right after its ``Assistant:`` cue):
+    ``spaced[v]`` is the single token that reads as ``" " + text(v)`` when one exists (else
+    ``v``), and ``needs_space[v]`` is true when no such token exists and ``space_id`` (the
+    token for a lone space) must come first. Tokens that already start with whitespace, and
+    special tokens, map to themselves.
+    """
 
     size: int
     is_word_start: torch.Tensor
@@ -44,7 +54,10 @@ class VocabTables:
     is_special: torch.Tensor
     is_end: torch.Tensor
     never_generate: torch.Tensor
+    spaced: torch.Tensor
+    needs_space: torch.Tensor
     end_ids: tuple[int, ...]
+    space_id: int | None = None
 
     def to(self, device: torch.device | str) -> VocabTables:
         """A copy with every table on ``device``."""
@@ -58,9 +71,19 @@ class VocabTables:
                 "is_special",
                 "is_end",
                 "never_generate",
+                "spaced",
+                "needs_space",
             )
         }
-        return VocabTables(size=self.size, end_ids=self.end_ids, **moved)
+        return VocabTables(size=self.size, end_ids=self.end_ids, space_id=self.space_id, **moved)
+
+    def after_space(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(ids, prefixed)``: how to feed ``tokens`` so that each reads after a space.
+
+        ``ids`` is the spaced form of each token; ``prefixed`` marks rows that need
+        :attr:`space_id` fed first (no single spaced token exists).
+        """
+        return self.spaced[tokens], self.needs_space[tokens]
 
 
 def end_token_ids(tokenizer, extra_ids: list[int] | tuple[int, ...] = ()) -> tuple[int, ...]:
@@ -90,6 +113,11 @@ def build_vocab_tables(tokenizer, end_ids: tuple[int, ...]) -> VocabTables:
     vocab = tokenizer.get_vocab()
     turn_start = {vocab[t] for t in TURN_START_STRINGS if t in vocab}
 
+    space_id = next(
+        (vocab[m] for m in SPACE_MARKERS if m in vocab and decoded[vocab[m]] == " "), None
+    )
+    spaced = list(ids)
+    needs_space = [False] * size
     word_start = [False] * size
     ends_space = [False] * size
     punct = [False] * size
@@ -117,6 +145,19 @@ def build_vocab_tables(tokenizer, end_ids: tuple[int, ...]) -> VocabTables:
             or raw_text in ("Ċ", "<0x0A>")
         )
         ends_space[i] = text[-1:].isspace() or raw_text.endswith(("Ċ", "<0x0A>"))
+        if not is_special and i not in added and text and not text[0].isspace():
+            variant = next(
+                (
+                    vocab[m + raw_text]
+                    for m in SPACE_MARKERS
+                    if m + raw_text in vocab and decoded[vocab[m + raw_text]] == " " + text
+                ),
+                None,
+            )
+            if variant is not None:
+                spaced[i] = variant
+            else:
+                needs_space[i] = space_id is not None
 
     def table(values: list[bool]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.bool)
@@ -132,17 +173,39 @@ def build_vocab_tables(tokenizer, end_ids: tuple[int, ...]) -> VocabTables:
         is_special=table(special),
         is_end=is_end,
         never_generate=table(never),
+        spaced=torch.tensor(spaced, dtype=torch.long),
+        needs_space=table(needs_space),
         end_ids=end_ids,
+        space_id=space_id,
     )
 
 
-_CACHE: dict[tuple[str, int, tuple[int, ...]], VocabTables] = {}
+_CACHE: dict[tuple[str, tuple[int, ...]], VocabTables] = {}
 _CACHE_LOCK = threading.Lock()
 
 
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A digest of everything the tables depend on: the tokenizer's full definition (vocab,
+    merges, normaliser, decoder) and its added tokens. In-memory tokenizers have no name, and
+    two different tokenizers can share one name or size, so the content is the key."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        definition = backend.to_str()
+    else:
+        definition = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
+    added = sorted(
+        (int(i), str(tok), bool(getattr(tok, "special", False)))
+        for i, tok in tokenizer.added_tokens_decoder.items()
+    )
+    specials = (tokenizer.bos_token_id, tokenizer.eos_token_id, len(tokenizer))
+    digest = hashlib.blake2b(definition.encode(), digest_size=16)
+    digest.update(repr((added, specials)).encode())
+    return digest.hexdigest()
+
+
 def vocab_tables_for(tokenizer, end_ids: tuple[int, ...]) -> VocabTables:
-    """Cached :func:`build_vocab_tables`: built once per tokenizer (by name, size and ends)."""
-    key = (str(getattr(tokenizer, "name_or_path", id(tokenizer))), len(tokenizer), end_ids)
+    """Cached :func:`build_vocab_tables`: built once per tokenizer content and end ids."""
+    key = (tokenizer_fingerprint(tokenizer), tuple(end_ids))
     with _CACHE_LOCK:
         if key not in _CACHE:
             _CACHE[key] = build_vocab_tables(tokenizer, end_ids)

@@ -353,3 +353,88 @@ def test_lazy_aligned_applies_only_at_batch_one_with_base_signal_routers(tiny_pa
     assert created == []
     out = engine.generate(PROMPTS[0], max_new_tokens=12, seed=0)[0][0]  # default stop guard on
     assert len(created) == 1 and 0 < len(out.token_ids) <= 12
+
+
+def _forced_pair(pair: ModelPair, token_id: int) -> ModelPair:
+    """The tiny pair with an aligned model that always prefers ``token_id``."""
+    import copy
+
+    aligned = copy.deepcopy(pair.aligned)
+    head = aligned.lm_head
+    biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    with torch.no_grad():
+        biased.weight.copy_(head.weight)
+        biased.bias.zero_()
+        biased.bias[token_id] = 1e4
+    aligned.lm_head = biased
+    return ModelPair(pair.base, aligned, pair.tokenizer)
+
+
+def _base_contexts(monkeypatch, pair: ModelPair) -> list[list[int]]:
+    """Record, per base-model row, every token the base model attends to (mask = 1)."""
+    import shared_core.engine as engine_module
+
+    calls = []
+    original = engine_module.forward_last_logits
+
+    def spy(model, input_ids, attention_mask, position_ids, cache, **kwargs):
+        if model is pair.base:
+            calls.append((input_ids.clone(), attention_mask[:, -input_ids.shape[1] :].clone()))
+        return original(model, input_ids, attention_mask, position_ids, cache, **kwargs)
+
+    monkeypatch.setattr(engine_module, "forward_last_logits", spy)
+    contexts: list[list[int]] = []
+
+    def build() -> list[list[int]]:
+        contexts.clear()
+        rows = calls[0][0].shape[0]
+        for row in range(rows):
+            ids: list[int] = []
+            for input_ids, mask in calls:
+                if input_ids.shape[0] == rows:
+                    ids += [int(t) for t, m in zip(input_ids[row], mask[row], strict=True) if m]
+            contexts.append(ids)
+        return contexts
+
+    return build
+
+
+@pytest.mark.parametrize("word", ["T", "1"])  # "ĠT" is one token; " 1" is "Ġ" + "1"
+def test_base_model_reads_a_space_after_its_assistant_cue(tiny_pair, monkeypatch, word):
+    tokenizer = tiny_pair.tokenizer
+    token_id = tokenizer.convert_tokens_to_ids(word)
+    pair = _forced_pair(tiny_pair, token_id)
+    contexts = _base_contexts(monkeypatch, pair)
+    out = BacoEngine(pair).generate(PROMPTS[1], router="p", gamma=1.01, max_new_tokens=3, seed=0)
+    g = out[0][0]
+    assert g.token_ids[0] == token_id and g.sources[0] == "aligned"
+    assert g.text.startswith(word)  # the returned text is unchanged: no added space
+    assert g.text == tokenizer.decode(g.token_ids)
+    base_text = tokenizer.decode(contexts()[0])
+    assert base_text.endswith(f"Assistant: {word}" + tokenizer.decode(g.token_ids[1:-1]))
+    assert f"Assistant:{word}" not in base_text
+
+
+def test_space_slot_rows_match_a_plain_forward_of_the_spaced_text(tiny_pair):
+    """Rows with and without a space slot in one batch each equal an unbatched forward."""
+    from shared_core.engine import _ModelState
+
+    tokenizer = tiny_pair.tokenizer
+    space_id = tiny_pair.vocab.space_id
+    prompts = [tokenizer("User: hi\nAssistant:")["input_ids"], tokenizer("Assistant:")["input_ids"]]
+    first = torch.tensor(
+        [tokenizer.convert_tokens_to_ids("1"), tokenizer.convert_tokens_to_ids("ĠT")]
+    )
+    with torch.inference_mode():
+        state = _ModelState(tiny_pair.base, prompts, 1, 0, 4)
+        state.step(first, 0, (space_id, torch.tensor([True, False])))
+        state.step(first, 1)
+        expected_rows = [
+            prompts[0] + [space_id, int(first[0]), int(first[0])],
+            prompts[1] + [int(first[1]), int(first[1])],
+        ]
+        for row, ids in enumerate(expected_rows):
+            expected = tiny_pair.base(torch.tensor([ids])).logits[0, -1, : tiny_pair.vocab_size]
+            torch.testing.assert_close(
+                state.logits[row, : tiny_pair.vocab_size], expected, rtol=1e-4, atol=1e-4
+            )
