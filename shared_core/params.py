@@ -5,9 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .routers import RouterSpec, resolve_router
+from .routers import RouterSpec, canonical_router_name, resolve_router
+
+if TYPE_CHECKING:
+    from .structured import Constraint
 
 #: Upper bounds that turn an accidental huge request into a clear error instead of an OOM.
 MAX_SAMPLES = 4096
@@ -54,7 +57,10 @@ class GenerationParams:
     """Every per-call decoding option, validated on construction.
 
     ``gamma=None`` selects the router's default. ``temperature=0`` is greedy decoding.
-    ``top_k=0`` and ``top_p=1`` / ``min_p=0`` disable those filters.
+    ``top_k=0`` and ``top_p=1`` / ``min_p=0`` disable those filters. ``json_schema``
+    constrains the response with a grammar: a JSON-schema dict (or its JSON text), ``True``
+    for any JSON object, or a :class:`~shared_core.structured.Constraint` (e.g. tool calls);
+    it is compiled (and an unsupported schema rejected) here, before any model work.
     """
 
     router: str | RouterSpec | Any = "p-punc"
@@ -71,6 +77,7 @@ class GenerationParams:
     min_p: float = 0.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    json_schema: Any = None
 
     def __post_init__(self) -> None:
         spec = resolve_router(self.router, self.gamma, content_source=self.content_source)
@@ -93,11 +100,34 @@ class GenerationParams:
         object.__setattr__(self, "stop", normalise_stop(self.stop))
         if self.seed is not None:
             _check_int("seed", self.seed, low=0, high=2**63 - 1)
+        if self.json_schema is not None:
+            from .structured import as_constraint
+
+            object.__setattr__(self, "json_schema", as_constraint(self.json_schema))
+
+    @property
+    def constraint(self) -> Constraint | None:
+        """The compiled grammar of ``json_schema`` (``None``: unconstrained)."""
+        return self.json_schema  # type: ignore[return-value]
 
     @property
     def spec(self) -> RouterSpec:
         """The resolved router (``router`` after validation)."""
         return self.router  # type: ignore[return-value]
+
+    def _same_router(self, router: Any) -> bool:
+        """True if ``router`` names (or is) the router already configured."""
+        spec = self.spec
+        if isinstance(router, RouterSpec):
+            return router.name == spec.name and router.source == spec.source
+        if isinstance(router, str):
+            try:
+                return isinstance(spec.source, str) and canonical_router_name(
+                    router
+                ) == canonical_router_name(spec.source)
+            except (TypeError, ValueError):
+                return False  # reported by validation below
+        return router is spec.source
 
     def with_overrides(self, **overrides: Any) -> GenerationParams:
         """A validated copy with ``overrides`` applied; ``None`` values are ignored."""
@@ -106,7 +136,7 @@ class GenerationParams:
         if unknown:
             raise TypeError(f"unknown generation option(s) {unknown}; valid: {sorted(known)}")
         clean = {k: v for k, v in overrides.items() if v is not None}
-        if "router" in clean and "gamma" not in clean:
+        if "router" in clean and "gamma" not in clean and not self._same_router(clean["router"]):
             clean["gamma"] = None  # a different router starts from its own default gamma
         if isinstance(self.router, RouterSpec) and "router" not in clean:
             clean["router"] = self.router.source

@@ -11,10 +11,19 @@ import threading
 from typing import Any
 
 from .engine import BacoEngine
+from .loading import check_pair_args
 from .pair import ModelPair
 
 _ENGINES: dict[str, BacoEngine] = {}
-_LOCK = threading.Lock()
+_LOADING: dict[str, threading.Lock] = {}  # one lock per key while its pair loads
+_LOCK = threading.Lock()  # guards the two dicts only; never held while weights load
+
+
+def dtype_name(dtype: Any) -> str | None:
+    """``torch.bfloat16``, ``"torch.bfloat16"`` and ``"bfloat16"`` all as ``"bfloat16"``."""
+    if dtype is None:
+        return None
+    return str(dtype).strip().removeprefix("torch.")
 
 
 def engine_key(
@@ -22,13 +31,20 @@ def engine_key(
     aligned_model: str | None,
     *,
     aligned_adapter: str | None = None,
-    dtype: str | None = None,
+    dtype: Any = None,
     device_map: Any = None,
     model_kwargs: dict[str, Any] | None = None,
 ) -> str:
     """A stable string key for one pair + load options."""
     return json.dumps(
-        [base_model, aligned_model, aligned_adapter, dtype, device_map, model_kwargs or {}],
+        [
+            base_model,
+            aligned_model,
+            aligned_adapter,
+            dtype_name(dtype),
+            device_map,
+            model_kwargs or {},
+        ],
         sort_keys=True,
         default=str,
     )
@@ -39,15 +55,18 @@ def get_engine(
     aligned_model: str | None = None,
     *,
     aligned_adapter: str | None = None,
-    dtype: str | None = None,
+    dtype: Any = None,
     device_map: Any = None,
     model_kwargs: dict[str, Any] | None = None,
 ) -> BacoEngine:
     """Load (once per process) and return the engine for a pair.
 
     With no models given this is the embedded demo pair. Raises ``ValueError`` when only one
-    of the two models is given.
+    of the two models is given. Loading one pair never blocks users of other pairs: the
+    weights load under that pair's own lock, and concurrent callers of the same pair wait
+    for the one load.
     """
+    demo = check_pair_args(base_model, aligned_model, aligned_adapter)
     key = engine_key(
         base_model,
         aligned_model,
@@ -60,13 +79,14 @@ def get_engine(
         engine = _ENGINES.get(key)
         if engine is not None:
             return engine
-        if base_model is None and aligned_model is None and aligned_adapter is None:
+        key_lock = _LOADING.setdefault(key, threading.Lock())
+    with key_lock:
+        with _LOCK:
+            engine = _ENGINES.get(key)
+        if engine is not None:
+            return engine  # loaded by the caller we waited for
+        if demo:
             pair = ModelPair.demo(dtype=dtype, device_map=device_map)
-        elif base_model is None or (aligned_model is None and aligned_adapter is None):
-            raise ValueError(
-                "pass both base_model and aligned_model (or aligned_adapter), or neither to use "
-                "the embedded demo pair"
-            )
         else:
             pair = ModelPair.from_pretrained(
                 base_model,
@@ -77,7 +97,9 @@ def get_engine(
                 **(model_kwargs or {}),
             )
         engine = BacoEngine(pair)
-        _ENGINES[key] = engine
+        with _LOCK:
+            _ENGINES[key] = engine
+            _LOADING.pop(key, None)
         return engine
 
 

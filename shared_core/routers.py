@@ -10,13 +10,13 @@ name        routes to the base model when                   gamma
 aligned     never                                           -
 base        always                                          -
 rand        with probability gamma                          [0, 1]
-p           base top-1 probability < gamma                  [0, 1]
+p           base top-1 probability < gamma (>= 1: always)   >= 0
 h           base entropy (nats) > gamma                     >= 0
 punc        top-1 token is not punctuation/formatting       -
 fc          top-1 token is not a function word              -
-p-punc      punc says base and p says base                  [0, 1]
+p-punc      punc says base and p says base                  >= 0
 h-punc      punc says base and h says base                  >= 0
-p-fc        fc says base and p says base                    [0, 1]
+p-fc        fc says base and p says base                    >= 0
 nudging     base top-1 probability >= gamma (Nudging)       [0, 1]
 ==========  ==============================================  ======================
 """
@@ -106,6 +106,14 @@ def _fc_rule(signals: RouterSignals) -> torch.Tensor:
     return ~(signals.top1_is_function_word | signals.vocab.is_special[signals.top1])
 
 
+def _p_rule(gamma: float) -> Callable[[RouterSignals], torch.Tensor]:
+    """Base where ``p_base < γ``; every row at γ >= 1 (a top-1 probability of exactly 1
+    would otherwise still go to the aligned model at γ = 1)."""
+    if gamma >= 1.0:
+        return lambda s: torch.ones_like(s.p_base, dtype=torch.bool)
+    return lambda s: s.p_base < gamma
+
+
 _BUILTINS: dict[str, _Builtin] = {
     "aligned": _Builtin(
         None,
@@ -122,18 +130,18 @@ _BUILTINS: dict[str, _Builtin] = {
         "base model only",
     ),
     "rand": _Builtin(0.0, 1.0, 0.5, lambda g: lambda s: s.uniform < g, "base with probability γ"),
-    "p": _Builtin(0.0, math.inf, 0.3, lambda g: lambda s: s.p_base < g, "base if p_base < γ"),
+    "p": _Builtin(0.0, math.inf, 0.3, _p_rule, "base if p_base < γ"),
     "h": _Builtin(0.0, math.inf, 2.0, lambda g: lambda s: s.h_base > g, "base if h_base > γ"),
     "punc": _Builtin(None, None, None, lambda g: _content_rule, "base unless top-1 is punct"),
     "fc": _Builtin(None, None, None, lambda g: _fc_rule, "base unless top-1 is a function word"),
     "p-punc": _Builtin(
-        0.0, math.inf, 0.3, lambda g: lambda s: _content_rule(s) & (s.p_base < g), "punc and p"
+        0.0, math.inf, 0.3, lambda g: lambda s: _content_rule(s) & _p_rule(g)(s), "punc and p"
     ),
     "h-punc": _Builtin(
         0.0, math.inf, 2.0, lambda g: lambda s: _content_rule(s) & (s.h_base > g), "punc and h"
     ),
     "p-fc": _Builtin(
-        0.0, math.inf, 0.3, lambda g: lambda s: _fc_rule(s) & (s.p_base < g), "fc and p"
+        0.0, math.inf, 0.3, lambda g: lambda s: _fc_rule(s) & _p_rule(g)(s), "fc and p"
     ),
     "nudging": _Builtin(0.0, 1.0, 0.3, lambda g: lambda s: s.p_base >= g, "aligned if p_base < γ"),
 }

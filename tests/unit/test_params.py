@@ -63,3 +63,19 @@ def test_normalise_stop():
     assert normalise_stop(None) == ()
     assert normalise_stop("END") == ("END",)
     assert normalise_stop(["a", "b", "a"]) == ("a", "b")
+
+
+def test_naming_the_configured_router_again_keeps_its_gamma():
+    configured = GenerationParams(router="p", gamma=0.7)
+    assert configured.with_overrides(router="p").gamma == 0.7
+    assert configured.with_overrides(router="P").gamma == 0.7  # same router, other spelling
+    assert configured.with_overrides(router="p-punc").gamma == 0.3  # another router: its default
+    assert configured.with_overrides(router="p", gamma=0.2).gamma == 0.2
+    punc = GenerationParams(router="p_punc", gamma=0.05)
+    assert punc.with_overrides(router="P-PUNC").gamma == 0.05
+
+    def mine(signals):
+        return signals.p_base < 0.5
+
+    custom = GenerationParams(router=mine, gamma=0.9)
+    assert custom.with_overrides(router=mine).gamma == 0.9

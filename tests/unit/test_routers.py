@@ -27,6 +27,8 @@ VOCAB = VocabTables(
     is_special=torch.tensor([False, False, False, False, True, False]),
     is_end=torch.tensor([False, False, False, False, True, False]),
     never_generate=torch.zeros(6, dtype=torch.bool),
+    spaced=torch.arange(6),
+    needs_space=torch.zeros(6, dtype=torch.bool),
     end_ids=(4,),
 )
 
@@ -263,3 +265,11 @@ def test_aligned_can_stop():
         aligned_can_stop=False,
     )
     assert owner == [True] and token == [0]
+
+
+@pytest.mark.parametrize("router", ["p", "p-punc", "p-fc"])
+def test_p_family_at_gamma_one_routes_even_a_certain_base_to_the_base(router):
+    certain = signals_for([[1.0, 0, 0, 0, 0, 0], [0.5, 0.5, 0, 0, 0, 0]])
+    assert certain.p_base.tolist() == [1.0, 0.5]
+    assert resolve_router(router, 1.0)(certain).tolist() == [True, True]
+    assert resolve_router(router, 0.999)(certain).tolist() == [False, True]
