@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from .loading import check_pair_args, split_model_ref
 from .prompts import PlainTemplate
 from .vocab import VocabTables, end_token_ids, vocab_tables_for
 
@@ -22,26 +22,10 @@ class _Loaded:
     name: str
 
 
-def _split_gguf(ref: ModelRef) -> tuple[str, dict[str, str]]:
-    """``/dir/model.gguf`` -> (``/dir``, ``{"gguf_file": "model.gguf"}``); others unchanged."""
-    text = os.fspath(ref)
-    if text.lower().endswith(".gguf"):
-        path = Path(text).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"GGUF file not found: {text}")
-        return str(path.parent), {"gguf_file": path.name}
-    path = Path(text).expanduser()
-    if path.exists():
-        return str(path), {}
-    if text.startswith(("/", ".", "~")) or text.count("/") > 1:
-        raise FileNotFoundError(f"model folder not found: {text}")
-    return text, {}  # a hub id such as "org/name"
-
-
 def _load(ref: ModelRef, *, dtype: Any, device_map: Any, hf_kwargs: dict[str, Any]) -> _Loaded:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    location, extra = _split_gguf(ref)
+    location, extra = split_model_ref(ref)
     model_kwargs = dict(hf_kwargs, **extra)
     if dtype is not None:
         model_kwargs["dtype"] = dtype
@@ -104,7 +88,9 @@ class AdapterDisabledModel:
 
     Calls (``forward``, ``generate``) run inside ``disable_adapter()``; everything else (config,
     parameters, output embeddings) is the shared model's. Only one of the two views may run at a
-    time; the engine serialises its decodes, so this holds inside baco.
+    time: inside baco every forward runs under the engine's per-step lock (concurrent requests
+    are batched into one decode or interleave step by step, never run two forwards at once).
+    Calling ``pair.base`` and ``pair.aligned`` yourself from two threads is not safe.
     """
 
     def __init__(self, peft_model: Any) -> None:
@@ -210,8 +196,8 @@ class ModelPair:
         memory, same outputs). ``dtype``, ``device_map`` and ``hf_kwargs`` go to
         ``from_pretrained``. ``chat_template`` overrides the aligned tokenizer's template.
         """
-        if (aligned is None) == (aligned_adapter is None):
-            raise ValueError("pass exactly one of aligned=... or aligned_adapter=...")
+        names = ("base", "aligned=...", "aligned_adapter=...")
+        check_pair_args(base, aligned, aligned_adapter, names=names, demo=False)
         loaded_base = _load(base, dtype=dtype, device_map=device_map, hf_kwargs=hf_kwargs)
         if aligned_adapter is not None:
             from peft import PeftModel
