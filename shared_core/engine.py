@@ -35,6 +35,7 @@ from .sampling import (
     sampling_probs,
 )
 from .streaming import ResponseText
+from .structured import ConstraintError, RowMatchers
 from .types import Generation, StreamEvent, Usage
 
 
@@ -76,6 +77,20 @@ class PreparedPrompt:
 def _seed(params: GenerationParams) -> int:
     """The request's seed, or a fresh random one."""
     return params.seed if params.seed is not None else secrets.randbits(63)
+
+
+def _constraint_failure(samples: list[Generation], index: int) -> ConstraintError | None:
+    """The error of a prompt with a constrained sample that could not continue, if any."""
+    failed = [g for g in samples if g.finish_reason == "error"]
+    if not failed:
+        return None
+    first = failed[0]
+    error = ConstraintError(
+        f"prompt {index}, sample {first.sample_index}: constrained decoding failed: "
+        f"{first.error} ({len(failed)} of {len(samples)} samples failed)"
+    )
+    error.generations = samples  # type: ignore[attr-defined]
+    return error
 
 
 def is_single_prompt(prompts: Any) -> bool:
@@ -179,6 +194,12 @@ class BacoEngine:
             out[index] = row
         for index, error in failures.items():
             out[index] = error
+        for index, row in enumerate(out):
+            failed = None if isinstance(row, Exception) else _constraint_failure(row, index)
+            if failed is not None:
+                if not return_exceptions:
+                    raise failed
+                out[index] = failed
         return out
 
     def _run_batch(
@@ -510,6 +531,9 @@ class _Decode:
         if self.spec.uses_base:
             stops = stops + tuple(s for s in pair.base_template.stop_strings if s not in stops)
         self.stops = stops
+        self.constraint = params.constraint
+        self.matchers: RowMatchers | None = None
+        self._allowed: torch.Tensor | None = None
         # The base prompt ends ``Assistant:``; an aligned first token reads after a space.
         self.seam = self.spec.uses_base and self.spec.uses_aligned and pair.base_template.cue_space
         self.lazy = options.lazy_aligned and self.rows == 1 and self.spec.reads_only_base
@@ -531,11 +555,28 @@ class _Decode:
 
     def run(self) -> Iterator[StreamEvent]:
         n, vocab = self.n, self.vocab
+        constraint = self.constraint
+        stops = () if constraint is not None and constraint.whole_response else self.stops
+        protect = None if constraint is None else constraint.protected
         rows = [
-            _Row(ResponseText(self.pair.tokenizer, self.stops), self._budget(p), [], [])
+            _Row(
+                ResponseText(self.pair.tokenizer, stops, protect=protect),
+                self._budget(p),
+                [],
+                [],
+            )
             for p in self.prompts
             for _ in range(n)
         ]
+        if constraint is not None:
+            self.matchers = RowMatchers(
+                constraint,
+                self.pair.tokenizer,
+                vocab.end_ids,
+                self.rows,
+                vocab.never_generate,
+                vocab.is_end,
+            )
         max_budget = max(row.budget for row in rows)
         pad_id = vocab.end_ids[0] if vocab.end_ids else 0
         share = self.options.share_prefill
@@ -574,6 +615,10 @@ class _Decode:
         seeds, sample_index = self.seeds, self.sample_index
 
         for step in range(max_budget):
+            if self.matchers is not None:  # host work, outside the engine lock
+                self._allowed = self.matchers.allowed(
+                    active, self.device, ban_ends=step < self.params.min_new_tokens
+                )
             with self.compute():
                 if self.lazy:
                     owner, token, broken = self._choose_lazy(
@@ -638,6 +683,10 @@ class _Decode:
 
     def _advance(self, row_id: int, row: _Row, token_id: int, from_base: bool) -> StreamEvent:
         """Record one generated token of a row and return its stream event."""
+        matchers = self.matchers
+        if matchers is not None and matchers.error(row_id) is not None:
+            # The grammar allowed no token at this step: the token is not used.
+            return self._finish(row_id, row, "error", "", None, None)
         row.completion += 1
         reason = None
         delta = ""
@@ -648,17 +697,35 @@ class _Decode:
             row.tokens.append(token_id)
             row.sources.append("base" if from_base else "aligned")
             delta = row.text.push(token_id)
-            if row.text.stopped:
+            complete = matchers is not None and matchers.advance(row_id, token_id)
+            if matchers is not None and matchers.error(row_id) is not None:
+                reason = "error"
+            elif row.text.stopped or complete:
                 reason = "stop"
             elif len(row.tokens) >= row.budget:
                 reason = "length"
         if reason is None:
             return self._event(row_id, delta, token_id, from_base)
-        row.finished = True
-        delta += row.text.finish()
-        generation = self._generation(row_id, row, reason)
         if ended:
-            return self._event(row_id, delta, None, None, generation)
+            return self._finish(row_id, row, reason, delta, None, None)
+        return self._finish(row_id, row, reason, delta, token_id, from_base)
+
+    def _finish(
+        self,
+        row_id: int,
+        row: _Row,
+        reason: str,
+        delta: str,
+        token_id: int | None,
+        from_base: bool | None,
+    ) -> StreamEvent:
+        """End a row: flush its text and return its final event."""
+        row.finished = True
+        if self.matchers is not None:
+            self.matchers.done.add(row_id)
+        delta += row.text.finish()
+        error = self.matchers.error(row_id) if self.matchers is not None else None
+        generation = self._generation(row_id, row, reason, error)
         return self._event(row_id, delta, token_id, from_base, generation)
 
     def _clean(self, logits: torch.Tensor, step: int) -> torch.Tensor:
@@ -667,6 +734,8 @@ class _Decode:
         banned = self.vocab.never_generate
         if step < self.params.min_new_tokens:
             banned = banned | self.vocab.is_end
+        if self._allowed is not None:  # the grammar's mask, the same for both models
+            banned = banned | ~self._allowed
         return logits.masked_fill(banned, float("-inf"))
 
     def _check_finite(self, broken: list[list[int]], finished: list[bool]) -> None:
@@ -799,7 +868,9 @@ class _Decode:
             generation=generation,
         )
 
-    def _generation(self, row_id: int, row: _Row, reason: str) -> Generation:
+    def _generation(
+        self, row_id: int, row: _Row, reason: str, error: str | None = None
+    ) -> Generation:
         prompt = self.prompts[row_id // self.n]
         prompt_tokens = len(prompt.aligned_ids if self.spec.uses_aligned else prompt.base_ids)
         return Generation(
@@ -812,4 +883,5 @@ class _Decode:
             gamma=self.spec.gamma,
             prompt_index=row_id // self.n,
             sample_index=row_id % self.n,
+            error=error,
         )
