@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import warnings
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import aclosing, closing
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
     CallbackManagerForLLMRun,
 )
+from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import BaseChatModel, LangSmithParams
 from langchain_core.messages import (
     AIMessage,
@@ -22,7 +24,10 @@ from langchain_core.messages import (
     SystemMessage,
     ToolMessage,
 )
+from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableLambda
+from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from pydantic import Field, model_validator
 
 from shared_core import registry
@@ -42,14 +47,19 @@ from shared_core.aio import iterate_in_thread, run_in_thread
 from shared_core.engine import BacoEngine
 from shared_core.prompts import chat_template_ids, normalise_messages
 from shared_core.routers import RouterSpec
+from shared_core.structured import ConstraintError, json_schema_constraint, limit_schema
+from shared_core.tools import ToolCallStream, ToolRequest, render_tool_messages, tool_request
 from shared_core.types import Generation
 
 #: Constructor arguments other providers take and that have no meaning here (no warning).
 _IGNORED_INIT_ARGS = frozenset(
     {"timeout", "request_timeout", "max_retries", "api_key", "base_url", "client"}
 )
-#: Content blocks of earlier AI turns that are dropped from the prompt (not sent to the models).
-_SKIPPED_BLOCKS = frozenset({"reasoning", "thinking"})
+#: Content blocks of earlier AI turns that are dropped from the prompt (not sent to the models;
+#: tool-use blocks are sent from the message's ``tool_calls``).
+_SKIPPED_BLOCKS = frozenset({"reasoning", "thinking", "tool_use", "tool_call", "function_call"})
+#: Per-call keyword arguments that carry tools or structured output, not engine options.
+_STRUCTURE_KWARGS = ("tools", "tool_choice", "json_schema", "max_string_length")
 
 
 def _router_id(router: Any) -> str:
@@ -87,13 +97,14 @@ def convert_messages(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
     """LangChain messages -> ``{"role", "content"}`` dicts for the engine.
 
     System -> ``system``, Human -> ``user``, AI -> ``assistant``; a ``ChatMessage`` keeps its
-    role (the engine accepts common aliases and rejects others). A ``ToolMessage`` (or
-    ``FunctionMessage``, or a ``ChatMessage`` with role ``tool``/``function``) becomes a user
-    turn ``Tool result (name/id): …`` (:func:`~shared_core.adapter_support.tool_result_message`).
-    ``name`` is not sent otherwise. The engine merges consecutive roles and folds system
-    messages where a template needs it.
+    role (the engine accepts common aliases and rejects others). An AI message's
+    ``tool_calls`` are written after its text as ``<tool_call>`` blocks, and a
+    ``ToolMessage`` (or ``FunctionMessage``, or a ``ChatMessage`` with role
+    ``tool``/``function``) becomes a user turn with a ``<tool_response>`` block
+    (:mod:`shared_core.tools`). ``name`` is not sent otherwise. The engine merges
+    consecutive roles and folds system messages where a template needs it.
     """
-    out = []
+    out: list[dict[str, Any]] = []
     for i, message in enumerate(messages):
         text = _message_text(message, i)
         if isinstance(message, SystemMessage):
@@ -101,7 +112,12 @@ def convert_messages(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
         elif isinstance(message, HumanMessage):
             role = "user"
         elif isinstance(message, AIMessage):
-            role = "assistant"
+            calls = [
+                {"name": c["name"], "arguments": c["args"], "id": c.get("id")}
+                for c in message.tool_calls
+            ]
+            out.append({"role": "assistant", "content": text, "tool_calls": calls})
+            continue
         elif isinstance(message, ToolMessage):
             out.append(tool_result_message(text, name=message.name, call_id=message.tool_call_id))
             continue
@@ -118,7 +134,7 @@ def convert_messages(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
                 "System, Human, AI, Tool or Chat messages"
             )
         out.append({"role": role, "content": text})
-    return out
+    return render_tool_messages(out)
 
 
 class ChatBaco(BaseChatModel, BacoFields):
@@ -216,6 +232,49 @@ class ChatBaco(BaseChatModel, BacoFields):
         call["stop"] = combine_stop(self.stop, stop)
         return merge_options(defaults, call)
 
+    def _structure(self, kwargs: dict[str, Any]) -> tuple[ToolRequest, Any]:
+        """Pop the tool and structured-output kwargs of a call: ``(tools, json_schema)``.
+
+        ``json_schema`` is the engine's grammar option (a compiled constraint or ``None``);
+        everything is validated here, before any model work.
+        """
+        tools = kwargs.pop("tools", None)
+        tool_choice = kwargs.pop("tool_choice", None)
+        schema = kwargs.pop("json_schema", None)
+        max_length = kwargs.pop("max_string_length", None)
+        max_length = self.max_string_length if max_length is None else max_length
+        kwargs.pop("ls_structured_output_format", None)
+        request = tool_request(tools, tool_choice, max_string_length=max_length)
+        if request.constraint is not None and schema is not None:
+            raise ValueError("pass either tools (with tool_choice) or json_schema, not both")
+        if request.constraint is not None:
+            return request, request.constraint
+        if schema is None or schema is False:
+            return request, None
+        if max_length is not None:
+            schema = limit_schema(schema, max_string_length=max_length)
+        return request, json_schema_constraint(schema)
+
+    def _message(
+        self, sample: Generation, request: ToolRequest, with_sources: bool
+    ) -> tuple[AIMessage, dict[str, Any]]:
+        """One sample as an ``AIMessage`` (tool calls parsed out) and its metadata."""
+        metadata = self._metadata(sample, with_sources)
+        reply = request.parse(sample.text)
+        message = AIMessage(
+            content=reply.content,
+            tool_calls=[
+                tool_call(name=c.name, args=c.arguments, id=c.id) for c in reply.tool_calls
+            ],
+            invalid_tool_calls=[
+                invalid_tool_call(name=c.name, args=c.arguments, id=c.id, error=c.error)
+                for c in reply.invalid_tool_calls
+            ],
+            usage_metadata=usage_dict([sample]),
+            response_metadata=dict(metadata),
+        )
+        return message, metadata
+
     def _metadata(self, sample: Generation, with_sources: bool) -> dict[str, Any]:
         return {
             "model_name": self.model_name,
@@ -233,17 +292,16 @@ class ChatBaco(BaseChatModel, BacoFields):
         **kwargs: Any,
     ) -> ChatResult:
         """All ``n`` samples from one batched decode."""
+        request, constraint = self._structure(kwargs)
         options = self._engine_options(stop, kwargs)
+        if constraint is not None:
+            options["json_schema"] = constraint
         with_sources = bool(kwargs.get("return_sources", self.return_sources))
-        samples = self._get_engine().generate(convert_messages(messages), **options)[0]
+        prompt = request.messages(convert_messages(messages))
+        samples = self._get_engine().generate(prompt, **options)[0]
         generations = []
         for sample in samples:
-            metadata = self._metadata(sample, with_sources)
-            message = AIMessage(
-                content=sample.text,
-                usage_metadata=usage_dict([sample]),
-                response_metadata=dict(metadata),
-            )
+            message, metadata = self._message(sample, request, with_sources)
             generations.append(ChatGeneration(message=message, generation_info=metadata))
         llm_output = {"model_name": self.model_name, "token_usage": usage_dict(samples)}
         return ChatResult(generations=generations, llm_output=llm_output)
@@ -255,25 +313,58 @@ class ChatBaco(BaseChatModel, BacoFields):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        """Text chunks as tokens are decoded; metadata and usage on the last chunk only."""
+        """Text chunks as tokens are decoded; metadata and usage on the last chunk only.
+
+        With tools, text outside calls streams as it comes and each call arrives as one
+        ``tool_call_chunk`` once it is complete (it always parses: the grammar sees to it).
+        """
+        request, constraint = self._structure(kwargs)
         options = self._engine_options(stop, kwargs)
+        if constraint is not None:
+            options["json_schema"] = constraint
         if options.get("n", 1) > 1:
             raise ValueError(
                 f"streaming returns one sample but n={options['n']}; use invoke/generate "
                 "without streaming for several samples"
             )
         with_sources = bool(kwargs.get("return_sources", self.return_sources))
-        events = self._get_engine().stream(convert_messages(messages), **options)
+        calls = ToolCallStream() if request.active else None
+        count = 0
+
+        def chunks(delta: str, final: bool) -> list[AIMessageChunk]:
+            nonlocal count
+            if calls is None:
+                return [AIMessageChunk(content=delta)] if delta else []
+            out = []
+            for kind, item in calls.feed(delta) + (calls.finish() if final else []):
+                if kind == "text":
+                    out.append(AIMessageChunk(content=item))
+                    continue
+                args = item.arguments if kind == "invalid" else json.dumps(item.arguments)
+                chunk = tool_call_chunk(name=item.name, args=args, id=item.id, index=count)
+                out.append(AIMessageChunk(content="", tool_call_chunks=[chunk]))
+                count += 1
+            return out
+
+        prompt = request.messages(convert_messages(messages))
+        events = self._get_engine().stream(prompt, **options)
         with closing(events):  # an abandoned stream releases the engine
             for event in events:
                 sample = event.generation
                 if sample is None:
-                    if event.text_delta:
-                        yield ChatGenerationChunk(message=AIMessageChunk(content=event.text_delta))
+                    for message in chunks(event.text_delta, final=False):
+                        yield ChatGenerationChunk(message=message)
                     continue
+                if sample.finish_reason == "error":
+                    raise ConstraintError(f"constrained decoding failed: {sample.error}")
+                last_text = event.text_delta
+                if calls is not None:
+                    for message in chunks(event.text_delta, final=True):
+                        yield ChatGenerationChunk(message=message)
+                    last_text = ""
                 metadata = self._metadata(sample, with_sources)
                 message = AIMessageChunk(
-                    content=event.text_delta,
+                    content=last_text,
                     usage_metadata=usage_dict([sample]),
                     response_metadata=dict(metadata),
                     chunk_position="last",
@@ -311,6 +402,75 @@ class ChatBaco(BaseChatModel, BacoFields):
                 usage[key] = usage.get(key, 0) + value
         return {"model_name": self.model_name, "token_usage": usage}
 
+    # ------------------------------------------------------------------ tools and structure
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | Any],
+        *,
+        tool_choice: str | bool | dict[str, Any] | None = None,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[Any, AIMessage]:
+        """Bind tools: the model may call them (``tool_choice=None``/``"auto"``), must call
+        one (``"any"``/``"required"``/``True``), must call a given one (its name, or
+        ``{"type": "function", "function": {"name": ...}}``), or must not (``"none"``).
+
+        Calls are written in a grammar-constrained format, so every ``tool_calls`` entry
+        parses and matches its tool's argument schema (``invalid_tool_calls`` only holds a
+        call cut off by ``max_tokens``). With a required choice the response is exactly one
+        call. ``strict`` is accepted for compatibility: arguments always follow the schema.
+        """
+        formatted = [convert_to_openai_tool(tool) for tool in tools]
+        max_length = kwargs.get("max_string_length", self.max_string_length)
+        tool_request(formatted, tool_choice, max_string_length=max_length)  # validate now
+        return self.bind(tools=formatted, tool_choice=tool_choice, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        method: Literal["json_schema", "function_calling", "json_mode"] = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[Any, Any]:
+        """A runnable that returns ``schema`` instances (pydantic) or dicts (TypedDict, JSON
+        schema), decoded under a grammar so the output always parses.
+
+        ``method="json_schema"`` (default) constrains the response to the schema (objects
+        without ``additionalProperties`` are closed); ``"function_calling"`` makes it one call
+        of a tool built from the schema; ``"json_mode"`` only guarantees a JSON object.
+        ``include_raw=True`` returns ``{"raw", "parsed", "parsing_error"}``. With ``n > 1``
+        (field or keyword) the result is a list of ``n`` objects (or of those dicts), all
+        from one batched decode. Other keyword arguments are bound to the call (e.g.
+        ``max_tokens``, ``max_string_length``, ``gamma``). ``strict`` is accepted for
+        compatibility: the output always follows the schema.
+        """
+        if method not in ("json_schema", "function_calling", "json_mode"):
+            raise ValueError(
+                f"method must be 'json_schema', 'function_calling' or 'json_mode', got {method!r}"
+            )
+        is_pydantic = isinstance(schema, type) and hasattr(schema, "model_validate")
+        ls_format = {"kwargs": {"method": method, "strict": strict}, "schema": schema}
+        if method == "function_calling":
+            name = convert_to_openai_tool(schema)["function"]["name"]
+            llm = self.bind_tools(
+                [schema], tool_choice=name, ls_structured_output_format=ls_format, **kwargs
+            )
+        else:
+            target: Any = True
+            if method == "json_schema":
+                target = limit_schema(convert_to_json_schema(schema), close_objects=True)
+            llm = self.bind(json_schema=target, ls_structured_output_format=ls_format, **kwargs)
+        parse = _structured_parser(schema if is_pydantic else None, method)
+        n = kwargs.get("n", self.n)
+        if n > 1:
+            return _many_structured(self, llm, parse, include_raw)
+        if include_raw:
+            return llm | RunnableLambda(lambda message: _parse_with_raw(parse, message))
+        return llm | RunnableLambda(parse)
+
     # ------------------------------------------------------------------ token counting
 
     def get_num_tokens(self, text: str) -> int:
@@ -320,8 +480,81 @@ class ChatBaco(BaseChatModel, BacoFields):
     def get_num_tokens_from_messages(
         self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
     ) -> int:
-        """Length of the aligned model's prompt (chat template, generation cue included)."""
-        if tools:
-            warnings.warn("ChatBaco does not use tools; ignoring them", stacklevel=2)
+        """Length of the aligned model's prompt (chat template, generation cue included),
+        with the description of ``tools`` when given."""
+        formatted = [convert_to_openai_tool(tool) for tool in tools or []]
+        prompt = tool_request(formatted).messages(convert_messages(messages))
         tokenizer = self._get_engine().tokenizer
-        return len(chat_template_ids(tokenizer, normalise_messages(convert_messages(messages))))
+        return len(chat_template_ids(tokenizer, normalise_messages(prompt)))
+
+
+def _structured_parser(model: type | None, method: str) -> Callable[[AIMessage], Any]:
+    """``AIMessage -> object``: the JSON of the response (or of its one tool call), validated
+    into ``model`` when it is a pydantic class."""
+
+    def parse(message: AIMessage) -> Any:
+        if method == "function_calling":
+            if not message.tool_calls:
+                reason = (
+                    message.invalid_tool_calls[0]["error"] if message.invalid_tool_calls else ""
+                )
+                raise OutputParserException(
+                    f"the response has no complete tool call ({reason or 'none written'}); "
+                    "raise max_tokens or set max_string_length",
+                    llm_output=str(message.content),
+                )
+            value = message.tool_calls[0]["args"]
+        else:
+            text = message.content if isinstance(message.content, str) else str(message.content)
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise OutputParserException(
+                    f"the response is not complete JSON ({exc}); it was probably cut by "
+                    "max_tokens: raise it, or bound strings with max_string_length",
+                    llm_output=text,
+                ) from exc
+        if model is None:
+            return value
+        try:
+            return model.model_validate(value)  # type: ignore[attr-defined]
+        except ValueError as exc:
+            raise OutputParserException(str(exc), llm_output=json.dumps(value)) from exc
+
+    return parse
+
+
+def _parse_with_raw(parse: Callable[[AIMessage], Any], message: AIMessage) -> dict[str, Any]:
+    try:
+        return {"raw": message, "parsed": parse(message), "parsing_error": None}
+    except OutputParserException as exc:
+        return {"raw": message, "parsed": None, "parsing_error": exc}
+
+
+def _many_structured(
+    model: ChatBaco, llm: Runnable[Any, Any], parse: Callable[[AIMessage], Any], raw: bool
+) -> Runnable[Any, list[Any]]:
+    """``n`` structured samples of one input from one batched decode (``generate``)."""
+    bound = getattr(llm, "kwargs", {})
+
+    def messages_of(value: Any) -> list[BaseMessage]:
+        return model._convert_input(value).to_messages()
+
+    def finish(result: Any) -> list[Any]:
+        messages = [g.message for g in result.generations[0]]
+        if raw:
+            return [_parse_with_raw(parse, m) for m in messages]
+        return [parse(m) for m in messages]
+
+    def run(value: Any, config: Any = None) -> list[Any]:
+        return finish(model.generate([messages_of(value)], callbacks=_callbacks(config), **bound))
+
+    async def arun(value: Any, config: Any = None) -> list[Any]:
+        result = await model.agenerate([messages_of(value)], callbacks=_callbacks(config), **bound)
+        return finish(result)
+
+    return RunnableLambda(run, afunc=arun, name="ChatBacoStructuredSamples")
+
+
+def _callbacks(config: Any) -> Any:
+    return (config or {}).get("callbacks")

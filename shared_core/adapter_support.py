@@ -17,6 +17,7 @@ from typing_extensions import Self
 
 from .loading import check_pair_args
 from .params import GenerationParams
+from .tools import tool_response_message
 from .types import Generation
 
 #: Model name of the embedded demo pair (``ModelPair.demo()``), in both adapters.
@@ -149,6 +150,13 @@ class BacoFields(BaseModel):
         default=None,
         description="γ calibration JSON written by `baco eval --calibrate` for this pair.",
     )
+    max_string_length: int | None = Field(
+        default=None,
+        ge=0,
+        description="Structured output and tool calls: bound every JSON string that has no "
+        "maxLength to this many characters (a grammar guarantees valid JSON only if the "
+        "response ends before max_tokens).",
+    )
     stop: list[str] | None = Field(
         default=None,
         description="Stop strings (not included in the output); per-call stops are added to these.",
@@ -204,14 +212,12 @@ def pair_model_name(base: str | None, aligned: str | None, adapter: str | None =
 def tool_result_message(
     content: str, *, name: str | None = None, call_id: str | None = None
 ) -> dict[str, str]:
-    """A tool's result as an engine message: a user turn ``Tool result (name/id): content``.
+    """A tool's result as an engine message: a user turn with a ``<tool_response>`` block.
 
-    Neither model was trained with a tool role, so both adapters send tool results as
-    plain user text. Real tool calling will replace this one function.
+    Neither model of a pair needs a tool role in its template: both adapters send tool
+    results in the Hermes-style text format of :mod:`shared_core.tools`.
     """
-    label = "/".join(part for part in (name, call_id) if part)
-    prefix = f"Tool result ({label}): " if label else "Tool result: "
-    return {"role": "user", "content": prefix + content}
+    return tool_response_message(content, name=name, call_id=call_id)
 
 
 def field_options(adapter: object) -> dict[str, Any]:

@@ -58,8 +58,12 @@ def build_tiny_tokenizer(vocab_size: int = 400) -> Any:
     return fast
 
 
-def build_tiny_model(vocab_size: int, seed: int, *, hidden: int = 64, layers: int = 2) -> Any:
-    """A random Llama causal LM small enough to run thousands of steps in a test."""
+def build_tiny_model(
+    vocab_size: int, seed: int, *, hidden: int = 64, layers: int = 2, context_window: int = 512
+) -> Any:
+    """A random Llama causal LM small enough to run thousands of steps in a test.
+
+    ``context_window`` (``max_position_embeddings``) does not change the weights."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -70,7 +74,7 @@ def build_tiny_model(vocab_size: int, seed: int, *, hidden: int = 64, layers: in
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
+        max_position_embeddings=context_window,
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
@@ -80,16 +84,20 @@ def build_tiny_model(vocab_size: int, seed: int, *, hidden: int = 64, layers: in
     return model.eval()
 
 
-def save_tiny_pair(folder: str | Path, *, padded_vocab: int = 0) -> tuple[Path, Path]:
+def save_tiny_pair(
+    folder: str | Path, *, padded_vocab: int = 0, context_window: int = 512
+) -> tuple[Path, Path]:
     """Build the tiny pair and save it as ``folder/base`` and ``folder/aligned``.
 
     ``padded_vocab`` adds rows to the output layer beyond the tokenizer (as some checkpoints do).
+    ``context_window`` 2048 leaves room for tool descriptions (the tiny tokenizer needs about
+    one token per two characters).
     """
     folder = Path(folder)
     tokenizer = build_tiny_tokenizer()
     paths = []
     for name, seed in (("base", 1), ("aligned", 2)):
-        model = build_tiny_model(len(tokenizer) + padded_vocab, seed)
+        model = build_tiny_model(len(tokenizer) + padded_vocab, seed, context_window=context_window)
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         path = folder / name
@@ -102,13 +110,15 @@ def save_tiny_pair(folder: str | Path, *, padded_vocab: int = 0) -> tuple[Path, 
 _SAVED: dict[str, tuple[Path, Path]] = {}
 
 
-def tiny_pair_folders() -> tuple[Path, Path]:
+def tiny_pair_folders(context_window: int = 512) -> tuple[Path, Path]:
     """``(base, aligned)`` folders of a tiny pair saved once per process to a temp folder."""
     import tempfile
 
-    if "pair" not in _SAVED:
-        _SAVED["pair"] = save_tiny_pair(tempfile.mkdtemp(prefix="baco-tiny-"))
-    return _SAVED["pair"]
+    key = "pair" if context_window == 512 else f"pair-{context_window}"
+    if key not in _SAVED:
+        folder = tempfile.mkdtemp(prefix="baco-tiny-")
+        _SAVED[key] = save_tiny_pair(folder, context_window=context_window)
+    return _SAVED[key]
 
 
 def engine_stream_events(

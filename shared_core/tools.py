@@ -109,10 +109,6 @@ def normalise_tools(tools: Sequence[Mapping[str, Any] | ToolSpec]) -> list[ToolS
         if not isinstance(parameters, Mapping):
             raise TypeError(f"tool {name!r}: parameters must be a JSON-schema dict")
         specs.append(ToolSpec(name, str(spec.get("description") or ""), dict(parameters)))
-    names = [s.name for s in specs]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"tool names must be unique; repeated: {duplicates}")
     return specs
 
 
@@ -204,18 +200,19 @@ def tool_constraint(
 
 def tools_system_block(tools: Sequence[ToolSpec], mode: str = "auto") -> str:
     """The Hermes-style system text that describes ``tools`` and the call format."""
-    listing = "\n".join(json.dumps(t.openai(), ensure_ascii=False) for t in tools)
-    rule = (
-        "You must call exactly one of these functions."
-        if mode == "required"
-        else "Call a function only when it helps; otherwise answer directly."
+    listing = "\n".join(
+        json.dumps(
+            {"name": t.name, "description": t.description, "parameters": t.parameters},
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+        for t in tools
     )
+    rule = "You must call one tool." if mode == "required" else "Call a tool only if it helps."
     return (
-        "You can call functions. Their signatures, as JSON schemas, are inside <tools></tools>:"
-        f"\n<tools>\n{listing}\n</tools>\n{rule} To call one, write a JSON object with its "
-        "name and arguments inside <tool_call></tool_call> tags:\n"
-        f'{CALL_OPEN}{{"name": <function-name>, "arguments": <args-json-object>}}{CALL_CLOSE}\n'
-        "A function's result comes back inside <tool_response></tool_response> tags."
+        f"Tools (JSON schemas):\n<tools>\n{listing}\n</tools>\n{rule} To call one, write\n"
+        f'{CALL_OPEN}{{"name": <tool name>, "arguments": <arguments object>}}{CALL_CLOSE}\n'
+        "Results come back in <tool_response></tool_response>."
     )
 
 
@@ -223,6 +220,17 @@ def format_call(name: str, arguments: Any) -> str:
     """One call in the response format."""
     payload = json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
     return f"{CALL_OPEN}{payload}{CALL_CLOSE}"
+
+
+def tool_response_message(
+    content: str, *, name: str | None = None, call_id: str | None = None
+) -> dict[str, str]:
+    """A tool's result as an engine message: a user turn with a ``<tool_response>`` block
+    (Hermes style; neither model of a pair needs a tool role in its template). The block's
+    first line names the tool and the call id when they are known."""
+    head = {key: value for key, value in (("name", name), ("id", call_id)) if value}
+    first = f"{json.dumps(head, ensure_ascii=False)}\n" if head else ""
+    return {"role": "user", "content": f"<tool_response>\n{first}{content}\n</tool_response>"}
 
 
 def render_tool_messages(
@@ -245,10 +253,10 @@ def render_tool_messages(
         if not isinstance(content, str):
             content = json.dumps(content, ensure_ascii=False)
         if role == "tool":
-            name = message.get("name")
-            head = f'{{"name": {json.dumps(name)}}}\n' if name else ""
             out.append(
-                {"role": "user", "content": f"<tool_response>\n{head}{content}\n</tool_response>"}
+                tool_response_message(
+                    content, name=message.get("name"), call_id=message.get("tool_call_id")
+                )
             )
             continue
         calls = message.get("tool_calls") or []

@@ -140,7 +140,10 @@ def test_tool_results_map_the_same_in_both_adapters():
     from llama_index_baco.base import to_engine_messages
 
     expected = tool_result_message("42", name="multiply", call_id="call-1")
-    assert expected == {"role": "user", "content": "Tool result (multiply/call-1): 42"}
+    assert expected == {
+        "role": "user",
+        "content": '<tool_response>\n{"name": "multiply", "id": "call-1"}\n42\n</tool_response>',
+    }
     assert convert_messages([ToolMessage("42", name="multiply", tool_call_id="call-1")]) == [
         expected
     ]
@@ -150,4 +153,7 @@ def test_tool_results_map_the_same_in_both_adapters():
         additional_kwargs={"name": "multiply", "tool_call_id": "call-1"},
     )
     assert to_engine_messages([tool]) == [expected]
-    assert tool_result_message("ok") == {"role": "user", "content": "Tool result: ok"}
+    assert tool_result_message("ok") == {
+        "role": "user",
+        "content": "<tool_response>\nok\n</tool_response>",
+    }

@@ -350,8 +350,12 @@ def test_tool_results_are_sent_as_user_turns(fake: FakeEngine) -> None:
         ]
     )
     assert fake.calls[-1][1][2:] == [
-        {"role": "user", "content": "Tool result (multiply/call-1): 42"},
-        {"role": "user", "content": "Tool result: done"},
+        {
+            "role": "user",
+            "content": '<tool_response>\n{"name": "multiply", "id": "call-1"}\n42\n'
+            "</tool_response>",
+        },
+        {"role": "user", "content": "<tool_response>\ndone\n</tool_response>"},
     ]
 
 

@@ -155,7 +155,7 @@ def test_tool_results_are_sent_as_user_turns(fake_engine) -> None:
     Baco().chat([ChatMessage(role="user", content="What is 6 x 7?"), tool])
     assert fake_engine.calls[-1][1][1] == {
         "role": "user",
-        "content": "Tool result (multiply/call-1): 42",
+        "content": '<tool_response>\n{"name": "multiply", "id": "call-1"}\n42\n</tool_response>',
     }
 
 
