@@ -21,6 +21,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..aio import iterate_in_thread, run_in_thread
+from ..structured import ConstraintError
+from ..tools import ToolCallStream
 from ..types import Generation, StreamEvent
 from . import DEFAULT_MAX_QUEUE
 from .metrics import ServeMetrics
@@ -30,11 +32,13 @@ from .openai_schema import (
     bad_request,
     choice_statistics,
     chunk_body,
+    invalid_call_body,
     new_id,
     now,
     parse_chat_request,
     parse_completion_request,
     response_body,
+    tool_call_body,
     usage_body,
 )
 
@@ -221,6 +225,8 @@ def _check_prompts(engine: Any, parsed: ParsedRequest) -> None:
 
 
 def _engine_failure(exc: Exception) -> APIError:
+    if isinstance(exc, ConstraintError):  # the grammar could not continue mid-decode
+        return APIError(500, f"generation failed: {exc}", type="server_error", code="constraint")
     if isinstance(exc, (TypeError, ValueError)):  # e.g. the free-memory pre-check
         return bad_request(str(exc))
     return APIError(500, f"generation failed: {exc}", type="server_error")
@@ -239,6 +245,50 @@ def _start_stream(engine: Any, parsed: ParsedRequest) -> Iterator[StreamEvent]:
         return engine.stream(parsed.prompts, **parsed.options)
     except (TypeError, ValueError) as exc:
         raise _engine_failure(exc) from exc
+
+
+class _StreamChoices:
+    """Turns engine stream events into chunks: text deltas, tool-call deltas, finishes."""
+
+    def __init__(self, parsed: ParsedRequest, common: dict[str, Any]) -> None:
+        self.parsed = parsed
+        self.common = common
+        self.splitters: dict[int, ToolCallStream] = {}
+        self.calls: dict[int, int] = {}
+        self.invalid: dict[int, list[dict[str, Any]]] = {}
+
+    def _chunk(self, row: int, **fields: Any) -> dict[str, Any]:
+        return chunk_body(self.parsed, **self.common, index=row, **fields)
+
+    def event(self, event: StreamEvent) -> list[dict[str, Any]]:
+        row, out = event.row, []
+        if self.parsed.tools is None:
+            if event.text_delta:
+                out.append(self._chunk(row, text=event.text_delta))
+        else:
+            splitter = self.splitters.setdefault(row, ToolCallStream())
+            items = splitter.feed(event.text_delta) if event.text_delta else []
+            if event.generation is not None:
+                items += splitter.finish()
+            for kind, item in items:
+                if kind == "text":
+                    out.append(self._chunk(row, text=item))
+                elif kind == "call":
+                    index = self.calls.get(row, 0)
+                    self.calls[row] = index + 1
+                    out.append(self._chunk(row, tool_calls=[tool_call_body(item, index)]))
+                else:
+                    self.invalid.setdefault(row, []).append(invalid_call_body(item))
+        generation = event.generation
+        if generation is not None:
+            statistics = choice_statistics(generation, self.parsed.return_sources)
+            if row in self.invalid:
+                statistics["invalid_tool_calls"] = self.invalid[row]
+            if generation.error:
+                statistics["error"] = generation.error
+            reason = "tool_calls" if self.calls.get(row) else generation.finish_reason
+            out.append(self._chunk(row, finish_reason=reason, statistics=statistics))
+        return out
 
 
 def _counting(events: Iterator[StreamEvent], counter: Any) -> Iterator[StreamEvent]:
@@ -268,28 +318,19 @@ async def _sse(
     finished: list[Generation] = []
     completed = False
     iterator = _counting(iterator, state.metrics.stream_tokens)
+    choices = _StreamChoices(parsed, base)
     try:
         if parsed.kind == "chat":
             for index in range(len(parsed.prompts) * parsed.n):
                 yield _sse_line(chunk_body(parsed, **base, index=index, role=True, text=""))
         try:
             async for event in iterate_in_thread(lambda: iterator):
-                if event.text_delta:
-                    delta = chunk_body(parsed, **base, index=event.row, text=event.text_delta)
-                    yield _sse_line(delta)
+                for payload in choices.event(event):
+                    yield _sse_line(payload)
                 generation = event.generation
                 if generation is not None:
                     finished.append(generation)
                     state.metrics.record_generation(generation)
-                    yield _sse_line(
-                        chunk_body(
-                            parsed,
-                            **base,
-                            index=event.row,
-                            finish_reason=generation.finish_reason,
-                            statistics=choice_statistics(generation, parsed.return_sources),
-                        )
-                    )
         except (TypeError, ValueError, FloatingPointError) as exc:
             yield _sse_line(_engine_failure(exc).body())
             completed = True

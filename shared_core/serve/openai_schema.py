@@ -9,6 +9,7 @@ engine's option names translated back to the request's field names.
 
 from __future__ import annotations
 
+import json
 import math
 import secrets
 import time
@@ -151,6 +152,7 @@ COMMON_FIELDS = frozenset(
 )
 CHAT_FIELDS = COMMON_FIELDS | {
     "messages",
+    "max_string_length",
     "response_format",
     "tools",
     "tool_choice",
@@ -220,6 +222,8 @@ class ParsedRequest:
     include_usage: bool = False
     return_sources: bool = False
     field_names: dict[str, str] = field(default_factory=dict)
+    #: The request's tools (a :class:`shared_core.tools.ToolRequest`) when calls may be made.
+    tools: Any = None
 
     @property
     def n(self) -> int:
@@ -373,32 +377,59 @@ def _message_content(message: Mapping[str, Any], index: int) -> str:
     )
 
 
-def parse_messages(messages: Any) -> list[dict[str, str]]:
-    """Validate an OpenAI ``messages`` list into the engine's ``{"role", "content"}`` form."""
+def parse_messages(messages: Any, *, allow_tools: bool = False) -> list[dict[str, Any]]:
+    """Validate an OpenAI ``messages`` list into ``{"role", "content"}`` dicts.
+
+    With ``allow_tools``, ``tool`` messages and assistant ``tool_calls`` are kept (for
+    :func:`shared_core.tools.render_tool_messages`); otherwise they answer 400.
+    """
     if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)):
         raise bad_request("messages must be a list of messages", "messages")
     if not messages:
         raise bad_request("messages must not be empty", "messages")
-    out = []
+    out: list[dict[str, Any]] = []
     for i, message in enumerate(messages):
         if not isinstance(message, Mapping):
             raise bad_request(f"messages[{i}] must be an object", f"messages[{i}]")
         role = message.get("role")
-        if role in ("tool", "function"):
+        calls = message.get("tool_calls")
+        if role in ("tool", "function") and not (allow_tools and role == "tool"):
             raise unsupported(f"messages[{i}].role", f"a {role!r} message (tool calling)")
-        if not isinstance(role, str) or role.lower() not in ROLE_ALIASES:
+        if role != "tool" and (not isinstance(role, str) or role.lower() not in ROLE_ALIASES):
             raise bad_request(
-                f"messages[{i}].role {role!r} is not one of {', '.join(sorted(ROLE_ALIASES))}",
+                f"messages[{i}].role {role!r} is not one of "
+                f"{', '.join(sorted([*ROLE_ALIASES, 'tool'] if allow_tools else ROLE_ALIASES))}",
                 f"messages[{i}].role",
             )
-        if message.get("tool_calls"):
+        if calls and not allow_tools:
             raise unsupported(f"messages[{i}].tool_calls", "tool calling")
-        out.append({"role": role, "content": _message_content(message, i)})
+        entry: dict[str, Any] = {"role": role}
+        if calls:
+            if not isinstance(calls, Sequence) or not all(isinstance(c, Mapping) for c in calls):
+                raise bad_request(
+                    f"messages[{i}].tool_calls must be a list of objects",
+                    f"messages[{i}].tool_calls",
+                )
+            entry["tool_calls"] = [dict(c) for c in calls]
+            content = message.get("content")
+            entry["content"] = "" if content is None else _message_content(message, i)
+        else:
+            entry["content"] = _message_content(message, i)
+        if role == "tool":
+            for key in ("tool_call_id", "name"):
+                if isinstance(message.get(key), str):
+                    entry[key] = message[key]
+        out.append(entry)
+    if not allow_tools:
+        _check_messages(out)
+    return out
+
+
+def _check_messages(messages: list[dict[str, Any]]) -> None:
     try:
-        normalise_messages(out)
+        normalise_messages(messages)
     except (TypeError, ValueError) as exc:
         raise bad_request(f"messages: {exc}", "messages") from exc
-    return out
 
 
 def _check_structured(body: Mapping[str, Any]) -> None:
@@ -423,6 +454,87 @@ def _check_structured(body: Mapping[str, Any]) -> None:
         raise unsupported("tool_choice", "tool calling")
 
 
+def _response_format_schema(response_format: Any) -> tuple[Any, bool]:
+    """``(schema, strict)`` of a ``response_format``: ``None`` (free text), ``True`` (any JSON
+    object) or a JSON-schema dict."""
+    if response_format is None:
+        return None, False
+    if not isinstance(response_format, Mapping) or "type" not in response_format:
+        raise bad_request("response_format must be an object with a type", "response_format")
+    kind = response_format["type"]
+    if kind == "text":
+        return None, False
+    if kind == "json_object":
+        return True, False
+    if kind != "json_schema":
+        raise bad_request(
+            f"response_format.type {kind!r} is not one of text, json_object, json_schema",
+            "response_format",
+        )
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, Mapping):
+        raise bad_request(
+            "response_format.json_schema must be an object with a schema",
+            "response_format.json_schema",
+        )
+    schema = spec.get("schema", True)
+    if schema is not True and not isinstance(schema, Mapping):
+        raise bad_request(
+            "response_format.json_schema.schema must be a JSON schema object",
+            "response_format.json_schema.schema",
+        )
+    return schema, spec.get("strict") is True
+
+
+def _structure(body: Mapping[str, Any], options: dict[str, Any]) -> Any:
+    """Map ``response_format`` / ``tools`` / ``tool_choice`` onto the engine's grammar option
+    (``options["json_schema"]``); returns the request's :class:`~shared_core.tools.ToolRequest`.
+    """
+    from ..structured import INSTALL_HINT, json_schema_constraint, limit_schema
+    from ..tools import tool_request
+
+    schema, strict = _response_format_schema(body.get("response_format"))
+    tools, tool_choice = body.get("tools"), body.get("tool_choice")
+    max_length = body.get("max_string_length")
+    if tool_choice not in (None, "none", "auto") and not tools:
+        raise bad_request("tool_choice needs a non-empty tools list", "tool_choice")
+    if tools is not None and not isinstance(tools, list):
+        raise bad_request("tools must be a list of tools", "tools")
+    try:
+        request = tool_request(tools, tool_choice, max_string_length=max_length)
+        if request.constraint is not None and schema is not None:
+            raise bad_request(
+                "pass either tools (with a tool_choice other than none) or a JSON "
+                "response_format, not both",
+                "response_format",
+            )
+        if request.constraint is not None:
+            options["json_schema"] = request.constraint
+        elif schema is not None:
+            if max_length is not None or strict:
+                schema = limit_schema(schema, max_string_length=max_length, close_objects=strict)
+            options["json_schema"] = json_schema_constraint(schema)
+    except ImportError as exc:
+        param = "response_format" if schema is not None else "tools"
+        raise bad_request(
+            f"{param}: structured output is not installed on this server ({INSTALL_HINT})",
+            param,
+            "unsupported_parameter",
+        ) from exc
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, APIError):
+            raise
+        message = str(exc)
+        if "max_string_length" in message:
+            param = "max_string_length"
+        elif schema is not None and not tools:
+            param = "response_format"
+        else:
+            param = "tool_choice" if "tool_choice" in message else "tools"
+        raise bad_request(f"{param}: {message}", param) from exc
+    return request
+
+
 def parse_chat_request(body: Any, *, calibration: str | None = None) -> ParsedRequest:
     """Validate a ``POST /v1/chat/completions`` body."""
     options, names, stream, include_usage, return_sources, model = _common(
@@ -430,8 +542,16 @@ def parse_chat_request(body: Any, *, calibration: str | None = None) -> ParsedRe
     )
     if "messages" not in body:
         raise bad_request("messages is required", "messages")
-    messages = parse_messages(body["messages"])
-    _check_structured(body)
+    structured = supports_json_schema()
+    messages = parse_messages(body["messages"], allow_tools=structured)
+    tools = None
+    if structured:
+        request = _structure(body, options)
+        messages = request.messages(messages)
+        _check_messages(messages)
+        tools = request if request.active else None
+    else:
+        _check_structured(body)
     return ParsedRequest(
         kind="chat",
         model=model,
@@ -441,6 +561,7 @@ def parse_chat_request(body: Any, *, calibration: str | None = None) -> ParsedRe
         include_usage=include_usage,
         return_sources=return_sources,
         field_names=names,
+        tools=tools,
     )
 
 
@@ -500,6 +621,27 @@ def choice_statistics(generation: Generation, return_sources: bool) -> dict[str,
     return stats
 
 
+def tool_call_body(call: Any, index: int | None = None) -> dict[str, Any]:
+    """A parsed :class:`~shared_core.tools.ToolCall` in OpenAI's ``tool_calls`` form."""
+    body: dict[str, Any] = {} if index is None else {"index": index}
+    body.update(
+        {
+            "id": call.id,
+            "type": "function",
+            "function": {
+                "name": call.name,
+                "arguments": json.dumps(call.arguments, ensure_ascii=False),
+            },
+        }
+    )
+    return body
+
+
+def invalid_call_body(call: Any) -> dict[str, Any]:
+    """A call that did not parse (cut by ``max_tokens``): name, raw arguments and why."""
+    return {"id": call.id, "name": call.name, "arguments": call.arguments, "error": call.error}
+
+
 def usage_body(results: Sequence[Sequence[Generation]]) -> dict[str, int]:
     """Token usage of a request: each prompt counted once, every sample's completion."""
     prompt = sum(row[0].usage.prompt_tokens for row in results if row)
@@ -524,13 +666,27 @@ def response_body(
         for generation in row:
             index = generation.prompt_index * request.n + generation.sample_index
             choice: dict[str, Any] = {"index": index}
+            finish_reason: str = generation.finish_reason
+            extra: dict[str, Any] = {}
             if request.kind == "chat":
-                choice["message"] = {"role": "assistant", "content": generation.text}
+                message: dict[str, Any] = {"role": "assistant", "content": generation.text}
+                if request.tools is not None:
+                    reply = request.tools.parse(generation.text)
+                    message["content"] = reply.content or None
+                    if reply.tool_calls:
+                        message["tool_calls"] = [tool_call_body(c) for c in reply.tool_calls]
+                        finish_reason = "tool_calls"
+                    if reply.invalid_tool_calls:
+                        extra["invalid_tool_calls"] = [
+                            invalid_call_body(c) for c in reply.invalid_tool_calls
+                        ]
+                choice["message"] = message
             else:
                 choice["text"] = generation.text
             choice["logprobs"] = None
-            choice["finish_reason"] = generation.finish_reason
+            choice["finish_reason"] = finish_reason
             choice.update(choice_statistics(generation, request.return_sources))
+            choice.update(extra)
             choices.append(choice)
     choices.sort(key=lambda c: c["index"])
     first = next((g for row in results for g in row), None)
@@ -561,6 +717,7 @@ def chunk_body(
     index: int | None = None,
     text: str | None = None,
     role: bool = False,
+    tool_calls: list[dict[str, Any]] | None = None,
     finish_reason: str | None = None,
     statistics: Mapping[str, Any] | None = None,
     usage: Mapping[str, int] | None = None,
@@ -581,6 +738,8 @@ def chunk_body(
                 delta["role"] = "assistant"
             if text is not None:
                 delta["content"] = text
+            if tool_calls:
+                delta["tool_calls"] = tool_calls
             choice["delta"] = delta
         else:
             choice["text"] = text or ""

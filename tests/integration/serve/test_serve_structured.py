@@ -1,0 +1,174 @@
+"""Structured output over ``baco serve``: ``response_format`` and ``tools`` / ``tool_choice``
+mapped onto the engine's grammar-constrained decoding, with real OpenAI and LangChain clients.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+
+import openai
+import pytest
+from serve_helpers import TIMEOUT, LiveServer
+
+from shared_core.serve.openai_schema import supports_json_schema
+
+pytestmark = pytest.mark.skipif(
+    not supports_json_schema(), reason="the engine has no structured output"
+)
+pytest.importorskip("llguidance")
+jsonschema = pytest.importorskip("jsonschema")
+
+MESSAGES = [{"role": "user", "content": "What is the weather in Oslo?"}]
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "color": {"type": "string", "maxLength": 8},
+        "count": {"type": "integer", "minimum": 0, "maximum": 99},
+    },
+    "required": ["color", "count"],
+    "additionalProperties": False,
+}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather of a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 12}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def _client(server: LiveServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.base_url, api_key="unused", timeout=TIMEOUT, max_retries=0)
+
+
+def test_json_schema_response_format_gives_valid_json(server: LiveServer) -> None:
+    reply = _client(server).chat.completions.create(
+        model="tiny-baco",
+        messages=MESSAGES,
+        max_tokens=64,
+        n=3,
+        seed=1,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "schema": SCHEMA, "strict": True},
+        },
+    )
+    for choice in reply.choices:
+        assert choice.finish_reason == "stop"
+        jsonschema.validate(json.loads(choice.message.content), SCHEMA)
+
+
+def test_json_object_response_format(server: LiveServer) -> None:
+    reply = _client(server).chat.completions.create(
+        model="tiny-baco",
+        messages=MESSAGES,
+        max_tokens=64,
+        seed=2,
+        response_format={"type": "json_object"},
+        extra_body={"max_string_length": 8},
+    )
+    assert isinstance(json.loads(reply.choices[0].message.content), dict)
+
+
+def test_required_tool_call_in_reply_and_stream(server: LiveServer) -> None:
+    client = _client(server)
+    options: dict[str, Any] = {
+        "model": "tiny-baco",
+        "messages": MESSAGES,
+        "max_tokens": 80,
+        "seed": 3,
+        "tools": [WEATHER],
+        "tool_choice": "required",
+    }
+    reply = client.chat.completions.create(**options)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    (call,) = choice.message.tool_calls
+    assert call.type == "function"
+    assert call.function.name == "get_weather"
+    arguments = json.loads(call.function.arguments)
+    jsonschema.validate(arguments, WEATHER["function"]["parameters"])
+    streamed: dict[int, dict[str, str]] = defaultdict(lambda: {"name": "", "arguments": ""})
+    finish = None
+    for chunk in client.chat.completions.create(**options, stream=True):
+        for delta_choice in chunk.choices:
+            for delta in delta_choice.delta.tool_calls or []:
+                streamed[delta.index]["name"] += delta.function.name or ""
+                streamed[delta.index]["arguments"] += delta.function.arguments or ""
+            finish = delta_choice.finish_reason or finish
+    assert finish == "tool_calls"
+    assert dict(streamed) == {0: {"name": "get_weather", "arguments": call.function.arguments}}
+
+
+def test_tool_history_round_trip(server: LiveServer) -> None:
+    history = [
+        *MESSAGES,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"},
+    ]
+    reply = _client(server).chat.completions.create(
+        model="tiny-baco", messages=history, max_tokens=8, seed=4, tools=[WEATHER]
+    )
+    assert reply.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    assert reply.usage.prompt_tokens > 40  # the tools block and the rendered history
+
+
+def test_langchain_bind_tools_gets_tool_calls(server: LiveServer) -> None:
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(
+        base_url=server.base_url,
+        api_key="unused",
+        model="tiny-baco",
+        max_tokens=80,
+        seed=5,
+        timeout=TIMEOUT,
+        max_retries=0,
+    )
+    message = llm.bind_tools([WEATHER], tool_choice="get_weather").invoke("Weather in Oslo?")
+    (call,) = message.tool_calls
+    assert call["name"] == "get_weather"
+    assert set(call["args"]) == {"city"}
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"response_format": {"type": "json_schema", "json_schema": {"schema": "x"}}},
+         "response_format.json_schema.schema"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"schema": {"not": {}}}}},
+         "response_format"),
+        ({"response_format": {"type": "json_object"}, "tools": [WEATHER],
+          "tool_choice": "required"}, "response_format"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tools": [WEATHER], "tool_choice": "get_time"}, "tool_choice"),
+        ({"tools": [{"type": "function", "function": {}}]}, "tools"),
+        ({"tools": [WEATHER], "max_string_length": -1}, "max_string_length"),
+    ],
+)  # fmt: skip
+def test_structured_errors_name_the_field(
+    server: LiveServer, fields: dict[str, Any], param: str
+) -> None:
+    body = {"model": "tiny-baco", "messages": MESSAGES, "max_tokens": 8, **fields}
+    with server.client() as http:
+        response = http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
