@@ -410,6 +410,11 @@ def parse_messages(messages: Any, *, allow_tools: bool = False) -> list[dict[str
                     f"messages[{i}].tool_calls must be a list of objects",
                     f"messages[{i}].tool_calls",
                 )
+            for j, call in enumerate(calls):
+                function = call.get("function", call)
+                if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
+                    where = f"messages[{i}].tool_calls[{j}]"
+                    raise bad_request(f"{where} needs a function name", where)
             entry["tool_calls"] = [dict(c) for c in calls]
             content = message.get("content")
             entry["content"] = "" if content is None else _message_content(message, i)
