@@ -451,7 +451,6 @@ class ChatBaco(BaseChatModel, BacoFields):
             raise ValueError(
                 f"method must be 'json_schema', 'function_calling' or 'json_mode', got {method!r}"
             )
-        is_pydantic = isinstance(schema, type) and hasattr(schema, "model_validate")
         ls_format = {"kwargs": {"method": method, "strict": strict}, "schema": schema}
         if method == "function_calling":
             name = convert_to_openai_tool(schema)["function"]["name"]
@@ -463,7 +462,7 @@ class ChatBaco(BaseChatModel, BacoFields):
             if method == "json_schema":
                 target = limit_schema(convert_to_json_schema(schema), close_objects=True)
             llm = self.bind(json_schema=target, ls_structured_output_format=ls_format, **kwargs)
-        parse = _structured_parser(schema if is_pydantic else None, method)
+        parse = _structured_parser(_validator(schema), method)
         n = kwargs.get("n", self.n)
         if n > 1:
             return _many_structured(self, llm, parse, include_raw)
@@ -488,9 +487,20 @@ class ChatBaco(BaseChatModel, BacoFields):
         return len(chat_template_ids(tokenizer, normalise_messages(prompt)))
 
 
-def _structured_parser(model: type | None, method: str) -> Callable[[AIMessage], Any]:
-    """``AIMessage -> object``: the JSON of the response (or of its one tool call), validated
-    into ``model`` when it is a pydantic class."""
+def _validator(schema: Any) -> Callable[[Any], Any] | None:
+    """How to build an instance of a pydantic (v2 or v1) class; ``None`` for dict schemas."""
+    if isinstance(schema, type):
+        for name in ("model_validate", "parse_obj"):
+            if hasattr(schema, name):
+                return getattr(schema, name)
+    return None
+
+
+def _structured_parser(
+    validate: Callable[[Any], Any] | None, method: str
+) -> Callable[[AIMessage], Any]:
+    """``AIMessage -> object``: the JSON of the response (or of its one tool call), turned
+    into a pydantic instance by ``validate`` when given."""
 
     def parse(message: AIMessage) -> Any:
         if method == "function_calling":
@@ -514,10 +524,10 @@ def _structured_parser(model: type | None, method: str) -> Callable[[AIMessage],
                     "max_tokens: raise it, or bound strings with max_string_length",
                     llm_output=text,
                 ) from exc
-        if model is None:
+        if validate is None:
             return value
         try:
-            return model.model_validate(value)  # type: ignore[attr-defined]
+            return validate(value)
         except ValueError as exc:
             raise OutputParserException(str(exc), llm_output=json.dumps(value)) from exc
 

@@ -21,6 +21,15 @@ def tiny_pair_paths(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
 
 
 @pytest.fixture(scope="session")
+def tiny_tool_pair_paths(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The tiny pair with a 2048-token window: room for tool descriptions (the tiny
+    tokenizer needs about a token per two characters). Same weights as ``tiny_pair_paths``."""
+    from shared_core.testing import save_tiny_pair
+
+    return save_tiny_pair(tmp_path_factory.mktemp("tiny_tool_pair"), context_window=2048)
+
+
+@pytest.fixture(scope="session")
 def tiny_pair(tiny_pair_paths: tuple[Path, Path]):
     """The tiny pair loaded by path through the public loader."""
     from shared_core import ModelPair

@@ -29,3 +29,19 @@ class TestChatBacoStandardUnit(ChatModelUnitTests):
     def supports_model_override(self) -> bool:
         # The model pair is fixed per instance (one engine); `model=` only renames traces.
         return False
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return True
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
+
+    @property
+    def has_structured_output(self) -> bool:
+        return True
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True
