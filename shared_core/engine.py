@@ -23,16 +23,17 @@ from .memory import check_fits
 from .pair import ModelPair
 from .params import GenerationParams
 from .prompts import Prompt, base_prompt_ids, chat_template_ids, normalise_messages
-from .routers import RouterSpec, apply_guards, compute_signals
-from .sampling import (
-    ALIGNED_DRAW,
-    BASE_DRAW,
-    ROUTER_DRAW,
-    prompt_seeds,
-    row_streams,
-    row_uniforms,
-    sample_tokens,
-    sampling_probs,
+from .routers import RouterSpec, apply_guards
+from .sampling import ALIGNED_DRAW, BASE_DRAW, prompt_seeds
+from .step import (
+    RowState,
+    StepResult,
+    StepRules,
+    broken_rows,
+    clean_logits,
+    decode_step,
+    draw_candidate,
+    route_rows,
 )
 from .streaming import ResponseText
 from .structured import ConstraintError, RowMatchers
@@ -533,7 +534,6 @@ class _Decode:
         self.stops = stops
         self.constraint = params.constraint
         self.matchers: RowMatchers | None = None
-        self._allowed: torch.Tensor | None = None
         # The base prompt ends ``Assistant:``; an aligned first token reads after a space.
         self.seam = self.spec.uses_base and self.spec.uses_aligned and pair.base_template.cue_space
         self.lazy = options.lazy_aligned and self.rows == 1 and self.spec.reads_only_base
@@ -609,32 +609,35 @@ class _Decode:
                 models = [m for m in (base, aligned) if m is not None]
 
         active = list(range(self.rows))  # batch position -> row id
-        finished_mask = torch.zeros(self.rows, dtype=torch.bool, device=self.device)
-        owner = torch.zeros(self.rows, dtype=torch.bool, device=self.device)
-        prev_token = torch.full((self.rows,), pad_id, dtype=torch.long, device=self.device)
-        seeds, sample_index = self.seeds, self.sample_index
+        rules = StepRules.from_params(self.params, vocab, pad_id)
+        state = RowState.start(self.seeds, self.sample_index, pad_id)
 
         for step in range(max_budget):
+            allowed = None
             if self.matchers is not None:  # host work, outside the engine lock
-                self._allowed = self.matchers.allowed(
+                allowed = self.matchers.allowed(
                     active, self.device, ban_ends=step < self.params.min_new_tokens
                 )
             with self.compute():
                 if self.lazy:
-                    owner, token, broken = self._choose_lazy(
-                        base, aligned, owner, prev_token, step, seeds, sample_index
-                    )
+                    result = self._step_lazy(rules, state, base, aligned, step, allowed)
                 else:
-                    base_logits = self._clean(base.logits, step) if base is not None else None
-                    aligned_logits = (
-                        self._clean(aligned.logits, step) if aligned is not None else None
+                    result = decode_step(
+                        rules,
+                        state,
+                        None if base is None else base.logits,
+                        None if aligned is None else aligned.logits,
+                        step,
+                        first_step=step == 0,
+                        allowed=allowed,
                     )
-                    owner, token, broken = self._choose(
-                        base_logits, aligned_logits, owner, prev_token, step, seeds, sample_index
-                    )
-                token = torch.where(finished_mask, pad_id, token)
-                prev_token = token
-                host = torch.stack([token, owner.long(), *broken]).tolist()
+                state.owner, state.prev_token = result.owner, result.token
+                broken = [
+                    flags.long()
+                    for flags in (result.base_broken, result.aligned_broken)
+                    if flags is not None
+                ]
+                host = torch.stack([result.token, result.owner.long(), *broken]).tolist()
             self._check_finite(host[2:], [rows[r].finished for r in active])
             events = [
                 self._advance(row_id, rows[row_id], host[0][position], bool(host[1][position]))
@@ -649,15 +652,15 @@ class _Decode:
                 if len(keep) < len(active):
                     if self.options.compact_finished:
                         index = torch.tensor(keep, device=self.device)
-                        for state in models:
-                            state.select(index)
-                        owner, token, prev_token = owner[index], token[index], prev_token[index]
-                        seeds, sample_index = seeds[index], sample_index[index]
+                        for model_state in models:
+                            model_state.select(index)
+                        state = state.select(index)
                         active = [active[i] for i in keep]
-                    finished_mask = torch.tensor(
+                    state.finished = torch.tensor(
                         [rows[r].finished for r in active], dtype=torch.bool, device=self.device
                     )
-                base_token, space = self._base_input(token, owner, step)
+                token = state.prev_token
+                base_token, space = self._base_input(token, state.owner, step)
                 if self.joint:
                     joint.step(token, step, base_token, space)
                 else:
@@ -728,16 +731,6 @@ class _Decode:
         generation = self._generation(row_id, row, reason, error)
         return self._event(row_id, delta, token_id, from_base, generation)
 
-    def _clean(self, logits: torch.Tensor, step: int) -> torch.Tensor:
-        """Slice to the tokenizer's vocabulary and mask tokens that must never be generated."""
-        logits = logits[:, : self.vocab.size].float()
-        banned = self.vocab.never_generate
-        if step < self.params.min_new_tokens:
-            banned = banned | self.vocab.is_end
-        if self._allowed is not None:  # the grammar's mask, the same for both models
-            banned = banned | ~self._allowed
-        return logits.masked_fill(banned, float("-inf"))
-
     def _check_finite(self, broken: list[list[int]], finished: list[bool]) -> None:
         """Raise if a model's distribution became NaN for a row still generating."""
         names = [
@@ -756,105 +749,45 @@ class _Decode:
                     "weights and dtype (float16 overflow is a common cause; try bfloat16)"
                 )
 
-    def _candidate(self, logits, raw_probs, step: int, purpose: int, seeds, sample_index):
-        params = self.params
-        if params.temperature == 0.0:
-            return logits.argmax(-1)
-        probs = sampling_probs(
-            logits,
-            temperature=params.temperature,
-            top_k=params.top_k,
-            min_p=params.min_p,
-            raw_probs=raw_probs,
-        )
-        streams = row_streams(seeds, sample_index, step, purpose)
-        return sample_tokens(probs, streams, top_p=params.top_p)
-
-    def _choose(self, base_logits, aligned_logits, owner, prev_token, step, seeds, sample_index):
-        spec = self.spec
-        base_probs = torch.softmax(base_logits, -1) if base_logits is not None else None
-        aligned_probs = torch.softmax(aligned_logits, -1) if aligned_logits is not None else None
-        # A NaN anywhere in a row's logits makes the whole softmax row NaN.
-        broken = [p[:, 0].isnan().long() for p in (base_probs, aligned_probs) if p is not None]
-        if spec.single_model:
-            if spec.uses_base:
-                token = self._candidate(
-                    base_logits, base_probs, step, BASE_DRAW, seeds, sample_index
-                )
-            else:
-                token = self._candidate(
-                    aligned_logits, aligned_probs, step, ALIGNED_DRAW, seeds, sample_index
-                )
-            return torch.full_like(owner, spec.uses_base), token, broken
-        route = self._route(
-            base_probs, aligned_probs, base_logits, aligned_logits, step, seeds, sample_index
-        )
-        base_token = self._candidate(base_logits, base_probs, step, BASE_DRAW, seeds, sample_index)
-        aligned_token = self._candidate(
-            aligned_logits, aligned_probs, step, ALIGNED_DRAW, seeds, sample_index
-        )
-        owner, token = self._guard(route, owner, base_token, aligned_token, prev_token, step)
-        return owner, token, broken
-
-    def _choose_lazy(self, base, aligned, owner, prev_token, step, seeds, sample_index):
-        """:meth:`_choose` for a batch-1 decode that reads the aligned model only when needed.
-
-        When the base model owns the text and the router keeps it there, the aligned candidate
-        cannot change the token, except through the ``aligned_can_stop`` guard, which is
-        skipped on those steps (the trade-off of this mode).
-        """
-        base_logits = self._clean(base.logits, step)
+    def _step_lazy(
+        self,
+        rules: StepRules,
+        state: RowState,
+        base: _ModelState,
+        aligned: _LazyState,
+        step: int,
+        allowed: torch.Tensor | None,
+    ) -> StepResult:
+        """:func:`decode_step` for a batch-1 decode that reads the aligned model only when
+        needed. When the base model owns the text and the router keeps it there, the aligned
+        candidate cannot change the token, except through the ``aligned_can_stop`` guard,
+        which is skipped on those steps (the trade-off of this mode)."""
+        base_logits = clean_logits(rules, base.logits, step, allowed)
         base_probs = torch.softmax(base_logits, -1)
-        route = self._route(base_probs, None, base_logits, None, step, seeds, sample_index)
-        base_token = self._candidate(base_logits, base_probs, step, BASE_DRAW, seeds, sample_index)
-        base_broken = base_probs[:, 0].isnan().long()
-        if step > 0 and bool(owner[0]) and bool(route[0]):
-            return owner, base_token, [base_broken, torch.zeros_like(base_broken)]
-        aligned_logits = self._clean(aligned.logits, step)
+        route = route_rows(rules, state, base_logits, None, base_probs, None, step)
+        base_token = draw_candidate(rules, state, base_logits, base_probs, step, BASE_DRAW)
+        base_broken = broken_rows(base_probs)
+        if step > 0 and bool(state.owner[0]) and bool(route[0]):
+            token = torch.where(state.finished, rules.pad_id, base_token)
+            return StepResult(token, state.owner, base_broken, torch.zeros_like(base_broken))
+        aligned_logits = clean_logits(rules, aligned.logits, step, allowed)
         aligned_probs = torch.softmax(aligned_logits, -1)
-        aligned_token = self._candidate(
-            aligned_logits, aligned_probs, step, ALIGNED_DRAW, seeds, sample_index
+        aligned_token = draw_candidate(
+            rules, state, aligned_logits, aligned_probs, step, ALIGNED_DRAW
         )
-        owner, token = self._guard(route, owner, base_token, aligned_token, prev_token, step)
-        return owner, token, [base_broken, aligned_probs[:, 0].isnan().long()]
-
-    def _route(
-        self, base_probs, aligned_probs, base_logits, aligned_logits, step, seeds, sample_index
-    ) -> torch.Tensor:
-        """The router's per-row decision (True = base), validated."""
-        spec = self.spec
-        signals = compute_signals(
-            base_probs,
-            aligned_probs,
-            base_logits,
-            aligned_logits,
-            self.vocab,
-            content_source=spec.content_source,
-            uniform=row_uniforms(seeds, sample_index, step, ROUTER_DRAW),
-            step=step,
-        )
-        route = spec(signals)
-        rows = seeds.shape[0]
-        if not isinstance(route, torch.Tensor) or route.shape != (rows,):
-            raise TypeError(
-                f"router {spec.name!r} must return a bool tensor of shape [{rows}], "
-                f"got {getattr(route, 'shape', type(route).__name__)}"
-            )
-        return route.to(torch.bool)
-
-    def _guard(self, route, owner, base_token, aligned_token, prev_token, step):
-        """Owner and token after the word-boundary, start and end guards."""
-        return apply_guards(
+        owner, token = apply_guards(
             route,
-            owner,
+            state.owner,
             base_token,
             aligned_token,
-            prev_token,
+            state.prev_token,
             self.vocab,
             first_step=step == 0,
-            aligned_starts=self.params.aligned_starts,
-            aligned_can_stop=self.params.aligned_can_stop,
+            aligned_starts=rules.aligned_starts,
+            aligned_can_stop=rules.aligned_can_stop,
         )
+        token = torch.where(state.finished, rules.pad_id, token)
+        return StepResult(token, owner, base_broken, broken_rows(aligned_probs))
 
     def _event(self, row, delta, token_id, from_base, generation=None) -> StreamEvent:
         source = None if from_base is None else ("base" if from_base else "aligned")

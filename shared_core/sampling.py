@@ -55,12 +55,17 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
 
 
 def row_streams(
-    seeds: torch.Tensor, sample_index: torch.Tensor, step: int, purpose: int
+    seeds: torch.Tensor, sample_index: torch.Tensor, step: int | torch.Tensor, purpose: int
 ) -> torch.Tensor:
-    """The 32-bit key of each row's ``(seed, sample, step, purpose)`` random stream."""
+    """The 32-bit key of each row's ``(seed, sample, step, purpose)`` random stream.
+
+    ``step`` may be a 0-d tensor (compiled graphs replay one step function for every step).
+    """
     h = _mix32(seeds ^ (seeds >> 32))
     h = _mix32(h ^ _mix32(sample_index + 0x9E3779B9))
-    return _mix32(h ^ _mix32(torch.full_like(h, step * 4 + purpose + 0x85EBCA6B)))
+    key = step * 4 + (purpose + 0x85EBCA6B)
+    key = torch.full_like(h, key) if isinstance(key, int) else key.to(h.dtype).expand_as(h)
+    return _mix32(h ^ _mix32(key))
 
 
 def _to_unit(h: torch.Tensor) -> torch.Tensor:
@@ -71,7 +76,7 @@ def _to_unit(h: torch.Tensor) -> torch.Tensor:
 
 
 def row_uniforms(
-    seeds: torch.Tensor, sample_index: torch.Tensor, step: int, purpose: int
+    seeds: torch.Tensor, sample_index: torch.Tensor, step: int | torch.Tensor, purpose: int
 ) -> torch.Tensor:
     """One uniform in (0, 1) per row from its ``(seed, sample, step, purpose)`` stream."""
     return _to_unit(row_streams(seeds, sample_index, step, purpose))
@@ -117,7 +122,7 @@ _BLOCK_STREAM = 0x5BD1E995
 
 
 def sample_tokens(
-    probs: torch.Tensor, streams: torch.Tensor, *, top_p: float = 1.0
+    probs: torch.Tensor, streams: torch.Tensor, *, top_p: float = 1.0, static_shapes: bool = False
 ) -> torch.Tensor:
     """Draw one token per row from ``probs`` using the row's random stream (:func:`row_streams`).
 
@@ -129,10 +134,15 @@ def sample_tokens(
     tokens at the rounding level of the cumulative sum, several percent of draws.)
 
     With ``top_p < 1`` only the nucleus (smallest set of most likely tokens whose mass reaches
-    ``top_p``) is kept; it is found with a partial sort that widens only when needed.
+    ``top_p``) is kept; it is found with a partial sort that widens only when needed, or, with
+    ``static_shapes`` (no host synchronisation, for compiled graphs), with one full sort. Both
+    find the same nucleus, so they draw the same token.
     """
     streams = streams.to(probs.device)
     if top_p < 1.0:
+        if static_shapes:
+            top_probs, top_idx = torch.sort(probs, dim=-1, descending=True, stable=True)
+            return _race_nucleus(probs, top_probs, top_idx, streams, top_p)
         return _sample_nucleus(probs, streams, top_p)
     return _sample_full(probs, streams)
 
@@ -166,6 +176,17 @@ def _sample_nucleus(probs: torch.Tensor, streams: torch.Tensor, top_p: float) ->
         if k == vocab or bool((top_probs.sum(-1) >= top_p * probs.sum(-1)).all()):
             break
         k = min(k * 8, vocab)
+    return _race_nucleus(probs, top_probs, top_idx, streams, top_p)
+
+
+def _race_nucleus(
+    probs: torch.Tensor,
+    top_probs: torch.Tensor,
+    top_idx: torch.Tensor,
+    streams: torch.Tensor,
+    top_p: float,
+) -> torch.Tensor:
+    """Race among the most likely tokens (``top_*``, in descending order) in the nucleus."""
     total = probs.sum(-1, keepdim=True)
     cumulative = top_probs.cumsum(-1)
     keep = (cumulative - top_probs) < top_p * total

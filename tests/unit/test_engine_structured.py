@@ -52,16 +52,16 @@ def test_json_schema_true_is_any_object(tiny_engine) -> None:
 
 
 def test_mask_reaches_both_models_before_the_router(tiny_engine, monkeypatch) -> None:
-    from shared_core import engine as engine_module
+    from shared_core import step as step_module
 
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-    original = engine_module._Decode._choose
+    original = step_module.route_rows
 
-    def spy(self, base_logits, aligned_logits, *args, **kwargs):
+    def spy(rules, rows, base_logits, aligned_logits, *args, **kwargs):
         seen.append((base_logits.isfinite(), aligned_logits.isfinite()))
-        return original(self, base_logits, aligned_logits, *args, **kwargs)
+        return original(rules, rows, base_logits, aligned_logits, *args, **kwargs)
 
-    monkeypatch.setattr(engine_module._Decode, "_choose", spy)
+    monkeypatch.setattr(step_module, "route_rows", spy)
     out = tiny_engine.generate(
         PROMPT, json_schema=SCHEMA, n=2, max_new_tokens=80, seed=3, router="rand"
     )

@@ -1,0 +1,231 @@
+"""One BACO decode step, as a function of tensors: the eager loop and the graph path share it.
+
+Given both models' next-token logits for every row, :func:`decode_step` masks the tokens that
+must not be generated, computes the router signals, routes, draws a candidate from each
+model, applies the guards and returns the chosen token and its owner per row. Everything is
+vectorised over the batch; with ``StepRules.static_shapes`` it also has fixed shapes and no
+host synchronisation, so it can be compiled with ``fullgraph=True`` and captured as a CUDA
+graph (:mod:`shared_core.graph`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from .routers import RouterSpec, apply_guards, compute_signals
+from .sampling import (
+    ALIGNED_DRAW,
+    BASE_DRAW,
+    ROUTER_DRAW,
+    row_streams,
+    row_uniforms,
+    sample_tokens,
+    sampling_probs,
+)
+from .vocab import VocabTables
+
+#: A decode step number: a Python int (eager) or a 0-d long tensor (compiled graphs).
+Step = int | torch.Tensor
+
+
+@dataclass(frozen=True)
+class StepRules:
+    """Everything a step needs that stays fixed for a whole decode."""
+
+    vocab: VocabTables
+    spec: RouterSpec
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    min_new_tokens: int = 0
+    aligned_starts: bool = True
+    aligned_can_stop: bool = True
+    pad_id: int = 0
+    static_shapes: bool = False
+
+    @classmethod
+    def from_params(cls, params, vocab: VocabTables, pad_id: int) -> StepRules:
+        """Rules of a :class:`~shared_core.params.GenerationParams`."""
+        return cls(
+            vocab=vocab,
+            spec=params.spec,
+            temperature=params.temperature,
+            top_k=params.top_k,
+            top_p=params.top_p,
+            min_p=params.min_p,
+            min_new_tokens=params.min_new_tokens,
+            aligned_starts=params.aligned_starts,
+            aligned_can_stop=params.aligned_can_stop,
+            pad_id=pad_id,
+        )
+
+    def with_static_shapes(self) -> StepRules:
+        return replace(self, static_shapes=True)
+
+
+@dataclass
+class RowState:
+    """Per-row tensors carried from one step to the next (``[rows]`` each)."""
+
+    seeds: torch.Tensor
+    sample_index: torch.Tensor
+    owner: torch.Tensor  # True: the last token came from the base model
+    prev_token: torch.Tensor
+    finished: torch.Tensor
+
+    @classmethod
+    def start(cls, seeds: torch.Tensor, sample_index: torch.Tensor, pad_id: int) -> RowState:
+        rows = seeds.shape[0]
+        device = seeds.device
+        return cls(
+            seeds=seeds,
+            sample_index=sample_index,
+            owner=torch.zeros(rows, dtype=torch.bool, device=device),
+            prev_token=torch.full((rows,), pad_id, dtype=torch.long, device=device),
+            finished=torch.zeros(rows, dtype=torch.bool, device=device),
+        )
+
+    def select(self, index: torch.Tensor) -> RowState:
+        """The rows at ``index`` (finished rows leave the batch)."""
+        return RowState(*(t[index] for t in self.tensors()))
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.seeds, self.sample_index, self.owner, self.prev_token, self.finished)
+
+
+@dataclass
+class StepResult:
+    """What a step chose; ``*_broken`` flag rows whose distribution was NaN (None: not run)."""
+
+    token: torch.Tensor
+    owner: torch.Tensor
+    base_broken: torch.Tensor | None
+    aligned_broken: torch.Tensor | None
+
+
+def decode_step(
+    rules: StepRules,
+    rows: RowState,
+    base_logits: torch.Tensor | None,
+    aligned_logits: torch.Tensor | None,
+    step: Step,
+    *,
+    first_step: bool,
+    allowed: torch.Tensor | None = None,
+) -> StepResult:
+    """Choose every row's next token from both models' raw logits ``[rows, ≥ vocab]``.
+
+    ``allowed`` (``[rows, vocab]`` bool, e.g. a grammar's mask) restricts both models alike.
+    Finished rows get ``rules.pad_id``. Updates nothing in place.
+    """
+    base = clean_logits(rules, base_logits, step, allowed)
+    aligned = clean_logits(rules, aligned_logits, step, allowed)
+    base_probs = None if base is None else torch.softmax(base, -1)
+    aligned_probs = None if aligned is None else torch.softmax(aligned, -1)
+    spec = rules.spec
+    if spec.single_model:
+        logits, probs, purpose = (
+            (base, base_probs, BASE_DRAW)
+            if spec.uses_base
+            else (aligned, aligned_probs, ALIGNED_DRAW)
+        )
+        token = draw_candidate(rules, rows, logits, probs, step, purpose)
+        owner = torch.full_like(rows.owner, spec.uses_base)
+    else:
+        route = route_rows(rules, rows, base, aligned, base_probs, aligned_probs, step)
+        base_token = draw_candidate(rules, rows, base, base_probs, step, BASE_DRAW)
+        aligned_token = draw_candidate(rules, rows, aligned, aligned_probs, step, ALIGNED_DRAW)
+        owner, token = apply_guards(
+            route,
+            rows.owner,
+            base_token,
+            aligned_token,
+            rows.prev_token,
+            rules.vocab,
+            first_step=first_step,
+            aligned_starts=rules.aligned_starts,
+            aligned_can_stop=rules.aligned_can_stop,
+        )
+    return StepResult(
+        token=torch.where(rows.finished, rules.pad_id, token),
+        owner=owner,
+        base_broken=broken_rows(base_probs),
+        aligned_broken=broken_rows(aligned_probs),
+    )
+
+
+def clean_logits(
+    rules: StepRules, logits: torch.Tensor | None, step: Step, allowed: torch.Tensor | None
+) -> torch.Tensor | None:
+    """Slice to the tokenizer's vocabulary (padded output layers) and mask banned tokens:
+    never-generated ids, end tokens before ``min_new_tokens``, and what ``allowed`` excludes."""
+    if logits is None:
+        return None
+    vocab = rules.vocab
+    banned = vocab.never_generate
+    if rules.min_new_tokens:
+        banned = banned | (vocab.is_end & (step < rules.min_new_tokens))
+    if allowed is not None:
+        banned = banned | ~allowed
+    return logits[:, : vocab.size].float().masked_fill(banned, float("-inf"))
+
+
+def broken_rows(probs: torch.Tensor | None) -> torch.Tensor | None:
+    """Rows whose distribution is NaN (a NaN anywhere in the logits spreads to the row)."""
+    return None if probs is None else probs[:, 0].isnan()
+
+
+def route_rows(
+    rules: StepRules,
+    rows: RowState,
+    base: torch.Tensor | None,
+    aligned: torch.Tensor | None,
+    base_probs: torch.Tensor | None,
+    aligned_probs: torch.Tensor | None,
+    step: Step,
+) -> torch.Tensor:
+    """The router's per-row decision (True = base), checked for shape."""
+    spec = rules.spec
+    signals = compute_signals(
+        base_probs,
+        aligned_probs,
+        base,
+        aligned,
+        rules.vocab,
+        content_source=spec.content_source,
+        uniform=row_uniforms(rows.seeds, rows.sample_index, step, ROUTER_DRAW),
+        step=step,
+    )
+    route = spec(signals)
+    count = rows.seeds.shape[0]
+    if not isinstance(route, torch.Tensor) or route.shape != (count,):
+        raise TypeError(
+            f"router {spec.name!r} must return a bool tensor of shape [{count}], "
+            f"got {getattr(route, 'shape', type(route).__name__)}"
+        )
+    return route.to(torch.bool)
+
+
+def draw_candidate(
+    rules: StepRules,
+    rows: RowState,
+    logits: torch.Tensor,
+    raw_probs: torch.Tensor,
+    step: Step,
+    purpose: int,
+) -> torch.Tensor:
+    """One model's candidate token per row, from the row's own random stream."""
+    if rules.temperature == 0.0:
+        return logits.argmax(-1)
+    probs = sampling_probs(
+        logits,
+        temperature=rules.temperature,
+        top_k=rules.top_k,
+        min_p=rules.min_p,
+        raw_probs=raw_probs,
+    )
+    streams = row_streams(rows.seeds, rows.sample_index, step, purpose)
+    return sample_tokens(probs, streams, top_p=rules.top_p, static_shapes=rules.static_shapes)
