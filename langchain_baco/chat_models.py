@@ -39,6 +39,7 @@ from shared_core.adapter_support import (
     combine_stop,
     field_options,
     merge_options,
+    pop_structure,
     statistics_dict,
     tool_result_message,
     usage_dict,
@@ -47,7 +48,7 @@ from shared_core.aio import iterate_in_thread, run_in_thread
 from shared_core.engine import BacoEngine
 from shared_core.prompts import chat_template_ids, normalise_messages
 from shared_core.routers import RouterSpec
-from shared_core.structured import ConstraintError, json_schema_constraint, limit_schema
+from shared_core.structured import ConstraintError, limit_schema
 from shared_core.tools import ToolCallStream, ToolRequest, render_tool_messages, tool_request
 from shared_core.types import Generation
 
@@ -58,8 +59,6 @@ _IGNORED_INIT_ARGS = frozenset(
 #: Content blocks of earlier AI turns that are dropped from the prompt (not sent to the models;
 #: tool-use blocks are sent from the message's ``tool_calls``).
 _SKIPPED_BLOCKS = frozenset({"reasoning", "thinking", "tool_use", "tool_call", "function_call"})
-#: Per-call keyword arguments that carry tools or structured output, not engine options.
-_STRUCTURE_KWARGS = ("tools", "tool_choice", "json_schema", "max_string_length")
 
 
 def _router_id(router: Any) -> str:
@@ -233,27 +232,9 @@ class ChatBaco(BaseChatModel, BacoFields):
         return merge_options(defaults, call)
 
     def _structure(self, kwargs: dict[str, Any]) -> tuple[ToolRequest, Any]:
-        """Pop the tool and structured-output kwargs of a call: ``(tools, json_schema)``.
-
-        ``json_schema`` is the engine's grammar option (a compiled constraint or ``None``);
-        everything is validated here, before any model work.
-        """
-        tools = kwargs.pop("tools", None)
-        tool_choice = kwargs.pop("tool_choice", None)
-        schema = kwargs.pop("json_schema", None)
-        max_length = kwargs.pop("max_string_length", None)
-        max_length = self.max_string_length if max_length is None else max_length
+        """Pop the tool and structured-output kwargs of a call: ``(tools, json_schema)``."""
         kwargs.pop("ls_structured_output_format", None)
-        request = tool_request(tools, tool_choice, max_string_length=max_length)
-        if request.constraint is not None and schema is not None:
-            raise ValueError("pass either tools (with tool_choice) or json_schema, not both")
-        if request.constraint is not None:
-            return request, request.constraint
-        if schema is None or schema is False:
-            return request, None
-        if max_length is not None:
-            schema = limit_schema(schema, max_string_length=max_length)
-        return request, json_schema_constraint(schema)
+        return pop_structure(kwargs, max_string_length=self.max_string_length)
 
     def _message(
         self, sample: Generation, request: ToolRequest, with_sources: bool

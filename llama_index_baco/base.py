@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -18,17 +19,22 @@ from llama_index.core.base.llms.types import (
     LLMMetadata,
     MessageRole,
     TextBlock,
+    ToolCallBlock,
 )
-from llama_index.core.bridge.pydantic import Field
+from llama_index.core.bridge.pydantic import BaseModel, Field
 from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import ToolSelection
+from llama_index.core.llms.utils import parse_partial_json
 
 from shared_core.adapter_support import (
     BacoFields,
     combine_stop,
     field_options,
     merge_options,
+    pop_structure,
     statistics_dict,
     tool_result_message,
     usage_dict,
@@ -37,6 +43,8 @@ from shared_core.aio import iterate_in_thread, run_in_thread
 from shared_core.engine import BacoEngine
 from shared_core.loading import split_model_ref
 from shared_core.registry import engine_key, get_engine
+from shared_core.structured import ConstraintError, limit_schema
+from shared_core.tools import ToolCall, ToolCallStream, ToolRequest, format_call
 from shared_core.types import Generation, StreamEvent
 
 logger = logging.getLogger(__name__)
@@ -57,9 +65,10 @@ _CONFIG_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "trust_r
 _CONTEXT_WINDOWS: dict[str, int] = {}
 
 Prompt = str | list[dict[str, str]]
+Model = TypeVar("Model", bound=BaseModel)
 
 
-class Baco(CustomLLM, BacoFields):
+class Baco(FunctionCallingLLM, CustomLLM, BacoFields):
     """BACO decoding (arXiv 2511.05650): a base and an aligned model pick each token together.
 
     A per-token router chooses which model's distribution to sample, giving outputs that are
@@ -72,6 +81,12 @@ class Baco(CustomLLM, BacoFields):
     gamma=0.2)``. Unknown kwargs (e.g. LlamaIndex's ``formatted``) are ignored. A response
     holds one text: with ``n > 1`` it is the first sample's and every sample is in
     ``raw["samples"]`` (streaming needs ``n=1``).
+
+    ``Baco`` is a ``FunctionCallingLLM``: ``chat_with_tools`` (and ``FunctionAgent``) get
+    grammar-constrained tool calls as ``ToolCallBlock`` s, which always parse; and
+    ``structured_predict`` / ``astructured_predict`` / ``stream_structured_predict`` /
+    ``as_structured_llm`` decode under the output class's JSON schema, so the object always
+    validates (unless ``max_tokens`` cuts it; ``max_string_length`` bounds strings).
 
     Examples:
         ```python
@@ -101,6 +116,7 @@ class Baco(CustomLLM, BacoFields):
             context_window=self.context_window or self._config_context_window(),
             num_output=self.max_tokens,
             is_chat_model=True,
+            is_function_calling_model=True,
             model_name=self.model_name,
         )
 
@@ -128,25 +144,32 @@ class Baco(CustomLLM, BacoFields):
         events = self._events(prompt, self._stream_options(kwargs))
 
         def gen() -> CompletionResponseGen:
-            for text, delta, raw in _chunks(events):
+            for text, delta, raw, _ in _chunks(events):
                 yield CompletionResponse(text=text, delta=delta, raw=raw)
 
         return gen()
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        """Answer a conversation (aligned: chat template; base: plain ``User:`` transcript)."""
-        text, raw = self._generate(to_engine_messages(messages), self._options(kwargs))
-        return ChatResponse(message=_assistant(text), raw=raw)
+        """Answer a conversation (aligned: chat template; base: plain ``User:`` transcript).
+
+        ``tools`` (OpenAI-style dicts) with ``tool_choice``, or ``json_schema``, constrain
+        the answer (see :meth:`chat_with_tools`, :meth:`structured_predict`)."""
+        request, options = self._prepare(kwargs)
+        prompt = request.messages(to_engine_messages(messages))
+        text, raw = self._generate(prompt, options)
+        return ChatResponse(message=_assistant(text, request), raw=raw)
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        """Stream the answer to a conversation."""
-        events = self._events(to_engine_messages(messages), self._stream_options(kwargs))
+        """Stream the answer to a conversation (tool calls arrive as complete blocks)."""
+        request, options = self._prepare(kwargs, stream=True)
+        events = self._events(request.messages(to_engine_messages(messages)), options)
 
         def gen() -> ChatResponseGen:
-            for text, delta, raw in _chunks(events):
-                yield ChatResponse(message=_assistant(text), delta=delta, raw=raw)
+            for text, delta, raw, calls in _chunks(events, request):
+                message = _assistant(text, request, calls)
+                yield ChatResponse(message=message, delta=delta, raw=raw)
 
         return gen()
 
@@ -166,7 +189,7 @@ class Baco(CustomLLM, BacoFields):
         events = await run_in_thread(self._events, prompt, self._stream_options(kwargs))
 
         async def gen() -> CompletionResponseAsyncGen:
-            async for text, delta, raw in _achunks(events):
+            async for text, delta, raw, _ in _achunks(events):
                 yield CompletionResponse(text=text, delta=delta, raw=raw)
 
         return gen()
@@ -174,25 +197,164 @@ class Baco(CustomLLM, BacoFields):
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Async :meth:`chat`; decoding runs in a worker thread."""
-        prompt = to_engine_messages(messages)
-        text, raw = await run_in_thread(self._generate, prompt, self._options(kwargs))
-        return ChatResponse(message=_assistant(text), raw=raw)
+        request, options = self._prepare(kwargs)
+        prompt = request.messages(to_engine_messages(messages))
+        text, raw = await run_in_thread(self._generate, prompt, options)
+        return ChatResponse(message=_assistant(text, request), raw=raw)
 
     @llm_chat_callback()
     async def astream_chat(
         self, messages: Sequence[ChatMessage], **kwargs: Any
     ) -> ChatResponseAsyncGen:
         """Async :meth:`stream_chat`; decoding runs in a worker thread."""
-        prompt = to_engine_messages(messages)
-        events = await run_in_thread(self._events, prompt, self._stream_options(kwargs))
+        request, options = self._prepare(kwargs, stream=True)
+        prompt = request.messages(to_engine_messages(messages))
+        events = await run_in_thread(self._events, prompt, options)
 
         async def gen() -> ChatResponseAsyncGen:
-            async for text, delta, raw in _achunks(events):
-                yield ChatResponse(message=_assistant(text), delta=delta, raw=raw)
+            async for text, delta, raw, calls in _achunks(events, request):
+                message = _assistant(text, request, calls)
+                yield ChatResponse(message=message, delta=delta, raw=raw)
+
+        return gen()
+
+    # ------------------------------------------------------------------ tools
+
+    def _prepare_chat_with_tools(
+        self,
+        tools: Sequence[Any],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        tool_choice: Any = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """``chat`` arguments for a call with ``tools``: their OpenAI-style descriptions and
+        the tool choice (``tool_required`` means one call must be made; a tool name forces
+        that tool). A required choice makes the response exactly one call."""
+        messages = list(chat_history or [])
+        if isinstance(user_msg, str):
+            user_msg = ChatMessage(role=MessageRole.USER, content=user_msg)
+        if user_msg is not None:
+            messages.append(user_msg)
+        if tool_choice is None:
+            tool_choice = "required" if tool_required else "auto"
+        specs = [tool.metadata.to_openai_tool() for tool in tools]
+        return {"messages": messages, "tools": specs, "tool_choice": tool_choice, **kwargs}
+
+    def get_tool_calls_from_response(
+        self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
+    ) -> list[ToolSelection]:
+        """The tool calls of a response (its ``ToolCallBlock`` s, which always parse)."""
+        calls = [
+            ToolSelection(
+                tool_id=block.tool_call_id or "",
+                tool_name=block.tool_name,
+                tool_kwargs=block.tool_kwargs
+                if isinstance(block.tool_kwargs, dict)
+                else parse_partial_json(block.tool_kwargs),
+            )
+            for block in response.message.blocks
+            if isinstance(block, ToolCallBlock)
+        ]
+        if not calls and error_on_no_tool_call:
+            invalid = response.message.additional_kwargs.get("invalid_tool_calls") or []
+            detail = f" ({invalid[0]['error']})" if invalid else ""
+            raise ValueError(f"expected at least one tool call, got none{detail}")
+        return calls
+
+    # ------------------------------------------------------------------ structured output
+
+    def structured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: Any,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Model:
+        """An ``output_cls`` instance decoded under its JSON schema (always valid JSON of
+        that shape; a response cut by ``max_tokens`` raises ``ValueError``)."""
+        messages = self._get_messages(prompt, **prompt_args)
+        kwargs = {**(llm_kwargs or {}), "json_schema": _output_schema(output_cls)}
+        response = self.chat(messages, **kwargs)
+        return _validate(output_cls, response.message.content or "")
+
+    async def astructured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: Any,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Model:
+        """Async :meth:`structured_predict`."""
+        messages = self._get_messages(prompt, **prompt_args)
+        kwargs = {**(llm_kwargs or {}), "json_schema": _output_schema(output_cls)}
+        response = await self.achat(messages, **kwargs)
+        return _validate(output_cls, response.message.content or "")
+
+    def stream_structured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: Any,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Generator[Model, None, None]:
+        """Stream :meth:`structured_predict`: each partial object that already validates
+        (e.g. once its required fields are complete), then the final object."""
+        messages = self._get_messages(prompt, **prompt_args)
+        kwargs = {**(llm_kwargs or {}), "json_schema": _output_schema(output_cls)}
+        text, last = "", None
+        for response in self.stream_chat(messages, **kwargs):
+            text = response.message.content or ""
+            partial = _partial(output_cls, text)
+            if partial is not None and partial != last:
+                last = partial
+                yield partial
+        final = _validate(output_cls, text)
+        if final != last:
+            yield final
+
+    async def astream_structured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: Any,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Any:
+        """Async :meth:`stream_structured_predict`."""
+        messages = self._get_messages(prompt, **prompt_args)
+        kwargs = {**(llm_kwargs or {}), "json_schema": _output_schema(output_cls)}
+        responses = await self.astream_chat(messages, **kwargs)
+
+        async def gen() -> AsyncIterator[Model]:
+            text, last = "", None
+            async for response in responses:
+                text = response.message.content or ""
+                partial = _partial(output_cls, text)
+                if partial is not None and partial != last:
+                    last = partial
+                    yield partial
+            final = _validate(output_cls, text)
+            if final != last:
+                yield final
 
         return gen()
 
     # ------------------------------------------------------------------ internals
+
+    def _prepare(
+        self, kwargs: dict[str, Any], *, stream: bool = False
+    ) -> tuple[ToolRequest, dict[str, Any]]:
+        """Tools/structure of a call and its engine options (all validated)."""
+        kwargs = dict(kwargs)
+        kwargs.pop("allow_parallel_tool_calls", None)
+        request, constraint = pop_structure(kwargs, max_string_length=self.max_string_length)
+        options = self._stream_options(kwargs) if stream else self._options(kwargs)
+        if constraint is not None:
+            options["json_schema"] = constraint
+        return request, options
 
     def _options(self, overrides: dict[str, Any]) -> dict[str, Any]:
         """Validated engine options: the fields with per-call ``overrides`` on top."""
@@ -260,29 +422,81 @@ def _config_max_length(ref: str, model_kwargs: dict[str, Any]) -> int:
 
 
 def to_engine_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
-    """LlamaIndex messages as the engine's ``[{"role", "content"}]`` list (text blocks only).
+    """LlamaIndex messages as the engine's ``[{"role", "content"}]`` list (text and tool
+    calls only).
 
-    ``chatbot`` -> ``assistant``; a ``tool``/``function`` message becomes a user turn
-    ``Tool result (name/id): …`` (name and ``tool_call_id`` from ``additional_kwargs``).
+    ``chatbot`` -> ``assistant``; an assistant's ``ToolCallBlock`` s are written after its
+    text as ``<tool_call>`` blocks; a ``tool``/``function`` message becomes a user turn with a
+    ``<tool_response>`` block (name and ``tool_call_id`` from ``additional_kwargs``).
     """
     out = []
     for i, message in enumerate(messages):
-        if any(not isinstance(block, TextBlock) for block in message.blocks):
+        if any(not isinstance(block, TextBlock | ToolCallBlock) for block in message.blocks):
             kinds = sorted({type(b).__name__ for b in message.blocks})
             raise ValueError(f"message {i}: Baco takes text only, got blocks {kinds}")
-        role, text = message.role.value, message.content or ""
+        role = message.role.value
+        text = "\n".join(b.text for b in message.blocks if isinstance(b, TextBlock))
         if role in _TOOL_ROLES:
             extra = message.additional_kwargs
             out.append(
                 tool_result_message(text, name=extra.get("name"), call_id=extra.get("tool_call_id"))
             )
-        else:
-            out.append({"role": _ROLE_MAP.get(role, role), "content": text})
+            continue
+        calls = [
+            format_call(b.tool_name, b.tool_kwargs)
+            for b in message.blocks
+            if isinstance(b, ToolCallBlock)
+        ]
+        if calls:
+            text = "\n".join([text, *calls]) if text else "\n".join(calls)
+        out.append({"role": _ROLE_MAP.get(role, role), "content": text})
     return out
 
 
-def _assistant(text: str) -> ChatMessage:
-    return ChatMessage(role=MessageRole.ASSISTANT, content=text)
+def _assistant(
+    text: str, request: ToolRequest | None = None, calls: Sequence[ToolCall] | None = None
+) -> ChatMessage:
+    """The assistant message of a response; with tools, its calls become ``ToolCallBlock`` s
+    (``calls`` given: the text is already free of them, as when streaming)."""
+    if request is None or not request.active:
+        return ChatMessage(role=MessageRole.ASSISTANT, content=text)
+    invalid: list[dict[str, Any]] = []
+    if calls is None:
+        reply = request.parse(text)
+        text, calls = reply.content, reply.tool_calls
+        invalid = [
+            {"name": c.name, "arguments": c.arguments, "id": c.id, "error": c.error}
+            for c in reply.invalid_tool_calls
+        ]
+    blocks: list[Any] = [TextBlock(text=text)] if text else []
+    blocks += [
+        ToolCallBlock(tool_call_id=c.id, tool_name=c.name, tool_kwargs=c.arguments) for c in calls
+    ]
+    extra = {"invalid_tool_calls": invalid} if invalid else {}
+    return ChatMessage(role=MessageRole.ASSISTANT, blocks=blocks, additional_kwargs=extra)
+
+
+def _output_schema(output_cls: type[BaseModel]) -> dict[str, Any]:
+    """The JSON schema a structured prediction is decoded under (objects closed)."""
+    return limit_schema(output_cls.model_json_schema(), close_objects=True)
+
+
+def _validate(output_cls: type[Model], text: str) -> Model:
+    try:
+        return output_cls.model_validate_json(text)
+    except ValueError as exc:
+        raise ValueError(
+            f"the response is not a complete {output_cls.__name__} ({exc}); it was probably "
+            "cut by max_tokens: raise it, or bound strings with max_string_length"
+        ) from exc
+
+
+def _partial(output_cls: type[Model], text: str) -> Model | None:
+    """The object of a partial JSON text, when it already validates."""
+    try:
+        return output_cls.model_validate(parse_partial_json(text))
+    except (ValueError, TypeError, json.JSONDecodeError):
+        return None
 
 
 def _raw(generation: Generation, samples: Sequence[Generation]) -> dict[str, Any]:
@@ -293,23 +507,46 @@ def _raw(generation: Generation, samples: Sequence[Generation]) -> dict[str, Any
     }
 
 
+Chunk = tuple[str, str, dict[str, Any], list[ToolCall]]
+
+
 class _Accumulator:
-    """Turns engine events into ``(cumulative text, delta, raw)`` chunks."""
+    """Turns engine events into ``(cumulative text, delta, raw, tool calls)`` chunks.
 
-    def __init__(self) -> None:
+    With tools, text inside ``<tool_call>`` blocks is not part of the text: each call is
+    added to the chunk's calls once it is complete.
+    """
+
+    def __init__(self, request: ToolRequest | None = None) -> None:
         self.text = ""
+        self.calls: list[ToolCall] = []
+        self.stream = ToolCallStream() if request is not None and request.active else None
 
-    def push(self, event: StreamEvent) -> tuple[str, str, dict[str, Any]] | None:
-        self.text += event.text_delta
-        if event.generation is not None:
-            return self.text, event.text_delta, _raw(event.generation, [event.generation])
-        if not event.text_delta:
-            return None  # a token whose text is still pending (UTF-8 or possible stop string)
-        return self.text, event.text_delta, {"token_id": event.token_id, "source": event.source}
+    def _take(self, delta: str, final: bool) -> str:
+        if self.stream is None:
+            return delta
+        items = self.stream.feed(delta) + (self.stream.finish() if final else [])
+        self.calls += [item for kind, item in items if kind == "call"]
+        return "".join(item for kind, item in items if kind == "text")
+
+    def push(self, event: StreamEvent) -> Chunk | None:
+        final = event.generation is not None
+        if final and event.generation.finish_reason == "error":
+            raise ConstraintError(f"constrained decoding failed: {event.generation.error}")
+        before = len(self.calls)
+        delta = self._take(event.text_delta, final)
+        self.text += delta
+        if final:
+            raw = _raw(event.generation, [event.generation])
+            return self.text, delta, raw, list(self.calls)
+        if not delta and len(self.calls) == before:
+            return None  # text still pending (UTF-8, a possible stop string or a tool call)
+        raw = {"token_id": event.token_id, "source": event.source}
+        return self.text, delta, raw, list(self.calls)
 
 
-def _chunks(events: Iterator[StreamEvent]) -> Iterator[tuple[str, str, dict[str, Any]]]:
-    accumulator = _Accumulator()
+def _chunks(events: Iterator[StreamEvent], request: ToolRequest | None = None) -> Iterator[Chunk]:
+    accumulator = _Accumulator(request)
     try:
         for event in events:
             chunk = accumulator.push(event)
@@ -321,8 +558,10 @@ def _chunks(events: Iterator[StreamEvent]) -> Iterator[tuple[str, str, dict[str,
             close()  # releases the engine when the consumer stops early
 
 
-async def _achunks(events: Iterator[StreamEvent]) -> AsyncIterator[tuple[str, str, dict[str, Any]]]:
-    accumulator = _Accumulator()
+async def _achunks(
+    events: Iterator[StreamEvent], request: ToolRequest | None = None
+) -> AsyncIterator[Chunk]:
+    accumulator = _Accumulator(request)
     async for event in iterate_in_thread(lambda: events):
         chunk = accumulator.push(event)
         if chunk is not None:

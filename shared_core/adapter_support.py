@@ -17,7 +17,7 @@ from typing_extensions import Self
 
 from .loading import check_pair_args
 from .params import GenerationParams
-from .tools import tool_response_message
+from .tools import ToolRequest, tool_request, tool_response_message
 from .types import Generation
 
 #: Model name of the embedded demo pair (``ModelPair.demo()``), in both adapters.
@@ -218,6 +218,40 @@ def tool_result_message(
     results in the Hermes-style text format of :mod:`shared_core.tools`.
     """
     return tool_response_message(content, name=name, call_id=call_id)
+
+
+#: Per-call keyword arguments that carry tools or structured output (not engine options).
+STRUCTURE_KWARGS = ("tools", "tool_choice", "json_schema", "max_string_length")
+
+
+def pop_structure(
+    kwargs: dict[str, Any], *, max_string_length: int | None = None
+) -> tuple[ToolRequest, Any]:
+    """Pop a call's tool and structured-output kwargs; return ``(tools, grammar)``.
+
+    ``tools`` (OpenAI-style dicts) with ``tool_choice`` give a :class:`ToolRequest` (prompt
+    rendering, grammar, parsing); ``json_schema`` (a JSON-schema dict or ``True``) is the
+    other way to constrain a response. ``grammar`` is what to pass as the engine's
+    ``json_schema`` (``None``: unconstrained). ``max_string_length`` (per call, else the
+    adapter field given here) bounds unbounded strings. Validated before any model work.
+    """
+    from .structured import json_schema_constraint, limit_schema
+
+    tools = kwargs.pop("tools", None)
+    tool_choice = kwargs.pop("tool_choice", None)
+    schema = kwargs.pop("json_schema", None)
+    per_call = kwargs.pop("max_string_length", None)
+    max_length = max_string_length if per_call is None else per_call
+    request = tool_request(tools, tool_choice, max_string_length=max_length)
+    if request.constraint is not None and schema not in (None, False):
+        raise ValueError("pass either tools (with a tool_choice) or json_schema, not both")
+    if request.constraint is not None:
+        return request, request.constraint
+    if schema is None or schema is False:
+        return request, None
+    if max_length is not None:
+        schema = limit_schema(schema, max_string_length=max_length)
+    return request, json_schema_constraint(schema)
 
 
 def field_options(adapter: object) -> dict[str, Any]:
