@@ -53,12 +53,6 @@ BAD_REQUESTS = [
         "messages[0].content[0]",
         "unsupported_parameter",
     ),
-    (
-        CHAT,
-        _chat(messages=[*USER, {"role": "tool", "content": "x", "tool_call_id": "1"}]),
-        "messages[1].role",
-        "unsupported_parameter",
-    ),
     (CHAT, _chat(logprobs=True), "logprobs", "unsupported_parameter"),
     (CHAT, _chat(top_logprobs=2), "top_logprobs", "unsupported_parameter"),
     (CHAT, _chat(logit_bias={"5": 10}), "logit_bias", "unsupported_parameter"),
@@ -79,6 +73,12 @@ if not supports_json_schema():
         (CHAT, _chat(response_format={"type": "json_object"}), "response_format", None),
         (CHAT, _chat(tools=[TOOL]), "tools", "unsupported_parameter"),
         (CHAT, _chat(tool_choice="required"), "tool_choice", "unsupported_parameter"),
+        (
+            CHAT,
+            _chat(messages=[*USER, {"role": "tool", "content": "x", "tool_call_id": "1"}]),
+            "messages[1].role",
+            "unsupported_parameter",
+        ),
     ]
 
 
