@@ -130,6 +130,18 @@ def create_app(
             "data": [{"id": state.model_name, "object": "model", "created": 0, "owned_by": "baco"}],
         }
 
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str, request: Request) -> dict[str, Any]:
+        _authorize(state, request)
+        if model_id != state.model_name:
+            raise APIError(
+                404,
+                f"model {model_id!r} is not served here; this server serves {state.model_name!r}",
+                param="model",
+                code="model_not_found",
+            )
+        return {"id": state.model_name, "object": "model", "created": 0, "owned_by": "baco"}
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         return await _handle(state, request, "chat")

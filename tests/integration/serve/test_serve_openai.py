@@ -23,8 +23,11 @@ def _async_client(server: LiveServer) -> openai.AsyncOpenAI:
 
 
 def test_models_lists_the_served_model(server: LiveServer, model_name: str) -> None:
-    models = _client(server).models.list()
-    assert [m.id for m in models.data] == [model_name]
+    client = _client(server)
+    assert [m.id for m in client.models.list().data] == [model_name]
+    assert client.models.retrieve(model_name).id == model_name
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o")
     with server.client() as http:
         health = http.get("/health").json()
     assert health["status"] == "ok"
