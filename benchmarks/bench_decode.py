@@ -29,6 +29,13 @@ Variants:
                         static-cache + compiled-step engine could gain on this device)
   reference_loop        one sample at a time, both models, Python routing (what research code
                         usually does), the peer users would otherwise copy
+
+Grammar mask cost (structured output): ``--mask-cost`` measures, at ``--n`` rows (64 by
+default there) with the demo pair's 262k vocabulary, the per-step cost of the allowed-token
+mask alone (llguidance fill of every row + unpack into one bool tensor + masked_fill of the
+logits) in three grammar states, and whole decodes free vs constrained (same steps):
+
+    python benchmarks/bench_decode.py --mask-cost --n 64 --max-new-tokens 12
 """
 
 from __future__ import annotations
@@ -378,6 +385,94 @@ def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.zeros_like(probs).scatter(0, index, sorted_probs * keep)
 
 
+#: Grammars for --mask-cost that cannot finish within the measured steps.
+MASK_SCHEMAS = {
+    "string": {
+        "type": "object",
+        "properties": {"text": {"type": "string", "minLength": 4000}},
+        "required": ["text"],
+    },
+    "integers": {"type": "array", "items": {"type": "integer"}, "minItems": 2000},
+}
+
+
+def mask_cost(args: argparse.Namespace) -> dict[str, Any]:
+    """Per-step cost of the grammar mask at ``args.n`` rows vs free decoding (see docstring)."""
+    from shared_core import BacoEngine
+    from shared_core.structured import RowMatchers, json_schema_constraint
+
+    pair = load_pair(args, one_weights=False)
+    vocab, tokenizer, rows = pair.vocab, pair.tokenizer, args.n
+    out: dict[str, Any] = {"rows": rows, "vocab": vocab.size}
+    states = {  # grammar, text already written by every row
+        "object key": (MASK_SCHEMAS["string"], '{"'),
+        "inside a string": (MASK_SCHEMAS["string"], '{"text": "Once upon a time'),
+        "integer list": (MASK_SCHEMAS["integers"], "[12, 7, 3"),
+    }
+    logits = torch.randn(rows, vocab.size, device=pair.device)
+    for label, (schema, prefix) in states.items():
+        matchers = RowMatchers(
+            json_schema_constraint(schema),
+            tokenizer,
+            vocab.end_ids,
+            rows,
+            vocab.never_generate,
+            vocab.is_end,
+        )
+        ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        for row in range(rows):
+            for token in ids:
+                matchers.advance(row, token)
+        active = list(range(rows))
+        for _ in range(3):  # warm-up
+            matchers.allowed(active, pair.device)
+        reps = 20
+        _sync(pair.device)
+        start = time.perf_counter()
+        for _ in range(reps):
+            allowed = matchers.allowed(active, pair.device)
+        _sync(pair.device)
+        fill = (time.perf_counter() - start) / reps
+        start = time.perf_counter()
+        for _ in range(reps):
+            masked = logits.masked_fill(vocab.never_generate | ~allowed, float("-inf"))
+        _sync(pair.device)
+        apply = (time.perf_counter() - start) / reps
+        out[label] = {
+            "fill_and_unpack_ms": fill * 1e3,
+            "apply_ms": apply * 1e3,
+            "allowed_tokens": int(allowed[0].sum()),
+        }
+        assert masked.shape == logits.shape
+        print(f"{label}: fill+unpack {fill * 1e3:.2f} ms, apply {apply * 1e3:.2f} ms", flush=True)
+    engine = BacoEngine(pair)
+    steps = args.max_new_tokens
+    common = {
+        "n": rows,
+        "max_new_tokens": steps,
+        "min_new_tokens": steps,
+        "top_p": args.top_p,
+        "router": args.router,
+        "gamma": args.gamma,
+        "seed": 0,
+    }
+    engine.generate(PROMPTS[0], **{**common, "n": 2, "max_new_tokens": 2, "min_new_tokens": 2})
+    for label, schema in (("free", None), *MASK_SCHEMAS.items()):
+        _sync(pair.device)
+        start = time.perf_counter()
+        result = engine.generate(PROMPTS[0], json_schema=schema, **common)[0]
+        _sync(pair.device)
+        seconds = time.perf_counter() - start
+        made = sum(len(g.token_ids) for g in result) / rows
+        out[f"decode_{label}"] = {"seconds": seconds, "steps": made, "s_per_step": seconds / made}
+        print(f"decode {label}: {seconds / made * 1e3:.0f} ms/step over {made:.0f} steps")
+    free = out["decode_free"]["s_per_step"]
+    for label in MASK_SCHEMAS:
+        extra = out[f"decode_{label}"]["s_per_step"] - free
+        out[f"decode_{label}"]["extra_ms_per_step"] = extra * 1e3
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=8)
@@ -398,11 +493,22 @@ def main() -> None:
     parser.add_argument(
         "--roofline", action="store_true", help="report %% of the memory-bandwidth roofline"
     )
+    parser.add_argument(
+        "--mask-cost", action="store_true", help="grammar-mask cost per step (structured output)"
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     PROMPTS[:] = PROMPTS[: args.prompts]
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.mask_cost:
+        result = mask_cost(args)
+        result["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+        result["threads"] = torch.get_num_threads()
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.out}")
+        return
     if args.one:
         print(json.dumps(run_variant(args.one, args)))
         return
