@@ -107,6 +107,11 @@ def create_app(
         error = APIError(exc.status_code, str(exc.detail), type="invalid_request_error")
         return JSONResponse(error.body(), status_code=exc.status_code)
 
+    @app.exception_handler(Exception)
+    async def _server_error(request: Request, exc: Exception) -> JSONResponse:
+        error = APIError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error")
+        return JSONResponse(error.body(), status_code=500)
+
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {
