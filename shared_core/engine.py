@@ -8,6 +8,7 @@ the guards and appends the chosen token to both contexts.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -19,6 +20,7 @@ import torch
 
 from .batching import RequestQueue
 from .forward import NO_ADAPTER, forward_last_logits, supports_row_adapters
+from .graph import GraphCache, GraphRunner, batch_bucket, graph_fallback_reason, length_bucket
 from .memory import check_fits
 from .pair import ModelPair
 from .params import GenerationParams
@@ -39,6 +41,8 @@ from .streaming import ResponseText
 from .structured import ConstraintError, RowMatchers
 from .types import Generation, StreamEvent, Usage
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class DecodeOptions:
@@ -56,6 +60,13 @@ class DecodeOptions:
     ``aligned_can_stop`` guard is then not checked while the base model owns the text, so
     the aligned model cannot end the response in the middle of a base span; with
     ``aligned_can_stop=False`` the outputs are those of the eager decode.
+    ``graph``: decode on the device with static KV caches and one compiled step, replayed as
+    a CUDA graph on a GPU (:mod:`shared_core.graph`); ``None`` (default) turns it on for
+    CUDA pairs only. Requests it cannot hold (custom router callables, grammar constraints,
+    one-weights joint forwards, lazy mode, sliding-window models) take the eager loop, with
+    the reason in a debug log. ``graph_sync_every``: steps between host reads of the chosen
+    tokens (stream events arrive in chunks of this many tokens). ``graph_backend``: the
+    ``torch.compile`` backend (``"eager"`` runs the static-cache step uncompiled).
     """
 
     share_prefill: bool = True
@@ -64,6 +75,9 @@ class DecodeOptions:
     batch_requests: bool = True
     max_batch_rows: int = 64
     lazy_aligned: bool = False
+    graph: bool | None = None
+    graph_sync_every: int = 8
+    graph_backend: str = "inductor"
 
 
 @dataclass(frozen=True)
@@ -130,6 +144,7 @@ class BacoEngine:
         self.autocast_dtype = autocast_dtype
         self.options = options or DecodeOptions()
         self._lock = threading.Lock()
+        self._graphs = GraphCache()
         self._queue = (
             RequestQueue(self._run_batch, max_rows=self.options.max_batch_rows)
             if self.options.batch_requests
@@ -271,7 +286,9 @@ class BacoEngine:
     def _decode(
         self, prompts: list[PreparedPrompt], params: GenerationParams, seeds: Sequence[int]
     ) -> Iterator[StreamEvent]:
-        return _Decode(self.pair, prompts, params, seeds, self.options, self._compute).run()
+        return _Decode(
+            self.pair, prompts, params, seeds, self.options, self._compute, self._graphs
+        ).run()
 
     @contextmanager
     def _compute(self) -> Iterator[None]:
@@ -514,8 +531,10 @@ class _Decode:
         seeds: Sequence[int],
         options: DecodeOptions,
         compute: Callable[[], AbstractContextManager[None]],
+        graphs: GraphCache | None = None,
     ):
         self.compute = compute
+        self.graphs = graphs
         self.pair = pair
         self.prompts = prompts
         self.params = params
@@ -668,6 +687,110 @@ class _Decode:
                         base.step(base_token, step, space)
                     if aligned is not None:
                         aligned.step(token, step)
+            if step == 0 and max_budget > 1 and self._use_graph(len(active)):
+                yield from self._run_graph(rules, state, rows, active, base, aligned, max_budget)
+                return
+
+    def _use_graph(self, live_rows: int) -> bool:
+        """Whether the rest of this decode runs on the graph path (reason logged if not)."""
+        wanted = self.options.graph
+        if wanted is None:
+            wanted = self.device.type == "cuda"
+        if not wanted or self.graphs is None:
+            return False
+        reason = graph_fallback_reason(
+            self.pair,
+            self.params,
+            rows=live_rows,
+            joint=self.joint,
+            lazy=self.lazy,
+            constrained=self.constraint is not None,
+        )
+        if reason is not None:
+            logger.debug("baco: eager decode instead of the graph path: %s", reason)
+        return reason is None
+
+    def _run_graph(
+        self,
+        rules: StepRules,
+        state: RowState,
+        rows: list[_Row],
+        active: list[int],
+        base: _ModelState | None,
+        aligned: _ModelState | None,
+        max_budget: int,
+    ) -> Iterator[StreamEvent]:
+        """Steps 1 … of a decode on the graph path: chunks of ``graph_sync_every`` steps run
+        on the device while the host turns the previous chunk into events."""
+        options, params = self.options, self.params
+        bucket = batch_bucket(len(active))
+        lengths = tuple(0 if m is None else length_bucket(m.mask.shape[1]) for m in (base, aligned))
+        spec = params.spec
+        key = (
+            (spec.name, spec.gamma, spec.content_source),
+            (params.temperature, params.top_k, params.top_p, params.min_p),
+            (params.min_new_tokens, params.aligned_starts, params.aligned_can_stop),
+            (rules.pad_id, bucket, lengths, options.graph_sync_every, options.graph_backend),
+        )
+        budget = torch.tensor([rows[r].budget for r in active], device=self.device)
+        with self.compute():
+            runner = self.graphs.acquire(key)
+            if runner is None:
+                runner = GraphRunner(
+                    rules.with_static_shapes(),
+                    base,
+                    aligned,
+                    bucket=bucket,
+                    lengths=lengths,
+                    sync_every=options.graph_sync_every,
+                    backend=options.graph_backend,
+                    device=self.device,
+                )
+            runner.load(state, budget, 1, base, aligned)
+            runner.capture()
+        try:
+            yield from self._graph_chunks(runner, rows, active, max_budget)
+        finally:
+            self.graphs.release(key, runner)
+
+    def _graph_chunks(
+        self, runner: GraphRunner, rows: list[_Row], active: list[int], max_budget: int
+    ) -> Iterator[StreamEvent]:
+        step, pending = 1, None
+        while pending is not None or step < max_budget:
+            launched = None
+            if step < max_budget:
+                count = min(self.options.graph_sync_every, max_budget - step)
+                with self.compute():
+                    runner.run(count)
+                    launched = (count, runner.read(step, count))
+                step += count
+            if pending is not None:
+                count, wait = pending
+                tokens, owners, base_broken, aligned_broken = wait()
+                broken = [
+                    flags
+                    for flags, used in (
+                        (base_broken, self.spec.uses_base),
+                        (aligned_broken, self.spec.uses_aligned),
+                    )
+                    if used
+                ]
+                for j in range(count):
+                    self._check_finite(
+                        [[f[j] for f in flags] for flags in broken],
+                        [rows[r].finished for r in active],
+                    )
+                    for position, row_id in enumerate(active):
+                        row = rows[row_id]
+                        if not row.finished:
+                            token, owner = tokens[position][j], bool(owners[position][j])
+                            yield self._advance(row_id, row, token, owner)
+                if all(rows[r].finished for r in active):
+                    return
+                with self.compute():
+                    runner.finish([p for p, r in enumerate(active) if rows[r].finished])
+            pending = launched
 
     def _base_input(
         self, token: torch.Tensor, owner: torch.Tensor, step: int

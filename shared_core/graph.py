@@ -1,0 +1,398 @@
+"""The graph decode path: static KV caches, one compiled step, CUDA graphs on a GPU.
+
+The eager loop (:mod:`shared_core.engine`) pays host work every step: Python dispatch of a
+few hundred small kernels, a dynamic cache that grows, and a host read of the chosen tokens.
+On a GPU that host work, not the models, bounds the speed. This path keeps a decode on the
+device:
+
+- both models' KV caches are transformers ``StaticCache`` s sized to a *batch bucket* (rows
+  rounded up to a power of two) and a *length bucket* (a multiple of 128 columns), filled
+  from the eager prefill (shared across the ``n`` samples as usual);
+- :func:`graph_step` does one whole BACO step with fixed shapes and no host
+  synchronisation: :func:`~shared_core.step.decode_step` (masking, signals, router, both
+  candidates, guards), the finished/length bookkeeping, then both models' forwards of the
+  chosen token into their static caches (``logits_to_keep=1``: only the last hidden state
+  goes through the output layer). It is compiled with ``torch.compile(fullgraph=True,
+  dynamic=False)`` and, on CUDA, captured once per bucket as a ``torch.cuda.CUDAGraph``
+  that every later step replays;
+- the host reads the chosen tokens once every ``sync_every`` steps (on CUDA through pinned
+  memory with an event, while the device runs the next chunk), and detokenisation, stop
+  strings and streaming happen then. A row the host finds finished late discards its extra
+  tokens: each row draws from its own random stream, so outputs equal the eager path's.
+
+Used only when it can hold the request (see :func:`graph_fallback_reason`); otherwise the
+eager loop runs, with the reason in a debug log.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .forward import _PLAIN_HEAD, _cache_argument, _unwrap
+from .step import RowState, StepRules, decode_step
+
+logger = logging.getLogger(__name__)
+
+#: Batch buckets: a decode of ``r`` rows runs in the smallest bucket holding ``r``.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+#: Cache lengths are rounded up to a multiple of this.
+LENGTH_BUCKET = 128
+
+
+def batch_bucket(rows: int) -> int | None:
+    """The smallest batch bucket holding ``rows`` rows (``None``: too many rows)."""
+    return next((b for b in BATCH_BUCKETS if b >= rows), None)
+
+
+def length_bucket(columns: int) -> int:
+    return -(-columns // LENGTH_BUCKET) * LENGTH_BUCKET
+
+
+def _full_attention_decoder(model: Any) -> str | None:
+    """Why ``model`` cannot run in the graph path, or ``None`` if it can."""
+    inner = _unwrap(model)
+    config = inner.config.get_text_config()
+    if getattr(config, "model_type", "") not in _PLAIN_HEAD or not hasattr(inner, "get_decoder"):
+        return f"model type {getattr(config, 'model_type', '?')!r} is not a plain decoder"
+    layer_types = getattr(config, "layer_types", None) or ()
+    if any(t != "full_attention" for t in layer_types) or getattr(config, "sliding_window", None):
+        return "sliding-window attention layers (static sliding caches are not supported yet)"
+    return None
+
+
+def graph_fallback_reason(
+    pair: Any, params: Any, *, rows: int, joint: bool, lazy: bool, constrained: bool
+) -> str | None:
+    """Why a decode must take the eager loop, or ``None`` when the graph path can run it."""
+    spec = params.spec
+    if not isinstance(spec.source, str):
+        return "a custom router callable (it may branch on tensors or run host code)"
+    if constrained:
+        return "grammar-constrained decoding (its token mask is filled on the host every step)"
+    if joint:
+        return "a one-weights pair's joint forward (peft mixed-adapter batches are not capturable)"
+    if lazy:
+        return "lazy aligned catch-up (data-dependent forwards)"
+    if batch_bucket(rows) is None:
+        return f"{rows} rows exceed the largest batch bucket {BATCH_BUCKETS[-1]}"
+    for name, model, used in (
+        ("base", pair.base, spec.uses_base),
+        ("aligned", pair.aligned, spec.uses_aligned),
+    ):
+        reason = _full_attention_decoder(model) if used else None
+        if reason is not None:
+            return f"the {name} model: {reason}"
+    return None
+
+
+@dataclass
+class _ModelBuffers:
+    """One model's static cache and the fixed-address tensors its forward reads."""
+
+    model: Any
+    cache: Any
+    mask: torch.Tensor  # [B, L] attention mask over the cache columns
+    position: torch.Tensor  # [B] position id of the next token fed
+    column: torch.Tensor  # [1] cache column the next token goes to
+    logits: torch.Tensor  # [B, V] next-token logits (float32)
+
+
+def _allocate(state: Any, bucket: int, length: int) -> _ModelBuffers:
+    """Static buffers for the model of an eager state (see :func:`_load`)."""
+    from transformers import StaticCache
+
+    model = state.model
+    device = state.mask.device
+    cache = StaticCache(config=_unwrap(model).config, max_cache_len=length)
+    for layer, source in zip(cache.layers, state.cache.layers, strict=True):
+        keys, values = source.keys, source.values
+        layer.lazy_initialization(
+            keys.new_zeros((bucket, keys.shape[1], 1, keys.shape[3])),
+            values.new_zeros((bucket, values.shape[1], 1, values.shape[3])),
+        )
+    return _ModelBuffers(
+        model=model,
+        cache=cache,
+        mask=torch.zeros((bucket, length), dtype=torch.long, device=device),
+        position=torch.zeros(bucket, dtype=torch.long, device=device),
+        column=torch.zeros(1, dtype=torch.long, device=device),
+        logits=torch.zeros((bucket, state.logits.shape[1]), dtype=torch.float32, device=device),
+    )
+
+
+def _load(buffers: _ModelBuffers, state: Any) -> None:
+    """Copy an eager model state (dynamic cache after the first step) into ``buffers``."""
+    rows, columns = state.mask.shape[0], state.cache.get_seq_length()
+    for layer, source in zip(buffers.cache.layers, state.cache.layers, strict=True):
+        layer.keys.zero_()
+        layer.values.zero_()
+        layer.keys[:rows, :, :columns] = source.keys
+        layer.values[:rows, :, :columns] = source.values
+        layer.cumulative_length.fill_(columns)
+    buffers.mask.zero_()
+    buffers.mask[:rows, :columns] = state.mask[:, :columns]
+    buffers.mask[rows:, 0] = 1  # padding rows attend to one slot: their softmax stays finite
+    buffers.position.zero_()
+    buffers.position[:rows] = state.next_position + 1  # position of the step-1 token
+    buffers.column.fill_(columns)
+    buffers.logits.zero_()
+    buffers.logits[:rows] = state.logits
+
+
+def _head(model: Any, hidden: torch.Tensor) -> torch.Tensor:
+    inner = _unwrap(model)
+    logits = inner.get_output_embeddings()(hidden)
+    cap = getattr(inner.config.get_text_config(), "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits.float()
+
+
+def feed(buffers: _ModelBuffers, tokens: torch.Tensor, cache_arg: str) -> None:
+    """Append one token per row to a model's static cache and store its next logits."""
+    buffers.mask.index_fill_(1, buffers.column, 1)
+    decoder = _unwrap(buffers.model).get_decoder()
+    out = decoder(
+        input_ids=tokens.unsqueeze(-1),
+        attention_mask=buffers.mask,
+        position_ids=buffers.position.unsqueeze(-1),
+        use_cache=True,
+        **{cache_arg: buffers.cache},
+    )
+    buffers.logits.copy_(_head(buffers.model, out.last_hidden_state[:, -1, :]))
+    buffers.position.add_(1)
+    buffers.column.add_(1)
+
+
+@dataclass
+class GraphState:
+    """Everything one graph step reads and writes, at fixed addresses."""
+
+    rows: RowState
+    step: torch.Tensor  # [] the step being decoded
+    generated: torch.Tensor  # [B] tokens decided so far per row (end tokens included)
+    budget: torch.Tensor  # [B] the row's max_new_tokens after the context-window clamp
+    out_token: torch.Tensor  # [B, 2 * sync_every] chosen tokens, a ring of two chunks
+    out_owner: torch.Tensor  # [B, 2 * sync_every]
+    out_broken: torch.Tensor  # [2, B, 2 * sync_every] NaN flags (base, aligned)
+    base: _ModelBuffers | None
+    aligned: _ModelBuffers | None
+
+
+def graph_step(rules: StepRules, state: GraphState, cache_arg: str) -> None:
+    """One BACO step on fixed-shape buffers: choose, record, book-keep, feed both models."""
+    result = decode_step(
+        rules,
+        state.rows,
+        None if state.base is None else state.base.logits,
+        None if state.aligned is None else state.aligned.logits,
+        state.step,
+        first_step=False,
+    )
+    slot = state.step.remainder(state.out_token.shape[1]).view(1)
+    state.out_token.index_copy_(1, slot, result.token.unsqueeze(-1))
+    state.out_owner.index_copy_(1, slot, result.owner.unsqueeze(-1))
+    for part, flags in enumerate((result.base_broken, result.aligned_broken)):
+        if flags is not None:
+            state.out_broken[part].index_copy_(1, slot, flags.unsqueeze(-1))
+    state.rows.owner.copy_(result.owner)
+    state.rows.prev_token.copy_(result.token)
+    state.generated.add_(1)
+    ended = rules.vocab.is_end[result.token] | (state.generated >= state.budget)
+    state.rows.finished.logical_or_(ended)
+    for buffers in (state.base, state.aligned):
+        if buffers is not None:
+            feed(buffers, result.token, cache_arg)
+    state.step.add_(1)
+
+
+def _new_state(
+    rows: int, bucket: int, sync_every: int, base: Any, aligned: Any, device: torch.device
+) -> GraphState:
+    def zeros(*shape: int, dtype: torch.dtype = torch.long) -> torch.Tensor:
+        return torch.zeros(shape, dtype=dtype, device=device)
+
+    ring = 2 * sync_every
+    return GraphState(
+        rows=RowState(
+            seeds=zeros(bucket),
+            sample_index=zeros(bucket),
+            owner=zeros(bucket, dtype=torch.bool),
+            prev_token=zeros(bucket),
+            finished=zeros(bucket, dtype=torch.bool),
+        ),
+        step=zeros(),
+        generated=zeros(bucket),
+        budget=zeros(bucket),
+        out_token=zeros(bucket, ring),
+        out_owner=zeros(bucket, ring, dtype=torch.bool),
+        out_broken=zeros(2, bucket, ring, dtype=torch.bool),
+        base=base,
+        aligned=aligned,
+    )
+
+
+class GraphRunner:
+    """Runs :func:`graph_step` for one bucket: compiled, and on CUDA replayed as a CUDA graph.
+
+    Built once per engine and shape key, then reused by later decodes, which copy their state
+    into its buffers (:meth:`load`); the compiled step and the captured graph read those
+    buffers at fixed addresses.
+    """
+
+    def __init__(
+        self,
+        rules: StepRules,
+        base_state: Any,
+        aligned_state: Any,
+        *,
+        bucket: int,
+        lengths: tuple[int, int],
+        sync_every: int,
+        backend: str,
+        device: torch.device,
+    ) -> None:
+        self.rules = rules
+        self.bucket = bucket
+        self.sync_every = sync_every
+        base = None if base_state is None else _allocate(base_state, bucket, lengths[0])
+        aligned = None if aligned_state is None else _allocate(aligned_state, bucket, lengths[1])
+        self.state = _new_state(0, bucket, sync_every, base, aligned, device)
+        model = (base or aligned).model  # type: ignore[union-attr]
+        self.cache_arg = _cache_argument(type(_unwrap(model).get_decoder()).forward)
+        state, cache_arg = self.state, self.cache_arg
+
+        def step() -> None:
+            graph_step(rules, state, cache_arg)
+
+        self._step: Callable[[], None] = step
+        if backend != "eager":
+            self._step = torch.compile(step, fullgraph=True, dynamic=False, backend=backend)
+        self._cuda = device.type == "cuda"
+        self._graph: Any = None
+        self._host: torch.Tensor | None = None
+
+    def load(
+        self,
+        rows: RowState,
+        budget: torch.Tensor,
+        generated: int,
+        base_state: Any,
+        aligned_state: Any,
+    ) -> None:
+        """Copy a decode's state after its first step into the buffers; padding rows are
+        finished from the start."""
+        state, count = self.state, rows.seeds.shape[0]
+        for target, source in zip(state.rows.tensors(), rows.tensors(), strict=True):
+            target.zero_()
+            target[:count] = source
+        state.rows.finished[count:] = True
+        state.step.fill_(generated)
+        state.generated.zero_()
+        state.generated[:count] = generated
+        state.budget.zero_()
+        state.budget[:count] = budget
+        for buffers, source in ((state.base, base_state), (state.aligned, aligned_state)):
+            if buffers is not None:
+                _load(buffers, source)
+
+    def capture(self) -> None:
+        """On CUDA, warm the compiled step up on a side stream and capture it as a graph;
+        the buffers are restored afterwards, so capturing changes no output."""
+        if not self._cuda or self._graph is not None:
+            return
+        saved = [t.clone() for t in _tensors(self.state)]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                self._step()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._step()
+        for target, value in zip(_tensors(self.state), saved, strict=True):
+            target.copy_(value)
+        self._graph = graph
+
+    def run(self, steps: int) -> None:
+        """Launch ``steps`` steps (asynchronous on CUDA)."""
+        for _ in range(steps):
+            if self._graph is not None:
+                self._graph.replay()
+            else:
+                self._step()
+
+    def read(self, first_step: int, steps: int) -> Any:
+        """Start copying the results of steps ``first_step …`` to the host; returns a
+        callable giving ``(tokens, owners, base_broken, aligned_broken)`` as nested lists
+        ``[row][step]`` once the copy is done."""
+        ring = self.state.out_token.shape[1]
+        slots = [(first_step + i) % ring for i in range(steps)]
+        index = torch.tensor(slots, device=self.state.out_token.device)
+        packed = torch.cat(
+            [
+                self.state.out_token.index_select(1, index),
+                self.state.out_owner.index_select(1, index).long(),
+                self.state.out_broken[0].index_select(1, index).long(),
+                self.state.out_broken[1].index_select(1, index).long(),
+            ],
+            dim=1,
+        )
+        if not self._cuda:
+            host = packed.tolist()
+            return lambda: _unpack(host, steps)
+        pinned = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+        pinned.copy_(packed, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+
+        def wait() -> Any:
+            done.synchronize()
+            return _unpack(pinned.tolist(), steps)
+
+        return wait
+
+    def finish(self, positions: Sequence[int]) -> None:
+        """Mark rows the host found finished (stop strings): they decode padding from now."""
+        if positions:
+            index = torch.tensor(list(positions), device=self.state.rows.finished.device)
+            self.state.rows.finished.index_fill_(0, index, True)
+
+
+def _unpack(host: list[list[int]], steps: int) -> tuple[list[list[int]], ...]:
+    return tuple([row[i * steps : (i + 1) * steps] for row in host] for i in range(4))
+
+
+def _tensors(state: GraphState) -> list[torch.Tensor]:
+    out = [*state.rows.tensors(), state.step, state.generated, state.budget]
+    out += [state.out_token, state.out_owner, state.out_broken]
+    for buffers in (state.base, state.aligned):
+        if buffers is not None:
+            out += [buffers.mask, buffers.position, buffers.column, buffers.logits]
+            for layer in buffers.cache.layers:
+                out += [layer.keys, layer.values, layer.cumulative_length]
+    return out
+
+
+class GraphCache:
+    """Graph runners kept by an engine, keyed by rules and shapes; one decode at a time each."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._free: dict[Any, list[GraphRunner]] = {}
+
+    def acquire(self, key: Any) -> GraphRunner | None:
+        with self._lock:
+            runners = self._free.get(key)
+            return runners.pop() if runners else None
+
+    def release(self, key: Any, runner: GraphRunner) -> None:
+        with self._lock:
+            self._free.setdefault(key, []).append(runner)
