@@ -182,3 +182,28 @@ def test_full_queue_answers_429_with_retry_after(gated_engine: Any, gate: GateRo
         assert json.loads(first[len("data: ") :])["object"] == "chat.completion.chunk"
         wait_until(lambda: live.state.in_flight == 0, "the stream to be released")
         assert sdk.chat.completions.create(**_chat()).choices[0].finish_reason
+
+
+def test_a_model_with_nan_logits_answers_500_and_an_error_event(
+    tiny_pair_paths: tuple[Any, Any],
+) -> None:
+    import torch
+
+    from shared_core import BacoEngine, ModelPair
+
+    base, aligned = tiny_pair_paths
+    pair = ModelPair.from_pretrained(str(base), str(aligned))
+    with torch.no_grad():
+        pair.aligned.lm_head.weight.fill_(float("nan"))
+    with run_server(BacoEngine(pair)) as live, live.client() as http:
+        reply = http.post(CHAT, json=_chat())
+        assert reply.status_code == 500
+        error = reply.json()["error"]
+        assert error["type"] == "server_error"
+        assert "NaN" in error["message"]
+        with http.stream("POST", CHAT, json=_chat(stream=True)) as stream:
+            events = [line for line in stream.iter_lines() if line.startswith("data: ")]
+        assert "data: [DONE]" not in events
+        last = json.loads(events[-1][len("data: ") :])
+        assert last["error"]["type"] == "server_error"
+        assert live.state.in_flight == 0
