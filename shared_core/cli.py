@@ -8,9 +8,14 @@ import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from .cli_common import (
+    DTYPES,  # noqa: F401  (re-exported for callers of the old location)
+    add_model_args,
+    check_generation_options,
+    load_pair,
+    set_torch_threads,
+)
 from .routers import ROUTER_NAMES
-
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,14 +40,6 @@ def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
 
 
-def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--base", help="base model: hub id, folder or .gguf file")
-    parser.add_argument("--aligned", help="aligned model: hub id, folder or .gguf file")
-    parser.add_argument("--aligned-adapter", help="PEFT adapter making the base aligned")
-    parser.add_argument("--dtype", choices=DTYPES, default=None)
-    parser.add_argument("--device-map", default=None, help='e.g. "cpu", "cuda", "auto"')
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="baco", description="BACO: diverse generation from a base + aligned model pair."
@@ -52,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt", help="the user prompt")
     gen.add_argument("--system", default=None, help="optional system message")
     gen.add_argument("--stream", action="store_true", help="stream the first sample's tokens")
-    _add_model_args(gen)
+    add_model_args(gen)
     _add_sampling_args(gen)
 
     demo = commands.add_parser(
@@ -80,68 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="torch CPU threads (default: torch's; use 1 when other jobs share the CPU)",
     )
-    _add_model_args(demo)
+    add_model_args(demo)
 
     from .eval.cli import add_eval_parser
 
     add_eval_parser(commands)
     from .serve.cli import add_serve_parser
 
-    add_serve_parser(commands, _add_model_args)
+    add_serve_parser(commands, add_model_args)
     return parser
-
-
-def load_pair(args: argparse.Namespace) -> Any:
-    """The pair named by ``--base``/``--aligned``/``--aligned-adapter`` (or the demo pair)."""
-    from .pair import ModelPair
-
-    dtype = None if args.dtype in (None, "auto") else args.dtype
-    if args.device_map and args.device_map.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device-map {args.device_map}: CUDA is not available here")
-    if args.base is None and args.aligned is None and args.aligned_adapter is None:
-        return ModelPair.demo(dtype=dtype, device_map=args.device_map)
-    if args.base is None:
-        raise ValueError("--base is required when --aligned or --aligned-adapter is given")
-    if (args.aligned is None) == (args.aligned_adapter is None):
-        raise ValueError("pass exactly one of --aligned or --aligned-adapter with --base")
-    return ModelPair.from_pretrained(
-        args.base,
-        args.aligned,
-        aligned_adapter=args.aligned_adapter,
-        dtype=dtype,
-        device_map=args.device_map,
-    )
-
-
-def check_generation_options(options: dict[str, Any], *, n_flag: str = "-n") -> None:
-    """Validate ``options`` (``GenerationParams`` fields) before any model work.
-
-    Errors name the command-line flag (``--max-new-tokens``, ``n_flag`` for ``n``).
-    """
-    from .params import GenerationParams
-
-    try:
-        GenerationParams().with_overrides(**options)
-    except (TypeError, ValueError) as exc:
-        name, sep, rest = str(exc).partition(" ")
-        if name not in options:
-            raise
-        flag = n_flag if name == "n" else "--" + name.replace("_", "-")
-        raise type(exc)(f"{flag}{sep}{rest}") from exc
-
-
-def set_torch_threads(threads: int | None) -> None:
-    """Apply ``--threads`` (``None``: torch's default); rejects values below 1."""
-    if threads is None:
-        return
-    if threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {threads}")
-    import torch
-
-    torch.set_num_threads(threads)
 
 
 def _generation_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..cli_common import add_model_args
 from ..routers import ROUTER_NAMES
 
 __all__ = ["STAGES", "add_eval_parser", "run_eval_command"]
@@ -46,8 +47,6 @@ def _grid(text: str) -> tuple[str, tuple[float, ...]]:
 
 def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``eval`` subcommand to ``subparsers`` (from ``add_subparsers``)."""
-    from ..cli import DTYPES
-
     p = subparsers.add_parser(
         "eval",
         help="diversity-quality sweep: generate, score, summarise (Coverage/Dominance), plot",
@@ -88,11 +87,7 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-prompts", type=int, default=4, help="prompts per batched decode")
     p.add_argument("--out", default="baco_eval", help="output folder (default ./baco_eval)")
-    p.add_argument("--base", help="base model: hub id, folder or .gguf file (default: demo)")
-    p.add_argument("--aligned", help="aligned model: hub id, folder or .gguf file")
-    p.add_argument("--aligned-adapter", help="PEFT adapter making the base aligned")
-    p.add_argument("--dtype", choices=DTYPES, default=None)
-    p.add_argument("--device-map", default=None, help='e.g. "cpu", "cuda", "auto"')
+    add_model_args(p)
     p.add_argument(
         "--precision",
         choices=("bf16", "fp32"),
@@ -135,19 +130,18 @@ def _methods(args: argparse.Namespace) -> list[str] | None:
 
 
 def _load_judge(spec: str | None) -> Any:
+    from ..loading import split_model_ref
     from .judge import Judge
 
     if spec is None:
         return Judge.default()
-    path = Path(spec)
-    if path.suffix == ".gguf" and path.is_file():
-        return Judge.from_pretrained(path.parent, gguf_file=path.name)
-    return Judge.from_pretrained(spec)
+    location, extra = split_model_ref(spec)
+    return Judge.from_pretrained(location, **extra)
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
     """Run the stages selected by ``args`` (parsed by :func:`add_eval_parser`)."""
-    from ..cli import check_generation_options, set_torch_threads
+    from ..cli_common import check_generation_options, set_torch_threads
     from .runner import build_settings, default_prompts_path, load_prompts, run_generation
     from .score import LazyScorer, aggregate_scores, score_generations
 
@@ -189,7 +183,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
         def make_engine() -> Any:
             import torch
 
-            from ..cli import load_pair
+            from ..cli_common import load_pair
             from ..engine import BacoEngine
 
             t0 = time.perf_counter()

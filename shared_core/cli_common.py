@@ -1,0 +1,83 @@
+"""Helpers shared by the ``baco`` subcommands (``generate``, ``demo``, ``eval``, ``serve``).
+
+Each subcommand module imports these from here, so no subcommand module imports another.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .loading import check_pair_args
+
+__all__ = [
+    "DTYPES",
+    "PAIR_FLAGS",
+    "add_model_args",
+    "check_generation_options",
+    "load_pair",
+    "set_torch_threads",
+]
+
+#: Choices of ``--dtype``.
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+#: The pair arguments as the command line spells them (for error messages).
+PAIR_FLAGS: tuple[str, str, str] = ("--base", "--aligned", "--aligned-adapter")
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """Add ``--base``, ``--aligned``, ``--aligned-adapter``, ``--dtype`` and ``--device-map``."""
+    parser.add_argument("--base", help="base model: hub id, folder or .gguf file (default: demo)")
+    parser.add_argument("--aligned", help="aligned model: hub id, folder or .gguf file")
+    parser.add_argument("--aligned-adapter", help="PEFT adapter making the base aligned")
+    parser.add_argument("--dtype", choices=DTYPES, default=None)
+    parser.add_argument("--device-map", default=None, help='e.g. "cpu", "cuda", "auto"')
+
+
+def load_pair(args: argparse.Namespace) -> Any:
+    """The pair named by ``--base``/``--aligned``/``--aligned-adapter`` (or the demo pair)."""
+    from .pair import ModelPair
+
+    dtype = None if args.dtype in (None, "auto") else args.dtype
+    if args.device_map and args.device_map.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device-map {args.device_map}: CUDA is not available here")
+    if check_pair_args(args.base, args.aligned, args.aligned_adapter, names=PAIR_FLAGS):
+        return ModelPair.demo(dtype=dtype, device_map=args.device_map)
+    return ModelPair.from_pretrained(
+        args.base,
+        args.aligned,
+        aligned_adapter=args.aligned_adapter,
+        dtype=dtype,
+        device_map=args.device_map,
+    )
+
+
+def check_generation_options(options: dict[str, Any], *, n_flag: str = "-n") -> None:
+    """Validate ``options`` (``GenerationParams`` fields) before any model work.
+
+    Errors name the command-line flag (``--max-new-tokens``, ``n_flag`` for ``n``).
+    """
+    from .params import GenerationParams
+
+    try:
+        GenerationParams().with_overrides(**options)
+    except (TypeError, ValueError) as exc:
+        name, sep, rest = str(exc).partition(" ")
+        if name not in options:
+            raise
+        flag = n_flag if name == "n" else "--" + name.replace("_", "-")
+        raise type(exc)(f"{flag}{sep}{rest}") from exc
+
+
+def set_torch_threads(threads: int | None) -> None:
+    """Apply ``--threads`` (``None``: torch's default); rejects values below 1."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
