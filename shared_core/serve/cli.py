@@ -9,6 +9,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from ..cli_common import PAIR_FLAGS
+from ..loading import check_pair_args
 from . import DEFAULT_MAX_QUEUE, require_serve
 
 
@@ -69,10 +71,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--replicas must be >= 1, got {args.replicas}")
     if args.gpus_per_replica < 0 or args.cpus_per_replica < 0:
         raise ValueError("--gpus-per-replica and --cpus-per-replica must be >= 0")
-    if args.base is None and (args.aligned is not None or args.aligned_adapter is not None):
-        raise ValueError("--base is required when --aligned or --aligned-adapter is given")
-    if args.base is not None and (args.aligned is None) == (args.aligned_adapter is None):
-        raise ValueError("pass exactly one of --aligned or --aligned-adapter with --base")
+    check_pair_args(args.base, args.aligned, args.aligned_adapter, names=PAIR_FLAGS)
 
 
 def model_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -104,7 +103,7 @@ def run_serve_command(args: argparse.Namespace, load_pair: Callable[[Any], Any])
         from .ray_app import run_ray
 
         return run_ray(args)
-    from ..cli import set_torch_threads
+    from ..cli_common import set_torch_threads
     from ..engine import BacoEngine
     from .app import create_app
 
