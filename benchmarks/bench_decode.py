@@ -14,7 +14,13 @@ All variants are forced to generate exactly ``max_new_tokens`` tokens per sample
 
 Variants:
   aligned_generate      aligned model alone, ``generate(num_return_sequences=n)`` (the baseline)
-  baco_two_models       BACO, base and aligned as two separate models (adapter merged)
+  baco_two_models       BACO, base and aligned as two separate models (adapter merged), the
+                        eager engine loop (``DecodeOptions(graph=False)``)
+  baco_two_models_graph the graph path (``DecodeOptions(graph=True)``): static KV caches, the
+                        step compiled with inductor (and replayed as a CUDA graph on a GPU);
+                        ``compile_s`` (first decode, compile + capture) is reported apart
+  baco_one_weights_graph  the graph path asked for a one-weights pair (falls back to the
+                        eager joint forward today; ``path`` in the JSON says which ran)
   baco_one_weights      BACO, one set of weights (base + LoRA): both views in one forward per
                         step, the adapter switched per row (peft mixed-adapter batch)
   baco_one_weights_no_joint   the same with two forwards per step (adapter toggled)
@@ -61,6 +67,8 @@ PROMPTS = [
 VARIANTS = [
     "aligned_generate",
     "baco_two_models",
+    "baco_two_models_graph",
+    "baco_one_weights_graph",
     "baco_one_weights",
     "baco_one_weights_no_joint",
     "baco_two_models_lazy",
@@ -177,6 +185,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
     bf16 = name.endswith("_bf16")
     base_name = name.removesuffix("_bf16")
     pair = load_pair(args, one_weights=not base_name.startswith("baco_two_models"))
+    graph = base_name.endswith("_graph")
     autocast = torch.autocast(pair.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     n, new = args.n, args.max_new_tokens
     common = {
@@ -203,6 +212,8 @@ def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
             compact_finished=base_name != "baco_no_compact",
             joint_forward=base_name != "baco_one_weights_no_joint",
             lazy_aligned=base_name == "baco_two_models_lazy",
+            graph=graph,
+            graph_backend=args.graph_backend,
         )
         engine = BacoEngine(pair, options=options)
 
@@ -223,9 +234,11 @@ def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
     with torch.inference_mode(), autocast:
         run(2)  # warm-up
-        if "compiled" in name:  # compile for both timed shapes before timing
+        if "compiled" in name or graph:  # compile for both timed shapes before timing
             run(1)
+            start = time.perf_counter()
             run(new)
+            result["first_decode_s"] = time.perf_counter() - start
         start = time.perf_counter()
         _, ttft = run(1)
         result["prefill_s"] = time.perf_counter() - start
@@ -233,6 +246,10 @@ def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
         start = time.perf_counter()
         tokens, _ = run(new)
         seconds = time.perf_counter() - start
+    if "first_decode_s" in result:
+        result["compile_s"] = max(0.0, result["first_decode_s"] - seconds)
+    if graph:
+        result["path"] = "graph" if engine._graphs._free else "eager (fallback)"
     result.update(
         tokens=tokens,
         seconds=seconds,
@@ -496,6 +513,11 @@ def main() -> None:
     parser.add_argument(
         "--mask-cost", action="store_true", help="grammar-mask cost per step (structured output)"
     )
+    parser.add_argument(
+        "--graph-backend",
+        default="inductor",
+        help="torch.compile backend of the *_graph variants (eager: static caches, no compile)",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     PROMPTS[:] = PROMPTS[: args.prompts]
@@ -530,16 +552,29 @@ def main() -> None:
         row["ratio_vs_aligned_generate"] = (
             row["tokens_per_s"] / ref["tokens_per_s"] if ref else None
         )
+        for key, other in (
+            ("ratio_vs_static_compiled", "aligned_generate_static_compiled"),
+            ("ratio_vs_eager_engine", "baco_two_models"),
+        ):
+            ref = baseline.get(other)
+            row[key] = row["tokens_per_s"] / ref["tokens_per_s"] if ref else None
     header = (
-        f"{'variant':<24}{'tok/s':>9}{'× aligned':>11}{'TTFT s':>9}{'prefill s':>11}"
-        f"{'peak RSS MB':>13}" + (f"{'roofline %':>11}" if args.roofline else "")
+        f"{'variant':<34}{'tok/s':>9}{'× aligned':>11}{'× compiled':>12}{'× eager':>9}"
+        f"{'compile s':>11}{'TTFT s':>9}{'prefill s':>11}{'peak RSS MB':>13}"
+        + (f"{'roofline %':>11}" if args.roofline else "")
     )
     print(header)
+
+    def ratio(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
     for r in rows:
-        ratio = r["ratio_vs_aligned_generate"]
         roof = f"{r['roofline_pct']:>11.1f}" if "roofline_pct" in r else ""
+        compile_s = f"{r['compile_s']:.1f}" if "compile_s" in r else "-"
         print(
-            f"{r['variant']:<24}{r['tokens_per_s']:>9.1f}{ratio if ratio else 0:>11.2f}"
+            f"{r['variant']:<34}{r['tokens_per_s']:>9.1f}"
+            f"{ratio(r['ratio_vs_aligned_generate']):>11}{ratio(r['ratio_vs_static_compiled']):>12}"
+            f"{ratio(r['ratio_vs_eager_engine']):>9}{compile_s:>11}"
             f"{r['ttft_s']:>9.2f}{r['prefill_s']:>11.2f}{r['peak_rss_mb']:>13.0f}{roof}"
         )
     meta = {
@@ -555,6 +590,7 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        "graph_backend": args.graph_backend,
     }
     Path(args.out).write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
     print(f"wrote {args.out}")

@@ -1,0 +1,117 @@
+"""The graph decode path (shared_core/graph.py) on CPU: same samples as the eager loop.
+
+``graph_backend="eager"`` runs the static-cache step uncompiled (fast); ``"aot_eager"``
+traces it with ``torch.compile(fullgraph=True)`` (a graph break would fail) and runs the
+same ATen ops, so outputs must match the eager loop token for token.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from shared_core import BacoEngine
+from shared_core.engine import DecodeOptions
+from shared_core.graph import BATCH_BUCKETS, batch_bucket, graph_fallback_reason, length_bucket
+
+PROMPTS = ["Tell me a story about a girl and her dog.", "Name a color.", "Write a haiku."]
+CASES = [
+    ("p-punc", {}),
+    ("rand", {"top_p": 0.9, "top_k": 40}),
+    ("h", {"stop": ["e t"], "min_p": 0.05}),
+    ("aligned", {}),
+    ("base", {"min_new_tokens": 5}),
+    ("p-fc", {"temperature": 0}),
+]
+
+
+def _engine(pair, **options) -> BacoEngine:
+    return BacoEngine(pair, options=DecodeOptions(batch_requests=False, **options))
+
+
+def _summary(result) -> list:
+    return [
+        [(g.token_ids, g.sources, g.finish_reason, g.text, g.usage) for g in row] for row in result
+    ]
+
+
+@pytest.mark.parametrize(("router", "extra"), CASES)
+def test_graph_path_gives_the_eager_samples(tiny_pair, router, extra):
+    eager = _engine(tiny_pair, graph=False)
+    graph = _engine(tiny_pair, graph=True, graph_backend="eager", graph_sync_every=3)
+    options = {"router": router, "n": 3, "max_new_tokens": 20, "seed": 4, **extra}
+    expected = eager.generate(PROMPTS, **options)
+    assert _summary(graph.generate(PROMPTS, **options)) == _summary(expected)
+    assert graph._graphs._free  # the graph path ran (its runner went back to the cache)
+
+
+def test_compiled_graph_step_gives_the_eager_samples(tiny_pair):
+    eager = _engine(tiny_pair, graph=False)
+    graph = _engine(tiny_pair, graph=True, graph_backend="aot_eager", graph_sync_every=4)
+    options = {"router": "p-punc", "gamma": 0.6, "n": 2, "max_new_tokens": 16, "top_p": 0.9}
+    for seed in (1, 2):  # the second decode reuses the compiled runner
+        expected = eager.generate(PROMPTS[:2], seed=seed, **options)
+        assert _summary(graph.generate(PROMPTS[:2], seed=seed, **options)) == _summary(expected)
+    assert sum(len(r) for r in graph._graphs._free.values()) == 1
+
+
+def test_graph_stream_events_add_up_to_the_eager_stream(tiny_pair):
+    eager = _engine(tiny_pair, graph=False)
+    graph = _engine(tiny_pair, graph=True, graph_backend="eager", graph_sync_every=5)
+    options = {"router": "p-punc", "n": 2, "max_new_tokens": 24, "seed": 9}
+
+    def collect(engine):
+        texts: dict[int, str] = {}
+        finals = {}
+        for event in engine.stream(PROMPTS[0], **options):
+            texts[event.row] = texts.get(event.row, "") + event.text_delta
+            if event.generation is not None:
+                finals[event.row] = event.generation
+        assert texts == {row: g.text for row, g in finals.items()}  # deltas add up
+        return texts, {row: g.token_ids for row, g in finals.items()}
+
+    eager_texts, eager_ids = collect(eager)
+    graph_texts, graph_ids = collect(graph)
+    assert graph_texts == eager_texts and graph_ids == eager_ids
+    assert len(graph_ids) == 2
+
+
+def test_requests_the_graph_cannot_hold_fall_back_with_a_reason(tiny_pair, caplog):
+    graph = _engine(tiny_pair, graph=True, graph_backend="eager")
+    eager = _engine(tiny_pair, graph=False)
+
+    def mine(signals):
+        return signals.p_base < 0.5
+
+    options = {"router": mine, "max_new_tokens": 8, "seed": 1}
+    with caplog.at_level(logging.DEBUG, logger="shared_core.engine"):
+        out = graph.generate(PROMPTS[1], **options)
+    assert "custom router callable" in caplog.text
+    assert _summary(out) == _summary(eager.generate(PROMPTS[1], **options))
+    assert not graph._graphs._free  # nothing ran on the graph path
+
+
+def test_fallback_reasons(tiny_pair):
+    from shared_core.params import GenerationParams
+
+    params = GenerationParams(router="p-punc")
+    common = {"rows": 4, "joint": False, "lazy": False, "constrained": False}
+    assert graph_fallback_reason(tiny_pair, params, **common) is None
+    assert "grammar" in graph_fallback_reason(tiny_pair, params, **{**common, "constrained": True})
+    assert "joint" in graph_fallback_reason(tiny_pair, params, **{**common, "joint": True})
+    assert "lazy" in graph_fallback_reason(tiny_pair, params, **{**common, "lazy": True})
+    too_many = {**common, "rows": BATCH_BUCKETS[-1] + 1}
+    assert "bucket" in graph_fallback_reason(tiny_pair, params, **too_many)
+
+
+def test_graph_is_off_by_default_on_cpu(tiny_pair):
+    engine = BacoEngine(tiny_pair, options=DecodeOptions(batch_requests=False))
+    engine.generate(PROMPTS[1], max_new_tokens=6, seed=0)
+    assert not engine._graphs._free
+
+
+def test_buckets():
+    assert [batch_bucket(r) for r in (1, 2, 3, 9, 64)] == [1, 2, 4, 16, 64]
+    assert batch_bucket(BATCH_BUCKETS[-1] + 1) is None
+    assert [length_bucket(c) for c in (1, 128, 129)] == [128, 128, 256]
