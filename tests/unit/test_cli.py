@@ -272,9 +272,12 @@ def test_eval_rejects_bad_option_before_loading(
     assert not out.exists()
 
 
-def test_eval_without_prompts_option(capsys) -> None:
-    code, err = _run(["eval"], capsys)
-    _assert_usage_error(code, err, "the following arguments are required: --prompts")
+def test_eval_prompts_default_to_the_shipped_set() -> None:
+    from shared_core.cli import build_parser
+    from shared_core.eval import default_prompts_path, load_prompts
+
+    assert build_parser().parse_args(["eval"]).prompts is None  # resolved when the run starts
+    assert len(load_prompts(str(default_prompts_path()), 3)) == 3
 
 
 def test_model_with_nan_logits_is_a_clear_error(tiny_pair_paths, monkeypatch, capsys):
