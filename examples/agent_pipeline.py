@@ -1,98 +1,113 @@
-"""An agent-style plan → critique → choose pipeline where varied proposals matter.
+"""A tool-using agent on BACO whose tool calls always parse (a plain LangChain tool loop).
 
-Best-of-k selection only helps when the k proposals differ. The proposer here is BACO
-(varied plans); the critic is the same pair with ``router="aligned"`` and greedy decoding (a
-steady judge); the chooser keeps the best-rated plan. The pipeline is plain LCEL runnables,
-run once with an aligned-only proposer and once with BACO.
+The agent plans a weekend trip budget with three tools. ``ChatBaco.bind_tools`` decodes
+every call under a grammar built from the tools' argument schemas, so each ``tool_calls``
+entry is valid JSON with the right argument types: the loop never has to retry or repair a
+call. The first step is forced to call a tool (``tool_choice="any"``); later steps let the
+model choose between another call and its answer (``"auto"``). Several agents with other
+seeds show that BACO keeps the plans varied while every call stays valid.
 
-    python examples/agent_pipeline.py            # the demo pair (pip install -e ".[demo]")
+    pip install -e ".[langchain,demo,structured]"
+    python examples/agent_pipeline.py            # the demo pair
     python examples/agent_pipeline.py --tiny     # offline smoke run on a tiny random pair
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 
-from langchain_core.prompts import ChatPromptTemplate
-from langchain_core.runnables import RunnableLambda
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.tools import tool
 
 from langchain_baco import ChatBaco
 
-PLAN = ChatPromptTemplate.from_messages(
-    [("human", "Goal: {goal}\nPropose a short plan (at most three steps) to reach the goal.")]
+PRICES = {"paris": 120, "rome": 95, "lisbon": 80, "berlin": 90}
+
+
+@tool
+def flight_price(city: str) -> int:
+    """Return-flight price in euros to a city (paris, rome, lisbon or berlin)."""
+    return PRICES.get(city.strip().lower(), 150)
+
+
+@tool
+def hotel_price(city: str, nights: int) -> int:
+    """Hotel cost in euros for some nights in a city."""
+    return (PRICES.get(city.strip().lower(), 100) - 10) * max(nights, 0)
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two numbers."""
+    return a + b
+
+
+TOOLS = {t.name: t for t in (flight_price, hotel_price, add)}
+SYSTEM = (
+    "You plan weekend trips. Use the tools to look up prices and add them up, then answer "
+    "with the city and the total cost."
 )
-CRITIQUE = ChatPromptTemplate.from_messages(
-    [
-        (
-            "human",
-            "Goal: {goal}\nPlan: {plan}\nRate how good this plan is from 1 to 10. "
-            "Reply with the number only.",
+
+
+def run_agent(llm: ChatBaco, goal: str, steps: int, seed: int) -> dict:
+    """Tool loop: call tools until the model answers (or ``steps`` run out)."""
+    messages: list[BaseMessage] = [SystemMessage(SYSTEM), HumanMessage(goal)]
+    calls = invalid = 0
+    for step in range(steps):
+        choice = "any" if step == 0 else "auto"
+        reply = llm.bind_tools(list(TOOLS.values()), tool_choice=choice).invoke(
+            messages, seed=seed + step
         )
-    ]
-)
-
-
-def build_pipeline(llm: ChatBaco, k: int, proposer_options: dict):
-    """goal -> k proposals -> a score for each -> the best one."""
-    critic = llm.bind(router="aligned", temperature=0.0, max_tokens=4)
-
-    def propose(goal: str) -> dict:
-        result = llm.generate([PLAN.format_messages(goal=goal)], n=k, **proposer_options)
-        return {"goal": goal, "plans": [g.text.strip() for g in result.generations[0]]}
-
-    def critique(state: dict) -> dict:
-        prompts = [{"goal": state["goal"], "plan": plan} for plan in state["plans"]]
-        replies = (CRITIQUE | critic).batch(prompts)
-        state["scores"] = [_score(r.content) for r in replies]
-        return state
-
-    def choose(state: dict) -> dict:
-        best = max(range(len(state["plans"])), key=lambda i: state["scores"][i])
-        state["best"] = state["plans"][best]
-        return state
-
-    return RunnableLambda(propose) | RunnableLambda(critique) | RunnableLambda(choose)
-
-
-def _score(text: str) -> int:
-    match = re.search(r"\d+", text)
-    return min(int(match.group()), 10) if match else 0
+        messages.append(reply)
+        invalid += len(reply.invalid_tool_calls)  # only a call cut by max_tokens lands here
+        if not reply.tool_calls:
+            return {"answer": reply.content, "calls": calls, "invalid": invalid, "log": messages}
+        for call in reply.tool_calls:
+            calls += 1
+            result = TOOLS[call["name"]].invoke(call)  # args always match the schema
+            messages.append(result)
+    return {
+        "answer": "(no answer within the step limit)",
+        "calls": calls,
+        "invalid": invalid,
+        "log": messages,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--goal", default="get a small team to write better documentation")
-    parser.add_argument("-k", type=int, default=4, help="proposals per run")
+    parser.add_argument("--goal", default="Plan a two-night weekend in a European city.")
+    parser.add_argument("--agents", type=int, default=3, help="agents (seeds) to run")
+    parser.add_argument("--steps", type=int, default=4, help="model turns per agent")
     parser.add_argument("--gamma", type=float, default=0.3)
-    parser.add_argument("--max-tokens", type=int, default=60)
+    parser.add_argument("--max-tokens", type=int, default=160)
     parser.add_argument("--tiny", action="store_true", help="tiny random pair (offline smoke)")
     args = parser.parse_args(argv)
+    options = {"router": "p-punc", "gamma": args.gamma, "max_tokens": args.max_tokens}
     if args.tiny:
         from shared_core.testing import tiny_pair_folders
 
-        base, aligned = tiny_pair_folders()
+        base, aligned = tiny_pair_folders(context_window=2048)  # room for the tool block
+        # A random model rarely closes a string: bound them so calls finish.
         llm = ChatBaco(
-            base_model=str(base),
-            aligned_model=str(aligned),
-            min_tokens=2,
-            max_tokens=args.max_tokens,
-            seed=0,
+            base_model=str(base), aligned_model=str(aligned), max_string_length=8, **options
         )
     else:
-        llm = ChatBaco(max_tokens=args.max_tokens, top_p=0.95, seed=0)
+        llm = ChatBaco(top_p=0.95, max_string_length=40, **options)
 
-    for label, options in (
-        ("aligned proposer", {"router": "aligned"}),
-        (f"BACO proposer (p-punc γ={args.gamma})", {"router": "p-punc", "gamma": args.gamma}),
-    ):
-        state = build_pipeline(llm, args.k, options).invoke(args.goal)
-        distinct = len({p.lower() for p in state["plans"]})
-        print(f"\n== {label}: {distinct} distinct proposals of {args.k}")
-        for plan, score in zip(state["plans"], state["scores"], strict=True):
-            print(f"[{score:>2}] {plan[:200]!r}")
-        print(f"chosen: {state['best'][:300]!r}")
-    print("\nWith more distinct proposals the critic has real alternatives to choose from.")
+    for agent in range(args.agents):
+        outcome = run_agent(llm, args.goal, args.steps, seed=100 * agent)
+        print(
+            f"\n== agent {agent}: {outcome['calls']} tool calls, all parsed "
+            f"({outcome['invalid']} cut by max_tokens)"
+        )
+        for message in outcome["log"][2:]:
+            if isinstance(message, ToolMessage):
+                print(f"   -> {message.name}: {message.content}")
+            else:
+                for call in message.tool_calls:
+                    print(f"   {call['name']}({call['args']})")
+        print(f"answer: {str(outcome['answer'])[:300]!r}")
 
 
 if __name__ == "__main__":

@@ -262,7 +262,7 @@ def unpack_bitmask(words: np.ndarray, size: int, device: torch.device | str) -> 
     device = torch.device(device)
     if device.type == "cpu":
         bits = np.unpackbits(words.view(np.uint8), axis=-1, bitorder="little")[:, :size]
-        return torch.from_numpy(bits).to(torch.bool)
+        return torch.from_numpy(np.ascontiguousarray(bits)).view(torch.bool)  # 0/1: no copy
     packed = torch.from_numpy(words).to(device, non_blocking=False)
     shifts = torch.arange(32, device=device, dtype=torch.int32)
     bits = (packed.unsqueeze(-1) >> shifts) & 1

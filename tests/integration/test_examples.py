@@ -12,13 +12,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = {
     "brainstorm.py": ["-k", "3", "--max-tokens", "6"],
-    "agent_pipeline.py": ["-k", "2", "--max-tokens", "6"],
+    "agent_pipeline.py": ["--agents", "1", "--steps", "2", "--max-tokens", "120"],
+    "structured_brainstorm.py": ["-k", "2"],
     "langchain_chain.py": ["--samples", "2", "--max-tokens", "6"],
     "rag_query_rewrite.py": ["--rounds", "1", "--max-tokens", "8", "--embed", "hash"],
 }
 EXPECTED = {
     "brainstorm.py": "Distinct ideas",
-    "agent_pipeline.py": "chosen:",
+    "agent_pipeline.py": "answer:",
+    "structured_brainstorm.py": "valid ideas",
     "langchain_chain.py": "p-punc",
     "rag_query_rewrite.py": "aligned",
 }
