@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -27,7 +28,10 @@ async def iterate_in_thread(make_iterator: Callable[[], Iterator[T]]) -> AsyncIt
     finished = loop.create_future()
 
     def put(item: object) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, item)
+        # The loop may be gone (a server cancelled the consumer at shutdown and exited while
+        # this thread was inside a decode step); the item then has no reader.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(queue.put_nowait, item)
 
     def work() -> None:
         iterator = None

@@ -59,7 +59,9 @@ def free_socket() -> socket.socket:
 
 
 @contextmanager
-def run_server(engine: Any, **app_options: Any) -> Iterator[LiveServer]:
+def run_server(
+    engine: Any, *, shutdown_timeout: float = 5.0, **app_options: Any
+) -> Iterator[LiveServer]:
     """Serve ``create_app(engine, **app_options)`` with uvicorn in a thread until exit."""
     import uvicorn
 
@@ -69,7 +71,12 @@ def run_server(engine: Any, **app_options: Any) -> Iterator[LiveServer]:
     sock = free_socket()
     port = sock.getsockname()[1]
     server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5, lifespan="off")
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            timeout_graceful_shutdown=shutdown_timeout,
+            lifespan="off",
+        )
     )
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="test-uvicorn", daemon=True

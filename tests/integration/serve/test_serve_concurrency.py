@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 from typing import Any
 
 import httpx
 import openai
+import pytest
 from serve_helpers import TIMEOUT, GateRouter, LiveServer, run_server, wait_until
 
 PROMPTS = ["Name a color.", "Write a haiku.", "Tell me a story.", "Suggest a name for a boat."]
@@ -116,3 +119,48 @@ def _delta(line: str) -> str:
 
     choices = json.loads(line[len("data: ") :])["choices"]
     return "".join(c.get("delta", {}).get("content") or "" for c in choices)
+
+
+class _Records(logging.Handler):
+    """Keeps the messages logged to a logger."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_shutdown_cancels_a_stream_still_running_after_the_grace_period(
+    gated_engine: Any, gate: GateRouter
+) -> None:
+    records = _Records()
+    logger = logging.getLogger("uvicorn.error")
+    body = {"model": "tiny-baco", "messages": _messages(0), "max_tokens": 300, "stream": True}
+    body["min_tokens"] = 300
+    try:
+        with run_server(gated_engine, shutdown_timeout=0.2) as live, live.client() as http:
+            logger.addHandler(records)  # after uvicorn configured its loggers
+            gate.close()
+            with http.stream("POST", "/v1/chat/completions", json=body) as stream:
+                lines = stream.iter_lines()
+                assert next(lines).startswith("data: ")
+                assert gate.waiting.wait(TIMEOUT)
+                live.server.should_exit = True  # what SIGTERM does
+                wait_until(
+                    lambda: any("timeout graceful shutdown" in m for m in records.messages),
+                    "uvicorn to cancel the stream",
+                )
+                gate.open()
+                rest: list[str] = []
+                with pytest.raises(httpx.RemoteProtocolError):  # the response is cut short
+                    rest.extend(line for line in lines if line)
+            wait_until(lambda: live.state.in_flight == 0, "the stream to be released")
+            metrics = live.state.metrics.render()[0].decode()
+    finally:
+        logger.removeHandler(records)
+    assert "data: [DONE]" not in rest
+    assert "baco_cancelled_streams_total 1.0" in metrics
+    produced = float(re.search(r"^baco_stream_tokens_total (\S+)$", metrics, re.M).group(1))
+    assert produced <= 1  # stopped at the step that was held, not after 300 tokens
