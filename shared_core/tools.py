@@ -379,7 +379,9 @@ def tool_request(
 ) -> ToolRequest:
     """Validate ``tools`` and ``tool_choice`` and build their grammar (no model work)."""
     specs = normalise_tools(tools or [])
-    mode, chosen = resolve_tool_choice(specs, tool_choice) if specs else ("none", [])
+    mode, chosen = resolve_tool_choice(specs, tool_choice)
+    if not specs:
+        mode = "none"
     constraint = (
         tool_constraint(chosen, mode, max_string_length=max_string_length) if chosen else None
     )

@@ -198,6 +198,8 @@ def test_tool_request_renders_constrains_and_parses() -> None:
     assert off.parse(format_call("add", {})).tool_calls == []
     assert off.messages([{"role": "user", "content": "hi"}]) == [{"role": "user", "content": "hi"}]
     assert not tool_request(None).active
+    with pytest.raises(ValueError, match="at least one tool"):
+        tool_request([], "any")
 
 
 def test_tool_call_stream_splits_text_and_calls_across_deltas() -> None:
