@@ -721,76 +721,107 @@ class _Decode:
         max_budget: int,
     ) -> Iterator[StreamEvent]:
         """Steps 1 … of a decode on the graph path: chunks of ``graph_sync_every`` steps run
-        on the device while the host turns the previous chunk into events."""
-        options, params = self.options, self.params
-        bucket = batch_bucket(len(active))
+        on the device while the host turns the previous chunk into events; when the live
+        rows fit a smaller batch bucket, they move to it."""
         lengths = tuple(0 if m is None else length_bucket(m.mask.shape[1]) for m in (base, aligned))
-        spec = params.spec
-        key = (
-            (spec.name, spec.gamma, spec.content_source),
-            (params.temperature, params.top_k, params.top_p, params.min_p),
-            (params.min_new_tokens, params.aligned_starts, params.aligned_can_stop),
-            (rules.pad_id, bucket, lengths, options.graph_sync_every, options.graph_backend),
-        )
-        budget = torch.tensor([rows[r].budget for r in active], device=self.device)
-        with self.compute():
+        models = (self.pair.base, self.pair.aligned)
+        layers = tuple(None if m is None else m.cache.layers for m in (base, aligned))
+        width = (base or aligned).logits.shape[1]  # type: ignore[union-attr]
+        held: list[tuple[Any, GraphRunner]] = []
+
+        def runner_for(live: int) -> GraphRunner:
+            bucket = batch_bucket(live)
+            key = self._graph_key(rules, bucket, lengths)
             runner = self.graphs.acquire(key)
             if runner is None:
                 runner = GraphRunner(
                     rules.with_static_shapes(),
-                    base,
-                    aligned,
+                    models,
+                    layers,
                     bucket=bucket,
                     lengths=lengths,
-                    sync_every=options.graph_sync_every,
-                    backend=options.graph_backend,
+                    vocab_width=width,
+                    sync_every=self.options.graph_sync_every,
+                    backend=self.options.graph_backend,
                     device=self.device,
                 )
-            runner.load(state, budget, 1, base, aligned)
-            runner.capture()
-        try:
-            yield from self._graph_chunks(runner, rows, active, max_budget)
-        finally:
-            self.graphs.release(key, runner)
+            held.append((key, runner))
+            return runner
 
-    def _graph_chunks(
-        self, runner: GraphRunner, rows: list[_Row], active: list[int], max_budget: int
+        budget = torch.tensor([rows[r].budget for r in active], device=self.device)
+        try:
+            with self.compute():
+                runner = runner_for(len(active))
+                runner.load(state, budget, 1, base, aligned)
+                runner.capture()
+            step, pending = 1, None
+            while pending is not None or step < max_budget:
+                launched = None
+                if step < max_budget:
+                    count = min(self.options.graph_sync_every, max_budget - step)
+                    with self.compute():
+                        runner.run(count)
+                        launched = (count, runner.read(step, count))
+                    step += count
+                if pending is not None:
+                    yield from self._graph_events(pending, rows, active)
+                    live = [p for p, r in enumerate(active) if not rows[r].finished]
+                    if not live:
+                        return
+                    if self.options.compact_finished and batch_bucket(len(live)) < runner.bucket:
+                        if launched is not None:  # drain: the device state is then final
+                            yield from self._graph_events(launched, rows, active)
+                            launched = None
+                            live = [p for p, r in enumerate(active) if not rows[r].finished]
+                            if not live:
+                                return
+                        with self.compute():
+                            smaller = runner_for(len(live))
+                            smaller.load_rows(runner, live)
+                            smaller.capture()
+                        runner, active = smaller, [active[p] for p in live]
+                    else:
+                        with self.compute():
+                            runner.finish([p for p, r in enumerate(active) if rows[r].finished])
+                pending = launched
+        finally:
+            for key, held_runner in held:
+                self.graphs.release(key, held_runner)
+
+    def _graph_key(self, rules: StepRules, bucket: int | None, lengths: tuple) -> tuple:
+        """What a compiled graph depends on: settings compiled in, and shapes."""
+        params, spec = self.params, self.params.spec
+        return (
+            (spec.name, spec.gamma, spec.content_source),
+            (params.temperature, params.top_k, params.top_p, params.min_p),
+            (params.min_new_tokens, params.aligned_starts, params.aligned_can_stop),
+            (rules.pad_id, bucket, lengths, self.options.graph_sync_every),
+            self.options.graph_backend,
+        )
+
+    def _graph_events(
+        self, chunk: tuple[int, Callable[[], Any]], rows: list[_Row], active: list[int]
     ) -> Iterator[StreamEvent]:
-        step, pending = 1, None
-        while pending is not None or step < max_budget:
-            launched = None
-            if step < max_budget:
-                count = min(self.options.graph_sync_every, max_budget - step)
-                with self.compute():
-                    runner.run(count)
-                    launched = (count, runner.read(step, count))
-                step += count
-            if pending is not None:
-                count, wait = pending
-                tokens, owners, base_broken, aligned_broken = wait()
-                broken = [
-                    flags
-                    for flags, used in (
-                        (base_broken, self.spec.uses_base),
-                        (aligned_broken, self.spec.uses_aligned),
-                    )
-                    if used
-                ]
-                for j in range(count):
-                    self._check_finite(
-                        [[f[j] for f in flags] for flags in broken],
-                        [rows[r].finished for r in active],
-                    )
-                    for position, row_id in enumerate(active):
-                        row = rows[row_id]
-                        if not row.finished:
-                            token, owner = tokens[position][j], bool(owners[position][j])
-                            yield self._advance(row_id, row, token, owner)
-                if all(rows[r].finished for r in active):
-                    return
-                with self.compute():
-                    runner.finish([p for p, r in enumerate(active) if rows[r].finished])
-            pending = launched
+        """Stream events of one chunk of graph steps read back from the device."""
+        count, wait = chunk
+        tokens, owners, base_broken, aligned_broken = wait()
+        broken = [
+            flags
+            for flags, used in (
+                (base_broken, self.spec.uses_base),
+                (aligned_broken, self.spec.uses_aligned),
+            )
+            if used
+        ]
+        for j in range(count):
+            self._check_finite(
+                [[f[j] for f in flags] for flags in broken], [rows[r].finished for r in active]
+            )
+            for position, row_id in enumerate(active):
+                row = rows[row_id]
+                if not row.finished:
+                    token, owner = tokens[position][j], bool(owners[position][j])
+                    yield self._advance(row_id, row, token, owner)
 
     def _base_input(
         self, token: torch.Tensor, owner: torch.Tensor, step: int

@@ -103,14 +103,16 @@ class _ModelBuffers:
     logits: torch.Tensor  # [B, V] next-token logits (float32)
 
 
-def _allocate(state: Any, bucket: int, length: int) -> _ModelBuffers:
-    """Static buffers for the model of an eager state (see :func:`_load`)."""
+def _allocate(
+    model: Any, layers: Sequence[Any], bucket: int, length: int, vocab_width: int
+) -> _ModelBuffers:
+    """Static buffers of ``bucket`` rows for ``model``; ``layers`` (cache layers with
+    ``keys``/``values``) give each layer's heads, head size, dtype and device."""
     from transformers import StaticCache
 
-    model = state.model
-    device = state.mask.device
+    device = layers[0].keys.device
     cache = StaticCache(config=_unwrap(model).config, max_cache_len=length)
-    for layer, source in zip(cache.layers, state.cache.layers, strict=True):
+    for layer, source in zip(cache.layers, layers, strict=True):
         keys, values = source.keys, source.values
         layer.lazy_initialization(
             keys.new_zeros((bucket, keys.shape[1], 1, keys.shape[3])),
@@ -122,8 +124,27 @@ def _allocate(state: Any, bucket: int, length: int) -> _ModelBuffers:
         mask=torch.zeros((bucket, length), dtype=torch.long, device=device),
         position=torch.zeros(bucket, dtype=torch.long, device=device),
         column=torch.zeros(1, dtype=torch.long, device=device),
-        logits=torch.zeros((bucket, state.logits.shape[1]), dtype=torch.float32, device=device),
+        logits=torch.zeros((bucket, vocab_width), dtype=torch.float32, device=device),
     )
+
+
+def _load_rows(buffers: _ModelBuffers, source: _ModelBuffers, index: torch.Tensor) -> None:
+    """Copy the rows ``index`` of another runner's buffers (compaction to a smaller bucket)."""
+    count = index.shape[0]
+    for layer, other in zip(buffers.cache.layers, source.cache.layers, strict=True):
+        layer.keys.zero_()
+        layer.values.zero_()
+        layer.keys[:count] = other.keys[index]
+        layer.values[:count] = other.values[index]
+        layer.cumulative_length.copy_(other.cumulative_length)
+    buffers.mask.zero_()
+    buffers.mask[:count] = source.mask[index]
+    buffers.mask[count:, 0] = 1
+    buffers.position.zero_()
+    buffers.position[:count] = source.position[index]
+    buffers.column.copy_(source.column)
+    buffers.logits.zero_()
+    buffers.logits[:count] = source.logits[index]
 
 
 def _load(buffers: _ModelBuffers, state: Any) -> None:
@@ -213,7 +234,7 @@ def graph_step(rules: StepRules, state: GraphState, cache_arg: str) -> None:
 
 
 def _new_state(
-    rows: int, bucket: int, sync_every: int, base: Any, aligned: Any, device: torch.device
+    bucket: int, sync_every: int, base: Any, aligned: Any, device: torch.device
 ) -> GraphState:
     def zeros(*shape: int, dtype: torch.dtype = torch.long) -> torch.Tensor:
         return torch.zeros(shape, dtype=dtype, device=device)
@@ -249,11 +270,12 @@ class GraphRunner:
     def __init__(
         self,
         rules: StepRules,
-        base_state: Any,
-        aligned_state: Any,
+        models: tuple[Any, Any],
+        layers: tuple[Sequence[Any] | None, Sequence[Any] | None],
         *,
         bucket: int,
         lengths: tuple[int, int],
+        vocab_width: int,
         sync_every: int,
         backend: str,
         device: torch.device,
@@ -261,9 +283,11 @@ class GraphRunner:
         self.rules = rules
         self.bucket = bucket
         self.sync_every = sync_every
-        base = None if base_state is None else _allocate(base_state, bucket, lengths[0])
-        aligned = None if aligned_state is None else _allocate(aligned_state, bucket, lengths[1])
-        self.state = _new_state(0, bucket, sync_every, base, aligned, device)
+        base, aligned = (
+            None if kv is None else _allocate(model, kv, bucket, length, vocab_width)
+            for model, kv, length in zip(models, layers, lengths, strict=True)
+        )
+        self.state = _new_state(bucket, sync_every, base, aligned, device)
         model = (base or aligned).model  # type: ignore[union-attr]
         self.cache_arg = _cache_argument(type(_unwrap(model).get_decoder()).forward)
         state, cache_arg = self.state, self.cache_arg
@@ -301,6 +325,29 @@ class GraphRunner:
         for buffers, source in ((state.base, base_state), (state.aligned, aligned_state)):
             if buffers is not None:
                 _load(buffers, source)
+
+    def load_rows(self, other: GraphRunner, positions: Sequence[int]) -> None:
+        """Continue ``other``'s decode with only its rows at ``positions`` (the live ones)."""
+        state, source = self.state, other.state
+        index = torch.tensor(list(positions), device=state.step.device)
+        count = index.shape[0]
+        for target, values in zip(state.rows.tensors(), source.rows.tensors(), strict=True):
+            target.zero_()
+            target[:count] = values[index]
+        state.rows.finished[count:] = True
+        state.step.copy_(source.step)
+        for target, values in ((state.generated, source.generated), (state.budget, source.budget)):
+            target.zero_()
+            target[:count] = values[index]
+        for buffers, other_buffers in ((state.base, source.base), (state.aligned, source.aligned)):
+            if buffers is not None:
+                _load_rows(buffers, other_buffers, index)
+
+    def layers(self) -> tuple[Sequence[Any] | None, Sequence[Any] | None]:
+        """Cache layers of both models (shapes for :class:`GraphRunner` of another bucket)."""
+        return tuple(  # type: ignore[return-value]
+            None if b is None else b.cache.layers for b in (self.state.base, self.state.aligned)
+        )
 
     def capture(self) -> None:
         """On CUDA, warm the compiled step up on a side stream and capture it as a graph;

@@ -115,3 +115,17 @@ def test_buckets():
     assert [batch_bucket(r) for r in (1, 2, 3, 9, 64)] == [1, 2, 4, 16, 64]
     assert batch_bucket(BATCH_BUCKETS[-1] + 1) is None
     assert [length_bucket(c) for c in (1, 128, 129)] == [128, 128, 256]
+
+
+def test_live_rows_move_to_smaller_buckets_with_the_same_samples(tiny_pair):
+    eager = _engine(tiny_pair, graph=False)
+    graph = _engine(tiny_pair, graph=True, graph_backend="eager", graph_sync_every=2)
+    # Stop strings end rows at different steps; 12 rows start in the 16-row bucket.
+    options = {"router": "rand", "n": 4, "max_new_tokens": 40, "seed": 2, "stop": ["a", "o"]}
+    expected = eager.generate(PROMPTS, **options)
+    got = graph.generate(PROMPTS, **options)
+    assert _summary(got) == _summary(expected)
+    lengths = sorted(len(g.token_ids) for row in got for g in row)
+    assert lengths[0] < lengths[-1] - 4  # rows really ended at different steps
+    buckets = {key[3][1] for key in graph._graphs._free}
+    assert 16 in buckets and min(buckets) < 16  # compacted into a smaller bucket
