@@ -293,3 +293,26 @@ def test_property_every_constrained_sample_validates(tiny_engine, schema, seed, 
     for sample in out[0]:
         assert sample.finish_reason == "stop", (schema, sample.text)
         _valid(sample.text, schema)
+
+
+def test_strings_never_hold_raw_control_characters(tiny_engine) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"s": {"type": "string", "maxLength": 12}},
+        "required": ["s"],
+        "additionalProperties": False,
+    }
+    out = tiny_engine.generate(PROMPT, json_schema=schema, n=16, max_new_tokens=80, seed=11)
+    for sample in out[0]:
+        raw = sample.text.split('"s"', 1)[1]
+        assert not any(ord(c) < 0x20 and c not in "\n\t\r " for c in raw), sample.text
+        json.loads(sample.text, strict=True)  # escapes, if any, are valid JSON escapes
+
+
+def test_params_normalise_the_schema() -> None:
+    from shared_core.params import GenerationParams
+
+    assert GenerationParams(json_schema=False).constraint is None
+    params = GenerationParams(json_schema=SCHEMA)
+    assert params.constraint is not None and params.constraint.schema == SCHEMA
+    assert params.with_overrides(n=2).constraint == params.constraint
