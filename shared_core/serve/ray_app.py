@@ -111,16 +111,26 @@ def build_app(args: Mapping[str, Any]) -> Any:
     )
 
 
-def start(
-    app: Any, host: str, port: int, *, address: str | None = None, name: str = "baco"
-) -> None:
-    """Connect to (or start) Ray, start Serve's HTTP proxy on ``host:port`` and deploy ``app``."""
+def connect(address: str | None = None) -> None:
+    """Connect to the Ray cluster at ``address`` (default: ``$RAY_ADDRESS``, or a local one)."""
     import ray
 
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False)
+
+
+def deploy(app: Any, host: str, port: int, *, name: str = "baco") -> None:
+    """Start Serve's HTTP proxy on ``host:port`` and deploy ``app`` (returns when it is up)."""
     serve.start(http_options={"host": host, "port": port})
     serve.run(app, name=name, route_prefix="/", blocking=False)
+
+
+def start(
+    app: Any, host: str, port: int, *, address: str | None = None, name: str = "baco"
+) -> None:
+    """:func:`connect`, then :func:`deploy`."""
+    connect(address)
+    deploy(app, host, port, name=name)
 
 
 def run_ray(args: argparse.Namespace) -> int:
@@ -135,15 +145,17 @@ def run_ray(args: argparse.Namespace) -> int:
         cpus_per_replica=args.cpus_per_replica,
         threads=args.threads,
     )
+    connect(args.ray_address)
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which installs its own
         signal.signal(sig, lambda *_: stop.set())
-    start(app, args.host, args.port, address=args.ray_address)
+    deploy(app, args.host, args.port)
     print(
         f"baco: {args.replicas} replica(s) serving on http://{args.host}:{args.port}/v1",
         flush=True,
     )
     stop.wait()
+    print("baco: shutting down the replicas", flush=True)
     serve.shutdown()
     import ray
 
