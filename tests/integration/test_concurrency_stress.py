@@ -28,6 +28,8 @@ from llama_index.core.base.llms.types import ChatMessage
 from langchain_baco import ChatBaco
 from llama_index_baco import Baco
 
+pytestmark = pytest.mark.slow  # 16 threads and 16 coroutines, twice per adapter: minutes
+
 WORKERS = 16
 TIMEOUT = 180.0  # seconds for one stress round; a deadlock fails instead of hanging
 #: Tokens per sample (max_tokens == min_tokens: every sample has the same length).

