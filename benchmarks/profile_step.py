@@ -1,0 +1,107 @@
+"""Per-step host work of a BACO decode: eager loop vs graph path, counted with torch.profiler.
+
+For each path, one decode of ``--n`` samples × 2 prompts × ``--max-new-tokens`` tokens is run
+once to warm up (compile, capture) and once under ``torch.profiler``; the table gives, per
+decode step, the ATen operators dispatched from Python, the host synchronisations (a
+``.item()``/``.tolist()`` read: ``aten::_local_scalar_dense``; on CUDA also stream/event/device
+synchronisations) and, on CUDA, kernel and graph launches. Counts, not seconds: they do not
+depend on what else the machine is doing. Writes JSON.
+
+    python benchmarks/profile_step.py --arch mini --n 32 --max-new-tokens 32
+    python benchmarks/profile_step.py --arch llama-1b --n 32      # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_decode import PROMPTS, random_pair
+
+SYNC_EVENTS = ("aten::_local_scalar_dense",)
+CUDA_SYNC_EVENTS = ("cudaStreamSynchronize", "cudaEventSynchronize", "cudaDeviceSynchronize")
+LAUNCH_EVENTS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch")
+
+
+def profile(engine, options: dict, steps: int) -> dict[str, float]:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    list(engine.stream(PROMPTS, **options))  # warm-up: compile, capture, caches
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(ProfilerActivity.CUDA)
+    with torch_profile(activities=activities) as prof:
+        list(engine.stream(PROMPTS, **options))
+    events = prof.events()
+    counts = {"aten_ops": 0, "host_syncs": 0, "launches": 0}
+    for event in events:
+        name = event.name
+        if name.startswith("aten::") and event.cpu_parent is None:
+            counts["aten_ops"] += 1
+        if name in SYNC_EVENTS or name in CUDA_SYNC_EVENTS:
+            counts["host_syncs"] += 1
+        if name in LAUNCH_EVENTS:
+            counts["launches"] += 1
+    return {key: value / steps for key, value in counts.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default="mini")
+    parser.add_argument("--n", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--graph-backend", default="inductor")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="benchmarks/out/profile_step.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from shared_core import BacoEngine
+    from shared_core.engine import DecodeOptions
+
+    pair = random_pair(args.arch, one_weights=False)
+    options = {
+        "n": args.n,
+        "max_new_tokens": args.max_new_tokens,
+        "min_new_tokens": args.max_new_tokens,
+        "top_p": 0.95,
+        "seed": 0,
+        "router": "p-punc",
+        "gamma": 0.3,
+    }
+    rows = {}
+    with torch.inference_mode():
+        for name, graph in (("eager loop", False), ("graph path", True)):
+            engine = BacoEngine(
+                pair,
+                options=DecodeOptions(
+                    batch_requests=False, graph=graph, graph_backend=args.graph_backend
+                ),
+            )
+            rows[name] = profile(engine, options, args.max_new_tokens)
+    print(f"{'per decode step':<16}{'ATen ops':>10}{'host syncs':>12}{'launches':>10}")
+    for name, row in rows.items():
+        print(
+            f"{name:<16}{row['aten_ops']:>10.1f}{row['host_syncs']:>12.2f}{row['launches']:>10.1f}"
+        )
+    meta = {
+        "arch": args.arch,
+        "rows": args.n * len(PROMPTS),
+        "steps": args.max_new_tokens,
+        "graph_backend": args.graph_backend,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "torch": torch.__version__,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"meta": meta, "per_step": rows}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
