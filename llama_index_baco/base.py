@@ -133,7 +133,7 @@ class Baco(FunctionCallingLLM, CustomLLM, BacoFields):
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         """Complete ``prompt``, sent as one user message (aligned: chat template)."""
-        text, raw = self._generate(prompt, self._options(kwargs))
+        text, raw = self._generate(prompt, self._prepare(kwargs, tools=False)[1])
         return CompletionResponse(text=text, raw=raw)
 
     @llm_completion_callback()
@@ -141,7 +141,7 @@ class Baco(FunctionCallingLLM, CustomLLM, BacoFields):
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseGen:
         """Stream the completion of ``prompt``: cumulative ``text`` and new ``delta``."""
-        events = self._events(prompt, self._stream_options(kwargs))
+        events = self._events(prompt, self._prepare(kwargs, stream=True, tools=False)[1])
 
         def gen() -> CompletionResponseGen:
             for text, delta, raw, _ in _chunks(events):
@@ -178,7 +178,8 @@ class Baco(FunctionCallingLLM, CustomLLM, BacoFields):
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponse:
         """Async :meth:`complete`; decoding runs in a worker thread."""
-        text, raw = await run_in_thread(self._generate, prompt, self._options(kwargs))
+        options = self._prepare(kwargs, tools=False)[1]
+        text, raw = await run_in_thread(self._generate, prompt, options)
         return CompletionResponse(text=text, raw=raw)
 
     @llm_completion_callback()
@@ -186,7 +187,8 @@ class Baco(FunctionCallingLLM, CustomLLM, BacoFields):
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
         """Async :meth:`stream_complete`; decoding runs in a worker thread."""
-        events = await run_in_thread(self._events, prompt, self._stream_options(kwargs))
+        options = self._prepare(kwargs, stream=True, tools=False)[1]
+        events = await run_in_thread(self._events, prompt, options)
 
         async def gen() -> CompletionResponseAsyncGen:
             async for text, delta, raw, _ in _achunks(events):
@@ -345,11 +347,14 @@ class Baco(FunctionCallingLLM, CustomLLM, BacoFields):
     # ------------------------------------------------------------------ internals
 
     def _prepare(
-        self, kwargs: dict[str, Any], *, stream: bool = False
+        self, kwargs: dict[str, Any], *, stream: bool = False, tools: bool = True
     ) -> tuple[ToolRequest, dict[str, Any]]:
-        """Tools/structure of a call and its engine options (all validated)."""
+        """Tools/structure of a call and its engine options (all validated). Completions
+        (``tools=False``) take ``json_schema`` but no tools."""
         kwargs = dict(kwargs)
         kwargs.pop("allow_parallel_tool_calls", None)
+        if not tools and kwargs.get("tools"):
+            raise ValueError("tools need chat (chat_with_tools), not complete")
         request, constraint = pop_structure(kwargs, max_string_length=self.max_string_length)
         options = self._stream_options(kwargs) if stream else self._options(kwargs)
         if constraint is not None:

@@ -131,3 +131,11 @@ async def test_function_agent_runs_a_tool_and_answers(llm: Baco) -> None:
         == results[0].tool_kwargs["a"] * (results[0].tool_kwargs["b"])
     )
     assert answer is not None
+
+
+def test_complete_takes_a_json_schema(llm: Baco) -> None:
+    schema = {**Pet.model_json_schema(), "additionalProperties": False}
+    response = llm.complete("A pet as JSON.", json_schema=schema)
+    assert isinstance(Pet.model_validate_json(response.text), Pet)
+    with pytest.raises(ValueError, match="chat_with_tools"):
+        llm.complete("hi", tools=[TOOLS[0].metadata.to_openai_tool()])
