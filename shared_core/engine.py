@@ -753,6 +753,9 @@ class _Decode:
             with self.compute():
                 runner = runner_for(len(active))
                 runner.load(state, budget, 1, base, aligned)
+                for model_state in (base, aligned):  # the static caches hold it all now
+                    if model_state is not None:
+                        model_state.cache = model_state.logits = None
                 runner.capture()
             step, pending = 1, None
             while pending is not None or step < max_budget:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -429,17 +430,31 @@ def _tensors(state: GraphState) -> list[torch.Tensor]:
 
 
 class GraphCache:
-    """Graph runners kept by an engine, keyed by rules and shapes; one decode at a time each."""
+    """Graph runners kept by an engine, keyed by settings and shapes; one decode at a time
+    each. At most ``max_free`` idle runners are kept (least recently used go first), since
+    each holds static KV caches."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_free: int = 4) -> None:
         self._lock = threading.Lock()
-        self._free: dict[Any, list[GraphRunner]] = {}
+        self._free: OrderedDict[Any, list[GraphRunner]] = OrderedDict()
+        self.max_free = max_free
 
     def acquire(self, key: Any) -> GraphRunner | None:
         with self._lock:
             runners = self._free.get(key)
-            return runners.pop() if runners else None
+            if not runners:
+                return None
+            runner = runners.pop()
+            if not runners:
+                del self._free[key]
+            return runner
 
     def release(self, key: Any, runner: GraphRunner) -> None:
         with self._lock:
             self._free.setdefault(key, []).append(runner)
+            self._free.move_to_end(key)
+            while sum(len(r) for r in self._free.values()) > self.max_free:
+                oldest = next(iter(self._free))
+                self._free[oldest].pop(0)
+                if not self._free[oldest]:
+                    del self._free[oldest]

@@ -120,6 +120,7 @@ def test_buckets():
 def test_live_rows_move_to_smaller_buckets_with_the_same_samples(tiny_pair):
     eager = _engine(tiny_pair, graph=False)
     graph = _engine(tiny_pair, graph=True, graph_backend="eager", graph_sync_every=2)
+    graph._graphs.max_free = 16  # keep every bucket's runner to look at them
     # Stop strings end rows at different steps; 12 rows start in the 16-row bucket.
     options = {"router": "rand", "n": 4, "max_new_tokens": 40, "seed": 2, "stop": ["a", "o"]}
     expected = eager.generate(PROMPTS, **options)
@@ -129,3 +130,15 @@ def test_live_rows_move_to_smaller_buckets_with_the_same_samples(tiny_pair):
     assert lengths[0] < lengths[-1] - 4  # rows really ended at different steps
     buckets = {key[3][1] for key in graph._graphs._free}
     assert 16 in buckets and min(buckets) < 16  # compacted into a smaller bucket
+
+
+def test_idle_runners_are_capped_least_recently_used_first():
+    from shared_core.graph import GraphCache
+
+    cache = GraphCache(max_free=2)
+    runners = [object(), object(), object()]
+    for key, runner in zip("abc", runners, strict=True):
+        cache.release(key, runner)  # type: ignore[arg-type]
+    assert cache.acquire("a") is None  # the oldest idle runner was dropped
+    assert cache.acquire("c") is runners[2] and cache.acquire("b") is runners[1]
+    assert cache.acquire("b") is None
