@@ -9,7 +9,9 @@ its own prompt with its own seed; all clients start together. Two request kinds:
   generate   one JSON reply (``engine.generate`` in-process; concurrent calls are batched by
              the engine's request queue): latency only
 
-Reported per (kind, clients, side): wall time, generated tokens/s, p50/p95 time to first
+Each configuration runs ``--repeats`` times per side in ABBA order (in-process, server,
+server, in-process, ...), so a machine load that drifts during the run favours neither side.
+Reported per (kind, clients, side): mean wall time, generated tokens/s, p50/p95 time to first
 token (streams) and latency, the server/in-process throughput ratio, and whether both sides
 produced the same text for every request. Prints a table and writes JSON.
 
@@ -183,8 +185,9 @@ async def _run_server(
     return list(results), wall
 
 
-def summarise(results: list[dict], wall: float) -> dict[str, float]:
-    tokens = sum(r["tokens"] for r in results)
+def summarise(results: list[dict], wall: float, repeats: int = 1) -> dict[str, float]:
+    """Mean wall time per repeat, tokens/s over all repeats, percentiles over all requests."""
+    tokens = sum(r["tokens"] for r in results) / repeats
     ttft = [r["ttft"] for r in results]
     latency = [r["latency"] for r in results]
     return {
@@ -207,6 +210,9 @@ def main() -> None:
     parser.add_argument("--gamma", type=float, default=0.3)
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="runs per side, in ABBA order (default 2)"
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny random pair (smoke test)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--out", default="benchmarks/out/bench_serve.json")
@@ -232,22 +238,35 @@ def main() -> None:
         asyncio.run(_run_server(server.url, "stream", 1, warm))
         for kind in kinds:
             for clients in counts:
-                sides = {}
-                for side in ("in_process", "server"):
-                    if side == "server":
-                        sides[side] = asyncio.run(_run_server(server.url, kind, clients, options))
-                    else:
-                        start = time.perf_counter()
-                        results = run_in_process(engine, kind, clients, options)
-                        sides[side] = (results, time.perf_counter() - start)
-                    print(f"done {kind} x{clients} {side}: {sides[side][1]:.1f} s", flush=True)
-                same = [r["text"] for r in sides["server"][0]] == [
-                    r["text"] for r in sides["in_process"][0]
-                ]
+                runs: dict[str, list[tuple[list[dict], float]]] = {"in_process": [], "server": []}
+                for repeat in range(args.repeats):
+                    # ABBA order: a load that drifts during the run favours neither side.
+                    order = ("in_process", "server")
+                    for side in order if repeat % 2 == 0 else order[::-1]:
+                        if side == "server":
+                            run = asyncio.run(_run_server(server.url, kind, clients, options))
+                        else:
+                            start = time.perf_counter()
+                            results = run_in_process(engine, kind, clients, options)
+                            run = (results, time.perf_counter() - start)
+                        runs[side].append(run)
+                        print(f"done {kind} x{clients} {side}: {run[1]:.1f} s", flush=True)
+                texts = {
+                    side: [[r["text"] for r in results] for results, _ in side_runs]
+                    for side, side_runs in runs.items()
+                }
+                same = all(t == texts["in_process"][0] for t in texts["server"])
                 base_rate = None
-                for side, (results, wall) in sides.items():
+                for side, side_runs in runs.items():
                     row = {"kind": kind, "clients": clients, "side": side}
-                    row.update(summarise(results, wall))
+                    row.update(
+                        summarise(
+                            [r for results, _ in side_runs for r in results],
+                            sum(wall for _, wall in side_runs) / len(side_runs),
+                            len(side_runs),
+                        )
+                    )
+                    row["walls_s"] = [wall for _, wall in side_runs]
                     base_rate = base_rate or row["tokens_per_s"]
                     row["ratio_vs_in_process"] = row["tokens_per_s"] / base_rate
                     row["same_text"] = same
@@ -275,6 +294,7 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        "repeats": args.repeats,
     }
     Path(args.out).write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
     print(f"wrote {args.out}")
