@@ -126,7 +126,12 @@ def test_missing_local_path_and_gguf_are_clear_errors(tmp_path):
 
 
 def test_unreachable_hub_id_is_a_clear_error(monkeypatch):
+    import huggingface_hub.constants
+
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import: set the flag it consults too, so
+    # the test never waits for network timeouts.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(OSError, match="could not load model 'org/not-a-model'"):
         ModelPair.from_pretrained("org/not-a-model", "org/not-a-model-it")
 
