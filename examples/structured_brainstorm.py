@@ -3,11 +3,13 @@
 Diverse free text is easy to get from BACO; an application usually needs the ideas as data.
 ``with_structured_output(Idea, n=k)`` decodes k samples in one batch under the grammar of the
 ``Idea`` schema, so every sample is a valid ``Idea``. The script runs it with the aligned
-model alone and with BACO and counts the distinct names, taglines and categories.
+model alone and with BACO and counts the distinct names, taglines and categories. The default
+router is ``rand`` (γ=0.5): inside JSON, one-word values follow a quote and are no word
+starts, so PUNC routers (``p-punc``) hand only words inside longer strings to the base model.
 
     pip install -e ".[langchain,demo,structured]"
     python examples/structured_brainstorm.py                 # the demo pair
-    python examples/structured_brainstorm.py --topic "a bakery" -k 8 --gamma 0.3
+    python examples/structured_brainstorm.py --topic "a bakery" -k 8 --router p-punc --gamma 0.3
     python examples/structured_brainstorm.py --tiny          # offline smoke run
 """
 
@@ -39,7 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--topic", default="a small seaside town")
     parser.add_argument("-k", type=int, default=8, help="ideas per run")
-    parser.add_argument("--gamma", type=float, default=0.3)
+    parser.add_argument("--router", default="rand")
+    parser.add_argument("--gamma", type=float, default=0.5)
     parser.add_argument("--max-tokens", type=int, default=120)
     parser.add_argument("--tiny", action="store_true", help="tiny random pair (offline smoke)")
     args = parser.parse_args(argv)
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
 
     for label, options in (
         ("aligned alone", {"router": "aligned"}),
-        (f"BACO (p-punc γ={args.gamma})", {"router": "p-punc", "gamma": args.gamma}),
+        (f"BACO ({args.router} γ={args.gamma})", {"router": args.router, "gamma": args.gamma}),
     ):
         ideas = brainstorm(llm, args.topic, args.k, **options)
         names = {i.name.strip().lower() for i in ideas}
