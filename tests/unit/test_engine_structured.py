@@ -316,3 +316,31 @@ def test_params_normalise_the_schema() -> None:
     params = GenerationParams(json_schema=SCHEMA)
     assert params.constraint is not None and params.constraint.schema == SCHEMA
     assert params.with_overrides(n=2).constraint == params.constraint
+
+
+def test_joint_forward_of_a_one_weights_pair_stays_valid(tiny_pair_paths, tmp_path, monkeypatch):
+    peft = pytest.importorskip("peft", reason="peft is in the dev extra")
+    from transformers import AutoModelForCausalLM
+
+    from shared_core import engine as engine_module
+
+    base_path, _ = tiny_pair_paths
+    config = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    torch.manual_seed(0)
+    lora = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(base_path), config)
+    lora.save_pretrained(tmp_path / "adapter")
+    pair = ModelPair.from_pretrained(base_path, aligned_adapter=tmp_path / "adapter")
+    joints = []
+    original = engine_module._JointState.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        joints.append(self)
+
+    monkeypatch.setattr(engine_module._JointState, "__init__", spy)
+    out = BacoEngine(pair).generate(
+        PROMPT, json_schema=SCHEMA, n=3, max_new_tokens=120, seed=0, router="rand"
+    )
+    assert joints  # both views ran as one forward per step
+    for sample in out[0]:
+        _valid(sample.text, SCHEMA)
