@@ -12,7 +12,10 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from serve_helpers import TIMEOUT, free_socket
+
+pytestmark = pytest.mark.slow  # starts `baco serve` as a separate process
 
 STARTUP_TIMEOUT = 180.0
 

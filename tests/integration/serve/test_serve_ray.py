@@ -13,6 +13,8 @@ import openai
 import pytest
 from serve_helpers import TIMEOUT, free_socket, wait_until
 
+pytestmark = pytest.mark.slow  # starts a Ray cluster and two replicas
+
 STARTUP_TIMEOUT = 240.0
 REPLICAS = 2
 
