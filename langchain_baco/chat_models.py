@@ -41,15 +41,20 @@ from shared_core.adapter_support import (
     merge_options,
     pop_structure,
     statistics_dict,
-    tool_result_message,
     usage_dict,
 )
 from shared_core.aio import iterate_in_thread, run_in_thread
 from shared_core.engine import BacoEngine
-from shared_core.prompts import chat_template_ids, normalise_messages
+from shared_core.prompts import aligned_prompt_ids
 from shared_core.routers import RouterSpec
 from shared_core.structured import ConstraintError, limit_schema
-from shared_core.tools import ToolCallStream, ToolRequest, render_tool_messages, tool_request
+from shared_core.tools import (
+    ToolCallStream,
+    ToolRequest,
+    render_tool_messages,
+    tool_message,
+    tool_request,
+)
 from shared_core.types import Generation
 
 #: Constructor arguments other providers take and that have no meaning here (no warning).
@@ -100,7 +105,9 @@ def convert_messages(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
     ``tool_calls`` are written after its text as ``<tool_call>`` blocks, and a
     ``ToolMessage`` (or ``FunctionMessage``, or a ``ChatMessage`` with role
     ``tool``/``function``) becomes a user turn with a ``<tool_response>`` block
-    (:mod:`shared_core.tools`). ``name`` is not sent otherwise. The engine merges
+    (:mod:`shared_core.tools`); such a history comes back as a ``ToolPrompt`` that also
+    keeps the structured form, which the engine sends through the aligned model's chat
+    template when it supports tools. ``name`` is not sent otherwise. The engine merges
     consecutive roles and folds system messages where a template needs it.
     """
     out: list[dict[str, Any]] = []
@@ -118,12 +125,12 @@ def convert_messages(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
             out.append({"role": "assistant", "content": text, "tool_calls": calls})
             continue
         elif isinstance(message, ToolMessage):
-            out.append(tool_result_message(text, name=message.name, call_id=message.tool_call_id))
+            out.append(tool_message(text, name=message.name, call_id=message.tool_call_id))
             continue
         elif isinstance(message, FunctionMessage) or (
             isinstance(message, ChatMessage) and message.role in ("tool", "function")
         ):
-            out.append(tool_result_message(text, name=message.name))
+            out.append(tool_message(text, name=message.name))
             continue
         elif isinstance(message, ChatMessage):
             role = message.role
@@ -465,7 +472,7 @@ class ChatBaco(BaseChatModel, BacoFields):
         formatted = [convert_to_openai_tool(tool) for tool in tools or []]
         prompt = tool_request(formatted).messages(convert_messages(messages))
         tokenizer = self._get_engine().tokenizer
-        return len(chat_template_ids(tokenizer, normalise_messages(prompt)))
+        return len(aligned_prompt_ids(tokenizer, prompt))
 
 
 def _validator(schema: Any) -> Callable[[Any], Any] | None:

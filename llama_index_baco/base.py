@@ -36,7 +36,6 @@ from shared_core.adapter_support import (
     merge_options,
     pop_structure,
     statistics_dict,
-    tool_result_message,
     usage_dict,
 )
 from shared_core.aio import iterate_in_thread, run_in_thread
@@ -44,7 +43,13 @@ from shared_core.engine import BacoEngine
 from shared_core.loading import split_model_ref
 from shared_core.registry import engine_key, get_engine
 from shared_core.structured import ConstraintError, limit_schema
-from shared_core.tools import ToolCall, ToolCallStream, ToolRequest, format_call
+from shared_core.tools import (
+    ToolCall,
+    ToolCallStream,
+    ToolRequest,
+    render_tool_messages,
+    tool_message,
+)
 from shared_core.types import Generation, StreamEvent
 
 logger = logging.getLogger(__name__)
@@ -55,7 +60,7 @@ DEMO_CONTEXT_WINDOW = 32768
 
 #: LlamaIndex roles that the engine's prompt builder does not know, mapped to ones it does.
 _ROLE_MAP = {MessageRole.CHATBOT.value: "assistant"}
-#: Roles whose messages are tool results (sent as user turns, see ``tool_result_message``).
+#: Roles whose messages are tool results (``tool`` messages, see ``render_tool_messages``).
 _TOOL_ROLES = frozenset({MessageRole.TOOL.value, MessageRole.FUNCTION.value})
 
 #: Hugging Face loading options that also apply to reading a config.
@@ -432,9 +437,12 @@ def to_engine_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
 
     ``chatbot`` -> ``assistant``; an assistant's ``ToolCallBlock`` s are written after its
     text as ``<tool_call>`` blocks; a ``tool``/``function`` message becomes a user turn with a
-    ``<tool_response>`` block (name and ``tool_call_id`` from ``additional_kwargs``).
+    ``<tool_response>`` block (name and ``tool_call_id`` from ``additional_kwargs``). Such a
+    history comes back as a ``ToolPrompt`` that also keeps the structured form, which the
+    engine sends through the aligned model's chat template when it supports tools
+    (:func:`shared_core.tools.render_tool_messages`).
     """
-    out = []
+    out: list[dict[str, Any]] = []
     for i, message in enumerate(messages):
         if any(not isinstance(block, TextBlock | ToolCallBlock) for block in message.blocks):
             kinds = sorted({type(b).__name__ for b in message.blocks})
@@ -444,18 +452,19 @@ def to_engine_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
         if role in _TOOL_ROLES:
             extra = message.additional_kwargs
             out.append(
-                tool_result_message(text, name=extra.get("name"), call_id=extra.get("tool_call_id"))
+                tool_message(text, name=extra.get("name"), call_id=extra.get("tool_call_id"))
             )
             continue
         calls = [
-            format_call(b.tool_name, b.tool_kwargs)
+            {"name": b.tool_name, "arguments": b.tool_kwargs, "id": b.tool_call_id}
             for b in message.blocks
             if isinstance(b, ToolCallBlock)
         ]
+        item: dict[str, Any] = {"role": _ROLE_MAP.get(role, role), "content": text}
         if calls:
-            text = "\n".join([text, *calls]) if text else "\n".join(calls)
-        out.append({"role": _ROLE_MAP.get(role, role), "content": text})
-    return out
+            item["tool_calls"] = calls
+        out.append(item)
+    return render_tool_messages(out)
 
 
 def _assistant(

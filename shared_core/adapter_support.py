@@ -214,8 +214,10 @@ def tool_result_message(
 ) -> dict[str, str]:
     """A tool's result as an engine message: a user turn with a ``<tool_response>`` block.
 
-    Neither model of a pair needs a tool role in its template: both adapters send tool
-    results in the Hermes-style text format of :mod:`shared_core.tools`.
+    This is how a result reaches the base model (and an aligned template without tool
+    support). The adapters send structured ``tool`` messages (``tools.tool_message``),
+    which ``tools.render_tool_messages`` renders this way while keeping the structure for
+    templates that support tools.
     """
     return tool_response_message(content, name=name, call_id=call_id)
 

@@ -24,7 +24,7 @@ from .graph import GraphCache, GraphRunner, batch_bucket, graph_fallback_reason,
 from .memory import check_fits
 from .pair import ModelPair
 from .params import GenerationParams
-from .prompts import Prompt, base_prompt_ids, chat_template_ids, normalise_messages
+from .prompts import Prompt, aligned_prompt_ids, base_prompt_ids, normalise_messages
 from .routers import RouterSpec, apply_guards
 from .sampling import ALIGNED_DRAW, BASE_DRAW, prompt_seeds
 from .step import (
@@ -164,7 +164,7 @@ class BacoEngine:
     ) -> PreparedPrompt:
         """Validate and tokenize one prompt for both models (no model work)."""
         messages = normalise_messages(prompt, index=index)
-        aligned_ids = chat_template_ids(self.pair.tokenizer, messages)
+        aligned_ids = aligned_prompt_ids(self.pair.tokenizer, prompt, messages)
         base_ids = base_prompt_ids(self.pair.base_tokenizer, messages, self.pair.base_template)
         window = self.pair.context_window
         longest = max(

@@ -3,11 +3,14 @@
 Both adapters convert their tool objects to OpenAI-style dicts and use this module for the
 rest, so the format is defined once:
 
-* tools are described to both models in a Hermes-style system block (:func:`tools_system_block`);
+* tools are described in a Hermes-style system block (:func:`tools_system_block`);
 * a call is written as ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``;
 * earlier calls and tool results in the history are rendered as text in the same format
   (:func:`render_tool_messages`), so any chat template (and the base model's plain
-  transcript) can carry them;
+  transcript) can carry them; the result also keeps the structured conversation
+  (:class:`~shared_core.prompts.ToolPrompt`), which the engine renders through the aligned
+  model's chat template instead when that template supports tools (it lists the tools; the
+  system message still states the call format, :func:`tools_format_block`);
 * :func:`tool_constraint` turns a tool choice into a grammar: ``"auto"`` leaves the text free
   but constrains every call once ``<tool_call>`` is written, ``"required"`` (or one named
   tool) makes the whole response exactly one call; either way the calls always parse;
@@ -198,6 +201,19 @@ def tool_constraint(
     return lark_constraint(lark, label="tool call", protected=(TOOL_CALL_BEGIN, TOOL_CALL_END))
 
 
+def tools_format_block(mode: str = "auto") -> str:
+    """The system text that states the call format (the grammar's ``<tool_call>`` format).
+
+    Sent to the aligned model in both renderings: after the tool list of
+    :func:`tools_system_block`, and on its own when the chat template lists the tools."""
+    rule = "You must call one tool." if mode == "required" else "Call a tool only if it helps."
+    return (
+        f"{rule} To call one, write\n"
+        f'{CALL_OPEN}{{"name": <tool name>, "arguments": <arguments object>}}{CALL_CLOSE}\n'
+        "Results come back in <tool_response></tool_response>."
+    )
+
+
 def tools_system_block(tools: Sequence[ToolSpec], mode: str = "auto") -> str:
     """The Hermes-style system text that describes ``tools`` and the call format."""
     listing = "\n".join(
@@ -208,12 +224,7 @@ def tools_system_block(tools: Sequence[ToolSpec], mode: str = "auto") -> str:
         )
         for t in tools
     )
-    rule = "You must call one tool." if mode == "required" else "Call a tool only if it helps."
-    return (
-        f"Tools (JSON schemas):\n<tools>\n{listing}\n</tools>\n{rule} To call one, write\n"
-        f'{CALL_OPEN}{{"name": <tool name>, "arguments": <arguments object>}}{CALL_CLOSE}\n'
-        "Results come back in <tool_response></tool_response>."
-    )
+    return f"Tools (JSON schemas):\n<tools>\n{listing}\n</tools>\n{tools_format_block(mode)}"
 
 
 def format_call(name: str, arguments: Any) -> str:
@@ -233,6 +244,77 @@ def tool_response_message(
     return {"role": "user", "content": f"<tool_response>\n{first}{content}\n</tool_response>"}
 
 
+def tool_message(
+    content: str, *, name: str | None = None, call_id: str | None = None
+) -> dict[str, str]:
+    """A tool's result as a structured ``tool`` message (what the adapters send to
+    :func:`render_tool_messages`, which renders it for each model)."""
+    message = {"role": "tool", "content": content}
+    if name:
+        message["name"] = name
+    if call_id:
+        message["tool_call_id"] = call_id
+    return message
+
+
+def _call_parts(call: Mapping[str, Any]) -> tuple[Any, Any, Any]:
+    """``(name, arguments, id)`` of a call given as ``{"name", "arguments"|"args", "id"}`` or
+    OpenAI's ``{"id", "function": {"name", "arguments"}}``; JSON-string arguments decoded."""
+    spec = call.get("function", call)
+    arguments = spec.get("arguments", spec.get("args", {}))
+    if isinstance(arguments, str):
+        with contextlib.suppress(json.JSONDecodeError):
+            arguments = json.loads(arguments)
+    return spec.get("name"), arguments, call.get("id") or spec.get("id")
+
+
+def _with_system(messages: list[dict[str, Any]], block: str) -> None:
+    """Append ``block`` to the leading system message (or insert one), in place."""
+    if messages and messages[0]["role"] in ("system", "developer"):
+        first = messages[0]
+        messages[0] = {**first, "content": f"{first.get('content') or ''}\n\n{block}"}
+    else:
+        messages.insert(0, {"role": "system", "content": block})
+
+
+def _native_messages(
+    messages: Sequence[Mapping[str, Any]], tools: Sequence[ToolSpec], mode: str
+) -> list[dict[str, Any]]:
+    """The conversation in the transformers chat-template format: assistant ``tool_calls``
+    as ``{"id", "type": "function", "function": {"name", "arguments": dict}}``, results as
+    ``{"role": "tool", "content", "name", "tool_call_id"}``; with active tools, the system
+    message states the call format (:func:`tools_format_block`; the template lists them)."""
+    from .prompts import ROLE_ALIASES
+
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        role = str(message.get("role", ""))
+        role = "tool" if role in ("tool", "function") else ROLE_ALIASES.get(role.lower(), role)
+        content = message.get("content") or ""
+        if not isinstance(content, str):
+            content = json.dumps(content, ensure_ascii=False)
+        item: dict[str, Any] = {"role": role, "content": content}
+        if role == "tool":
+            for key in ("name", "tool_call_id"):
+                if message.get(key):
+                    item[key] = message[key]
+        calls = message.get("tool_calls") or []
+        if calls:
+            item["tool_calls"] = []
+            for call in calls:
+                name, arguments, call_id = _call_parts(call)
+                native = {"type": "function", "function": {"name": name, "arguments": arguments}}
+                item["tool_calls"].append({"id": call_id, **native} if call_id else native)
+        plain = role != "tool" and not calls
+        if plain and out and out[-1]["role"] == role and "tool_calls" not in out[-1]:
+            out[-1]["content"] = f"{out[-1]['content']}\n\n{content}"  # as the engine merges
+        else:
+            out.append(item)
+    if tools and mode != "none":
+        _with_system(out, tools_format_block(mode))
+    return out
+
+
 def render_tool_messages(
     messages: Sequence[Mapping[str, Any]],
     tools: Sequence[ToolSpec] = (),
@@ -245,14 +327,26 @@ def render_tool_messages(
     blocks; a ``tool`` message becomes a user turn holding a ``<tool_response>`` block. When
     ``tools`` are given (and ``mode`` is not ``"none"``), their description is added to the
     system message.
+
+    When the conversation has tool calls, tool results or active tools, the result is a
+    :class:`~shared_core.prompts.ToolPrompt`: the same text messages, plus the structured
+    conversation, which the engine renders through the aligned model's chat template when
+    that template supports tools (the base model always reads the text). A ``ToolPrompt``
+    passed in again is re-rendered from its structured source (so tools can be added).
     """
+    from .prompts import ToolPrompt
+
+    if isinstance(messages, ToolPrompt):
+        messages = messages.source
     out: list[dict[str, str]] = []
+    structured = False
     for message in messages:
         role = str(message.get("role", ""))
         content = message.get("content") or ""
         if not isinstance(content, str):
             content = json.dumps(content, ensure_ascii=False)
         if role == "tool":
+            structured = True
             out.append(
                 tool_response_message(
                     content, name=message.get("name"), call_id=message.get("tool_call_id")
@@ -261,23 +355,21 @@ def render_tool_messages(
             continue
         calls = message.get("tool_calls") or []
         if calls:
-            blocks = []
-            for call in calls:
-                spec = call.get("function", call)
-                arguments = spec.get("arguments", spec.get("args", {}))
-                if isinstance(arguments, str):
-                    with contextlib.suppress(json.JSONDecodeError):
-                        arguments = json.loads(arguments)
-                blocks.append(format_call(spec.get("name"), arguments))
+            structured = True
+            blocks = [format_call(*_call_parts(call)[:2]) for call in calls]
             content = "\n".join([content, *blocks]) if content else "\n".join(blocks)
         out.append({"role": role, "content": content})
-    if tools and mode != "none":
-        block = tools_system_block(tools, mode)
-        if out and out[0]["role"] in ("system", "developer"):
-            out[0] = {"role": out[0]["role"], "content": f"{out[0]['content']}\n\n{block}"}
-        else:
-            out.insert(0, {"role": "system", "content": block})
-    return out
+    active = bool(tools) and mode != "none"
+    if active:
+        _with_system(out, tools_system_block(tools, mode))
+    if not (structured or active):
+        return out
+    return ToolPrompt(
+        out,
+        source=messages,
+        native=_native_messages(messages, tools, mode),
+        tools=[t.openai() for t in tools] if active else None,
+    )
 
 
 def parse_tool_calls(text: str, *, ids: Sequence[str] | None = None) -> ParsedReply:
