@@ -9,6 +9,7 @@ engine's option names translated back to the request's field names.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import secrets
@@ -203,8 +204,12 @@ _VALIDATION_ORDER = (
 
 
 def supports_json_schema() -> bool:
-    """Whether the engine can constrain output to a JSON schema (structured output)."""
-    return "json_schema" in {f.name for f in fields(GenerationParams)}
+    """Whether structured output is available: the engine takes ``json_schema`` and the
+    grammar engine of the ``structured`` extra (llguidance) is installed. Without it,
+    ``response_format`` and tool calls answer 400 "not supported"."""
+    return "json_schema" in {f.name for f in fields(GenerationParams)} and (
+        importlib.util.find_spec("llguidance") is not None
+    )
 
 
 # ----------------------------------------------------------------------------- requests

@@ -125,10 +125,13 @@ def test_chat_errors_name_the_field(body: dict, param: str) -> None:
     assert info.value.body()["error"]["type"] == "invalid_request_error"
 
 
-def test_response_format_and_tools_follow_the_engine_capability() -> None:
+def test_without_the_structured_extra_response_format_and_tools_answer_400(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from shared_core.serve import openai_schema
+
+    monkeypatch.setattr(openai_schema, "supports_json_schema", lambda: False)  # no llguidance
     body = {"messages": USER, "response_format": {"type": "json_object"}}
-    if supports_json_schema():
-        pytest.skip("the engine supports structured output; covered by the structured tests")
     with pytest.raises(APIError) as info:
         parse_chat_request(body)
     assert info.value.code == "unsupported_parameter"
