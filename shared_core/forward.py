@@ -79,6 +79,16 @@ def run_with_cache(module: Any, cache: Any, **inputs: Any) -> tuple[Any, Any]:
     return out, new_cache if new_cache is not None else out.past_key_values
 
 
+def head_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
+    """The output layer (plus Gemma's final soft-capping) on hidden states, as float32."""
+    inner = _unwrap(model)
+    logits = inner.get_output_embeddings()(hidden)
+    cap = getattr(inner.config.get_text_config(), "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits.float()
+
+
 def forward_last_logits(
     model: Any,
     input_ids: torch.Tensor,
@@ -116,11 +126,7 @@ def forward_last_logits(
             position_ids=position_ids,
             use_cache=True,
         )
-        logits = inner.get_output_embeddings()(out.last_hidden_state[:, -1, :])
-        cap = getattr(inner.config.get_text_config(), "final_logit_softcapping", None)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        return logits.float(), cache
+        return head_logits(inner, out.last_hidden_state[:, -1, :]), cache
     out, cache = run_with_cache(
         model,
         cache,

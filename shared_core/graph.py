@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from .forward import _PLAIN_HEAD, _cache_argument, _unwrap
+from .forward import _PLAIN_HEAD, _cache_argument, _unwrap, head_logits
 from .step import RowState, StepRules, decode_step
 
 logger = logging.getLogger(__name__)
@@ -167,15 +167,6 @@ def _load(buffers: _ModelBuffers, state: Any) -> None:
     buffers.logits[:rows] = state.logits
 
 
-def _head(model: Any, hidden: torch.Tensor) -> torch.Tensor:
-    inner = _unwrap(model)
-    logits = inner.get_output_embeddings()(hidden)
-    cap = getattr(inner.config.get_text_config(), "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits.float()
-
-
 def feed(buffers: _ModelBuffers, tokens: torch.Tensor, cache_arg: str) -> None:
     """Append one token per row to a model's static cache and store its next logits."""
     buffers.mask.index_fill_(1, buffers.column, 1)
@@ -187,7 +178,7 @@ def feed(buffers: _ModelBuffers, tokens: torch.Tensor, cache_arg: str) -> None:
         use_cache=True,
         **{cache_arg: buffers.cache},
     )
-    buffers.logits.copy_(_head(buffers.model, out.last_hidden_state[:, -1, :]))
+    buffers.logits.copy_(head_logits(buffers.model, out.last_hidden_state[:, -1, :]))
     buffers.position.add_(1)
     buffers.column.add_(1)
 
@@ -301,7 +292,6 @@ class GraphRunner:
             self._step = torch.compile(step, fullgraph=True, dynamic=False, backend=backend)
         self._cuda = device.type == "cuda"
         self._graph: Any = None
-        self._host: torch.Tensor | None = None
 
     def load(
         self,
@@ -343,12 +333,6 @@ class GraphRunner:
         for buffers, other_buffers in ((state.base, source.base), (state.aligned, source.aligned)):
             if buffers is not None:
                 _load_rows(buffers, other_buffers, index)
-
-    def layers(self) -> tuple[Sequence[Any] | None, Sequence[Any] | None]:
-        """Cache layers of both models (shapes for :class:`GraphRunner` of another bucket)."""
-        return tuple(  # type: ignore[return-value]
-            None if b is None else b.cache.layers for b in (self.state.base, self.state.aligned)
-        )
 
     def capture(self) -> None:
         """On CUDA, warm the compiled step up on a side stream and capture it as a graph;
