@@ -274,6 +274,17 @@ class Baco(FunctionCallingLLM, CustomLLM, BacoFields):
 
     # ------------------------------------------------------------------ structured output
 
+    def _structured_request(
+        self,
+        output_cls: type[Model],
+        prompt: Any,
+        llm_kwargs: dict[str, Any] | None,
+        prompt_args: dict[str, Any],
+    ) -> tuple[Any, dict[str, Any]]:
+        """The chat messages of ``prompt`` and call kwargs constrained to ``output_cls``."""
+        messages = self._get_messages(prompt, **prompt_args)
+        return messages, {**(llm_kwargs or {}), "json_schema": _output_schema(output_cls)}
+
     def structured_predict(
         self,
         output_cls: type[Model],
@@ -283,8 +294,7 @@ class Baco(FunctionCallingLLM, CustomLLM, BacoFields):
     ) -> Model:
         """An ``output_cls`` instance decoded under its JSON schema (always valid JSON of
         that shape; a response cut by ``max_tokens`` raises ``ValueError``)."""
-        messages = self._get_messages(prompt, **prompt_args)
-        kwargs = {**(llm_kwargs or {}), "json_schema": _output_schema(output_cls)}
+        messages, kwargs = self._structured_request(output_cls, prompt, llm_kwargs, prompt_args)
         response = self.chat(messages, **kwargs)
         return _validate(output_cls, response.message.content or "")
 
@@ -296,8 +306,7 @@ class Baco(FunctionCallingLLM, CustomLLM, BacoFields):
         **prompt_args: Any,
     ) -> Model:
         """Async :meth:`structured_predict`."""
-        messages = self._get_messages(prompt, **prompt_args)
-        kwargs = {**(llm_kwargs or {}), "json_schema": _output_schema(output_cls)}
+        messages, kwargs = self._structured_request(output_cls, prompt, llm_kwargs, prompt_args)
         response = await self.achat(messages, **kwargs)
         return _validate(output_cls, response.message.content or "")
 
@@ -310,8 +319,7 @@ class Baco(FunctionCallingLLM, CustomLLM, BacoFields):
     ) -> Generator[Model, None, None]:
         """Stream :meth:`structured_predict`: each partial object that already validates
         (e.g. once its required fields are complete), then the final object."""
-        messages = self._get_messages(prompt, **prompt_args)
-        kwargs = {**(llm_kwargs or {}), "json_schema": _output_schema(output_cls)}
+        messages, kwargs = self._structured_request(output_cls, prompt, llm_kwargs, prompt_args)
         text, last = "", None
         for response in self.stream_chat(messages, **kwargs):
             text = response.message.content or ""
@@ -331,8 +339,7 @@ class Baco(FunctionCallingLLM, CustomLLM, BacoFields):
         **prompt_args: Any,
     ) -> Any:
         """Async :meth:`stream_structured_predict`."""
-        messages = self._get_messages(prompt, **prompt_args)
-        kwargs = {**(llm_kwargs or {}), "json_schema": _output_schema(output_cls)}
+        messages, kwargs = self._structured_request(output_cls, prompt, llm_kwargs, prompt_args)
         responses = await self.astream_chat(messages, **kwargs)
 
         async def gen() -> AsyncIterator[Model]:
