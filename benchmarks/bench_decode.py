@@ -19,8 +19,9 @@ Variants:
   baco_two_models_graph the graph path (``DecodeOptions(graph=True)``): static KV caches, the
                         step compiled with inductor (and replayed as a CUDA graph on a GPU);
                         ``compile_s`` (first decode, compile + capture) is reported apart
-  baco_one_weights_graph  the graph path asked for a one-weights pair (falls back to the
-                        eager joint forward today; ``path`` in the JSON says which ran)
+  baco_one_weights_graph  the graph path on a one-weights pair: both views in one batch
+                        as a fixed row split (adapter delta on the aligned half only,
+                        shared_core/lora_split.py); ``path`` in the JSON says which ran
   baco_one_weights      BACO, one set of weights (base + LoRA): both views in one forward per
                         step, the adapter switched per row (peft mixed-adapter batch)
   baco_one_weights_no_joint   the same with two forwards per step (adapter toggled)

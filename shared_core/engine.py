@@ -20,7 +20,14 @@ import torch
 
 from .batching import RequestQueue
 from .forward import NO_ADAPTER, forward_last_logits, supports_row_adapters
-from .graph import GraphCache, GraphRunner, batch_bucket, graph_fallback_reason, length_bucket
+from .graph import (
+    GraphCache,
+    GraphRunner,
+    ModelSource,
+    batch_bucket,
+    graph_fallback_reason,
+    length_bucket,
+)
 from .memory import check_fits
 from .pair import ModelPair
 from .params import GenerationParams
@@ -62,11 +69,13 @@ class DecodeOptions:
     ``aligned_can_stop=False`` the outputs are those of the eager decode.
     ``graph``: decode on the device with static KV caches and one compiled step, replayed as
     a CUDA graph on a GPU (:mod:`shared_core.graph`); ``None`` (default) turns it on for
-    CUDA pairs only. Requests it cannot hold (custom router callables, grammar constraints,
-    one-weights joint forwards, lazy mode, sliding-window models) take the eager loop, with
-    the reason in a debug log. ``graph_sync_every``: steps between host reads of the chosen
-    tokens (stream events arrive in chunks of this many tokens). ``graph_backend``: the
-    ``torch.compile`` backend (``"eager"`` runs the static-cache step uncompiled).
+    CUDA pairs only. A one-weights pair's joint forward runs there as a fixed row split
+    (:mod:`shared_core.lora_split`). Requests it cannot hold (custom router callables, grammar
+    constraints, LoRA variants other than plain LoRA on linear layers, lazy mode,
+    sliding-window models) take the eager loop, with the reason in a debug log.
+    ``graph_sync_every``: steps between host reads of the chosen tokens (stream events arrive
+    in chunks of this many tokens). ``graph_backend``: the ``torch.compile`` backend
+    (``"eager"`` runs the static-cache step uncompiled).
     """
 
     share_prefill: bool = True
@@ -688,7 +697,11 @@ class _Decode:
                     if aligned is not None:
                         aligned.step(token, step)
             if step == 0 and max_budget > 1 and self._use_graph(len(active)):
-                yield from self._run_graph(rules, state, rows, active, base, aligned, max_budget)
+                if self.joint:
+                    sources = {"joint": joint.state}
+                else:
+                    sources = {"base": base, "aligned": aligned}
+                yield from self._run_graph(rules, state, rows, active, sources, max_budget)
                 return
 
     def _use_graph(self, live_rows: int) -> bool:
@@ -716,30 +729,32 @@ class _Decode:
         state: RowState,
         rows: list[_Row],
         active: list[int],
-        base: _ModelState | None,
-        aligned: _ModelState | None,
+        model_states: dict[str, _ModelState | None],
         max_budget: int,
     ) -> Iterator[StreamEvent]:
         """Steps 1 … of a decode on the graph path: chunks of ``graph_sync_every`` steps run
         on the device while the host turns the previous chunk into events; when the live
-        rows fit a smaller batch bucket, they move to it."""
-        lengths = tuple(0 if m is None else length_bucket(m.mask.shape[1]) for m in (base, aligned))
-        models = (self.pair.base, self.pair.aligned)
-        layers = tuple(None if m is None else m.cache.layers for m in (base, aligned))
-        width = (base or aligned).logits.shape[1]  # type: ignore[union-attr]
+        rows fit a smaller batch bucket, they move to it. ``model_states``: the eager states
+        after step 0 by name (``base``/``aligned``, or ``joint`` for a one-weights pair)."""
+        model_states = {k: v for k, v in model_states.items() if v is not None}
+        models = {"base": self.pair.base, "aligned": self.pair.aligned, "joint": self.pair.aligned}
+        sources = {
+            name: ModelSource(models[name], m.cache.layers, length_bucket(m.mask.shape[1]))
+            for name, m in model_states.items()
+        }
+        shapes = tuple((name, source.length) for name, source in sources.items())
+        width = next(iter(model_states.values())).logits.shape[1]
         held: list[tuple[Any, GraphRunner]] = []
 
         def runner_for(live: int) -> GraphRunner:
             bucket = batch_bucket(live)
-            key = self._graph_key(rules, bucket, lengths)
+            key = self._graph_key(rules, bucket, shapes)
             runner = self.graphs.acquire(key)
             if runner is None:
                 runner = GraphRunner(
                     rules.with_static_shapes(),
-                    models,
-                    layers,
+                    sources,
                     bucket=bucket,
-                    lengths=lengths,
                     vocab_width=width,
                     sync_every=self.options.graph_sync_every,
                     backend=self.options.graph_backend,
@@ -752,10 +767,9 @@ class _Decode:
         try:
             with self.compute():
                 runner = runner_for(len(active))
-                runner.load(state, budget, 1, base, aligned)
-                for model_state in (base, aligned):  # the static caches hold it all now
-                    if model_state is not None:
-                        model_state.cache = model_state.logits = None
+                runner.load(state, budget, 1, model_states)
+                for model_state in model_states.values():  # the static caches hold it all now
+                    model_state.cache = model_state.logits = None
                 runner.capture()
             step, pending = 1, None
             while pending is not None or step < max_budget:
@@ -791,14 +805,14 @@ class _Decode:
             for key, held_runner in held:
                 self.graphs.release(key, held_runner)
 
-    def _graph_key(self, rules: StepRules, bucket: int | None, lengths: tuple) -> tuple:
+    def _graph_key(self, rules: StepRules, bucket: int | None, shapes: tuple) -> tuple:
         """What a compiled graph depends on: settings compiled in, and shapes."""
         params, spec = self.params, self.params.spec
         return (
             (spec.name, spec.gamma, spec.content_source),
             (params.temperature, params.top_k, params.top_p, params.min_p),
             (params.min_new_tokens, params.aligned_starts, params.aligned_can_stop),
-            (rules.pad_id, bucket, lengths, self.options.graph_sync_every),
+            (rules.pad_id, bucket, shapes, self.options.graph_sync_every),
             self.options.graph_backend,
         )
 

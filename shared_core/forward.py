@@ -42,12 +42,14 @@ NO_ADAPTER = "__base__"
 
 
 def supports_row_adapters(model: Any) -> bool:
-    """True if ``model`` is a PEFT LoRA model that can run a different adapter on each row."""
+    """True if ``model`` is a PEFT LoRA model that can run a different adapter on each row
+    (peft's mixed-adapter batches refuse DoRA adapters)."""
     config = getattr(model, "active_peft_config", None)
     return (
         config is not None
         and str(getattr(config, "peft_type", "")).endswith("LORA")
         and not getattr(config, "modules_to_save", None)
+        and not getattr(config, "use_dora", False)
         and hasattr(model, "_enable_peft_forward_hooks")
     )
 

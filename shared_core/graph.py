@@ -29,13 +29,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .forward import _PLAIN_HEAD, _cache_argument, _unwrap, head_logits
+from .lora_split import RowSplit, row_split_unsupported
 from .step import RowState, StepRules, decode_step
 
 logger = logging.getLogger(__name__)
@@ -77,7 +79,12 @@ def graph_fallback_reason(
     if constrained:
         return "grammar-constrained decoding (its token mask is filled on the host every step)"
     if joint:
-        return "a one-weights pair's joint forward (peft mixed-adapter batches are not capturable)"
+        reason = row_split_unsupported(pair.aligned)
+        if reason is not None:
+            return f"a one-weights pair's joint forward: {reason}"
+    elif getattr(pair, "shares_weights", False) and spec.uses_base and spec.uses_aligned:
+        reason = row_split_unsupported(pair.aligned) or "DecodeOptions.joint_forward is off"
+        return f"a one-weights pair's two views without the joint forward: {reason}"
     if lazy:
         return "lazy aligned catch-up (data-dependent forwards)"
     if batch_bucket(rows) is None:
@@ -94,77 +101,95 @@ def graph_fallback_reason(
 
 @dataclass
 class _ModelBuffers:
-    """One model's static cache and the fixed-address tensors its forward reads."""
+    """One model's static cache and the fixed-address tensors its forward reads.
+
+    ``halves`` is 2 for a one-weights pair's joint buffers: rows ``[0, bucket)`` are the
+    base view and rows ``[bucket, 2 * bucket)`` the aligned view of the same samples.
+    """
 
     model: Any
     cache: Any
-    mask: torch.Tensor  # [B, L] attention mask over the cache columns
-    position: torch.Tensor  # [B] position id of the next token fed
+    bucket: int
+    halves: int
+    mask: torch.Tensor  # [halves * B, L] attention mask over the cache columns
+    position: torch.Tensor  # [halves * B] position id of the next token fed
     column: torch.Tensor  # [1] cache column the next token goes to
-    logits: torch.Tensor  # [B, V] next-token logits (float32)
+    logits: torch.Tensor  # [halves * B, V] next-token logits (float32)
+
+    def rows(self, count: int) -> torch.Tensor:
+        """Buffer rows of the first ``count`` samples (in every half)."""
+        first = torch.arange(count, device=self.mask.device)
+        return torch.cat([first + half * self.bucket for half in range(self.halves)])
 
 
 def _allocate(
-    model: Any, layers: Sequence[Any], bucket: int, length: int, vocab_width: int
+    model: Any, layers: Sequence[Any], bucket: int, halves: int, length: int, vocab_width: int
 ) -> _ModelBuffers:
-    """Static buffers of ``bucket`` rows for ``model``; ``layers`` (cache layers with
-    ``keys``/``values``) give each layer's heads, head size, dtype and device."""
+    """Static buffers of ``halves * bucket`` rows for ``model``; ``layers`` (cache layers
+    with ``keys``/``values``) give each layer's heads, head size, dtype and device."""
     from transformers import StaticCache
 
     device = layers[0].keys.device
+    rows = halves * bucket
     cache = StaticCache(config=_unwrap(model).config, max_cache_len=length)
     for layer, source in zip(cache.layers, layers, strict=True):
         keys, values = source.keys, source.values
         layer.lazy_initialization(
-            keys.new_zeros((bucket, keys.shape[1], 1, keys.shape[3])),
-            values.new_zeros((bucket, values.shape[1], 1, values.shape[3])),
+            keys.new_zeros((rows, keys.shape[1], 1, keys.shape[3])),
+            values.new_zeros((rows, values.shape[1], 1, values.shape[3])),
         )
     return _ModelBuffers(
         model=model,
         cache=cache,
-        mask=torch.zeros((bucket, length), dtype=torch.long, device=device),
-        position=torch.zeros(bucket, dtype=torch.long, device=device),
+        bucket=bucket,
+        halves=halves,
+        mask=torch.zeros((rows, length), dtype=torch.long, device=device),
+        position=torch.zeros(rows, dtype=torch.long, device=device),
         column=torch.zeros(1, dtype=torch.long, device=device),
-        logits=torch.zeros((bucket, vocab_width), dtype=torch.float32, device=device),
+        logits=torch.zeros((rows, vocab_width), dtype=torch.float32, device=device),
     )
 
 
-def _load_rows(buffers: _ModelBuffers, source: _ModelBuffers, index: torch.Tensor) -> None:
-    """Copy the rows ``index`` of another runner's buffers (compaction to a smaller bucket)."""
-    count = index.shape[0]
-    for layer, other in zip(buffers.cache.layers, source.cache.layers, strict=True):
+def _clear(buffers: _ModelBuffers) -> None:
+    for layer in buffers.cache.layers:
         layer.keys.zero_()
         layer.values.zero_()
-        layer.keys[:count] = other.keys[index]
-        layer.values[:count] = other.values[index]
-        layer.cumulative_length.copy_(other.cumulative_length)
     buffers.mask.zero_()
-    buffers.mask[:count] = source.mask[index]
-    buffers.mask[count:, 0] = 1
+    buffers.mask[:, 0] = 1  # padding rows attend to one slot: their softmax stays finite
     buffers.position.zero_()
-    buffers.position[:count] = source.position[index]
-    buffers.column.copy_(source.column)
     buffers.logits.zero_()
-    buffers.logits[:count] = source.logits[index]
+
+
+def _load_rows(buffers: _ModelBuffers, source: _ModelBuffers, index: torch.Tensor) -> None:
+    """Copy the samples ``index`` of another runner's buffers (compaction to a smaller
+    bucket)."""
+    target = buffers.rows(index.shape[0])
+    picked = torch.cat([index + half * source.bucket for half in range(source.halves)])
+    _clear(buffers)
+    for layer, other in zip(buffers.cache.layers, source.cache.layers, strict=True):
+        layer.keys[target] = other.keys[picked]
+        layer.values[target] = other.values[picked]
+        layer.cumulative_length.copy_(other.cumulative_length)
+    buffers.mask[target] = source.mask[picked]
+    buffers.position[target] = source.position[picked]
+    buffers.column.copy_(source.column)
+    buffers.logits[target] = source.logits[picked]
 
 
 def _load(buffers: _ModelBuffers, state: Any) -> None:
-    """Copy an eager model state (dynamic cache after the first step) into ``buffers``."""
-    rows, columns = state.mask.shape[0], state.cache.get_seq_length()
+    """Copy an eager model state (dynamic cache after the first step) into ``buffers``; a
+    joint state's rows are its samples' base views, then their aligned views."""
+    columns = state.cache.get_seq_length()
+    target = buffers.rows(state.mask.shape[0] // buffers.halves)
+    _clear(buffers)
     for layer, source in zip(buffers.cache.layers, state.cache.layers, strict=True):
-        layer.keys.zero_()
-        layer.values.zero_()
-        layer.keys[:rows, :, :columns] = source.keys
-        layer.values[:rows, :, :columns] = source.values
+        layer.keys[target, :, :columns] = source.keys
+        layer.values[target, :, :columns] = source.values
         layer.cumulative_length.fill_(columns)
-    buffers.mask.zero_()
-    buffers.mask[:rows, :columns] = state.mask[:, :columns]
-    buffers.mask[rows:, 0] = 1  # padding rows attend to one slot: their softmax stays finite
-    buffers.position.zero_()
-    buffers.position[:rows] = state.next_position + 1  # position of the step-1 token
+    buffers.mask[target, :columns] = state.mask[:, :columns]
+    buffers.position[target] = state.next_position + 1  # position of the step-1 token
     buffers.column.fill_(columns)
-    buffers.logits.zero_()
-    buffers.logits[:rows] = state.logits
+    buffers.logits[target] = state.logits
 
 
 def feed(buffers: _ModelBuffers, tokens: torch.Tensor, cache_arg: str) -> None:
@@ -185,7 +210,11 @@ def feed(buffers: _ModelBuffers, tokens: torch.Tensor, cache_arg: str) -> None:
 
 @dataclass
 class GraphState:
-    """Everything one graph step reads and writes, at fixed addresses."""
+    """Everything one graph step reads and writes, at fixed addresses.
+
+    The models' buffers are ``base`` and/or ``aligned``, or for a one-weights pair ``joint``
+    alone (both views in one batch, see :mod:`shared_core.lora_split`).
+    """
 
     rows: RowState
     step: torch.Tensor  # [] the step being decoded
@@ -194,19 +223,26 @@ class GraphState:
     out_token: torch.Tensor  # [B, 2 * sync_every] chosen tokens, a ring of two chunks
     out_owner: torch.Tensor  # [B, 2 * sync_every]
     out_broken: torch.Tensor  # [2, B, 2 * sync_every] NaN flags (base, aligned)
-    base: _ModelBuffers | None
-    aligned: _ModelBuffers | None
+    base: _ModelBuffers | None = None
+    aligned: _ModelBuffers | None = None
+    joint: _ModelBuffers | None = None
+
+    def models(self) -> list[_ModelBuffers]:
+        return [b for b in (self.base, self.aligned, self.joint) if b is not None]
+
+    def view_logits(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The base and aligned models' next-token logits ``[B, V]`` (``None``: not run)."""
+        if self.joint is not None:
+            half = self.joint.bucket
+            return self.joint.logits[:half], self.joint.logits[half:]
+        return tuple(None if b is None else b.logits for b in (self.base, self.aligned))
 
 
 def graph_step(rules: StepRules, state: GraphState, cache_arg: str) -> None:
     """One BACO step on fixed-shape buffers: choose, record, book-keep, feed both models."""
+    base_logits, aligned_logits = state.view_logits()
     result = decode_step(
-        rules,
-        state.rows,
-        None if state.base is None else state.base.logits,
-        None if state.aligned is None else state.aligned.logits,
-        state.step,
-        first_step=False,
+        rules, state.rows, base_logits, aligned_logits, state.step, first_step=False
     )
     slot = state.step.remainder(state.out_token.shape[1]).view(1)
     state.out_token.index_copy_(1, slot, result.token.unsqueeze(-1))
@@ -219,14 +255,14 @@ def graph_step(rules: StepRules, state: GraphState, cache_arg: str) -> None:
     state.generated.add_(1)
     ended = rules.vocab.is_end[result.token] | (state.generated >= state.budget)
     state.rows.finished.logical_or_(ended)
-    for buffers in (state.base, state.aligned):
-        if buffers is not None:
-            feed(buffers, result.token, cache_arg)
+    for buffers in state.models():
+        tokens = result.token.repeat(buffers.halves) if buffers.halves > 1 else result.token
+        feed(buffers, tokens, cache_arg)
     state.step.add_(1)
 
 
 def _new_state(
-    bucket: int, sync_every: int, base: Any, aligned: Any, device: torch.device
+    bucket: int, sync_every: int, models: dict[str, _ModelBuffers], device: torch.device
 ) -> GraphState:
     def zeros(*shape: int, dtype: torch.dtype = torch.long) -> torch.Tensor:
         return torch.zeros(shape, dtype=dtype, device=device)
@@ -246,9 +282,18 @@ def _new_state(
         out_token=zeros(bucket, ring),
         out_owner=zeros(bucket, ring, dtype=torch.bool),
         out_broken=zeros(2, bucket, ring, dtype=torch.bool),
-        base=base,
-        aligned=aligned,
+        **models,
     )
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model the graph path feeds: the model, its eager cache layers after the first step
+    (they give heads, head size, dtype and device) and its length bucket."""
+
+    model: Any
+    layers: Sequence[Any]
+    length: int
 
 
 class GraphRunner:
@@ -256,17 +301,16 @@ class GraphRunner:
 
     Built once per engine and shape key, then reused by later decodes, which copy their state
     into its buffers (:meth:`load`); the compiled step and the captured graph read those
-    buffers at fixed addresses.
+    buffers at fixed addresses. ``sources`` maps ``"base"`` and/or ``"aligned"`` (or
+    ``"joint"``: a one-weights pair's shared model, both views in one batch) to the models.
     """
 
     def __init__(
         self,
         rules: StepRules,
-        models: tuple[Any, Any],
-        layers: tuple[Sequence[Any] | None, Sequence[Any] | None],
+        sources: dict[str, ModelSource],
         *,
         bucket: int,
-        lengths: tuple[int, int],
         vocab_width: int,
         sync_every: int,
         backend: str,
@@ -275,12 +319,24 @@ class GraphRunner:
         self.rules = rules
         self.bucket = bucket
         self.sync_every = sync_every
-        base, aligned = (
-            None if kv is None else _allocate(model, kv, bucket, length, vocab_width)
-            for model, kv, length in zip(models, layers, lengths, strict=True)
-        )
-        self.state = _new_state(bucket, sync_every, base, aligned, device)
-        model = (base or aligned).model  # type: ignore[union-attr]
+        models = {
+            name: _allocate(
+                source.model,
+                source.layers,
+                bucket,
+                2 if name == "joint" else 1,
+                source.length,
+                vocab_width,
+            )
+            for name, source in sources.items()
+        }
+        self.state = _new_state(bucket, sync_every, models, device)
+        self._split = RowSplit(sources["joint"].model) if "joint" in sources else None
+        # the base view of a one-weights pair runs with the adapter disabled
+        self._views = [
+            s.model.adapter_context for s in sources.values() if hasattr(s.model, "adapter_context")
+        ]
+        model = next(iter(sources.values())).model
         self.cache_arg = _cache_argument(type(_unwrap(model).get_decoder()).forward)
         state, cache_arg = self.state, self.cache_arg
 
@@ -293,16 +349,27 @@ class GraphRunner:
         self._cuda = device.type == "cuda"
         self._graph: Any = None
 
+    @contextmanager
+    def _model_context(self) -> Iterator[None]:
+        """What the step's forwards run under: the row split of a joint model, or the
+        adapter switched off for the base view of a one-weights pair."""
+        with ExitStack() as stack:
+            if self._split is not None:
+                stack.enter_context(self._split.active(self.bucket))
+            for view in self._views:
+                stack.enter_context(view())
+            yield
+
     def load(
         self,
         rows: RowState,
         budget: torch.Tensor,
         generated: int,
-        base_state: Any,
-        aligned_state: Any,
+        model_states: dict[str, Any],
     ) -> None:
-        """Copy a decode's state after its first step into the buffers; padding rows are
-        finished from the start."""
+        """Copy a decode's state after its first step into the buffers (``model_states``:
+        the eager model states under the names of ``sources``); padding rows are finished
+        from the start."""
         state, count = self.state, rows.seeds.shape[0]
         for target, source in zip(state.rows.tensors(), rows.tensors(), strict=True):
             target.zero_()
@@ -313,9 +380,8 @@ class GraphRunner:
         state.generated[:count] = generated
         state.budget.zero_()
         state.budget[:count] = budget
-        for buffers, source in ((state.base, base_state), (state.aligned, aligned_state)):
-            if buffers is not None:
-                _load(buffers, source)
+        for name, model_state in model_states.items():
+            _load(getattr(state, name), model_state)
 
     def load_rows(self, other: GraphRunner, positions: Sequence[int]) -> None:
         """Continue ``other``'s decode with only its rows at ``positions`` (the live ones)."""
@@ -330,9 +396,8 @@ class GraphRunner:
         for target, values in ((state.generated, source.generated), (state.budget, source.budget)):
             target.zero_()
             target[:count] = values[index]
-        for buffers, other_buffers in ((state.base, source.base), (state.aligned, source.aligned)):
-            if buffers is not None:
-                _load_rows(buffers, other_buffers, index)
+        for buffers, other_buffers in zip(state.models(), source.models(), strict=True):
+            _load_rows(buffers, other_buffers, index)
 
     def capture(self) -> None:
         """On CUDA, warm the compiled step up on a side stream and capture it as a graph;
@@ -342,23 +407,26 @@ class GraphRunner:
         saved = [t.clone() for t in _tensors(self.state)]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(3):
+        with self._model_context():
+            with torch.cuda.stream(stream):
+                for _ in range(3):
+                    self._step()
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
                 self._step()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._step()
         for target, value in zip(_tensors(self.state), saved, strict=True):
             target.copy_(value)
         self._graph = graph
 
     def run(self, steps: int) -> None:
         """Launch ``steps`` steps (asynchronous on CUDA)."""
-        for _ in range(steps):
-            if self._graph is not None:
+        if self._graph is not None:
+            for _ in range(steps):
                 self._graph.replay()
-            else:
+            return
+        with self._model_context():
+            for _ in range(steps):
                 self._step()
 
     def read(self, first_step: int, steps: int) -> Any:
@@ -405,11 +473,10 @@ def _unpack(host: list[list[int]], steps: int) -> tuple[list[list[int]], ...]:
 def _tensors(state: GraphState) -> list[torch.Tensor]:
     out = [*state.rows.tensors(), state.step, state.generated, state.budget]
     out += [state.out_token, state.out_owner, state.out_broken]
-    for buffers in (state.base, state.aligned):
-        if buffers is not None:
-            out += [buffers.mask, buffers.position, buffers.column, buffers.logits]
-            for layer in buffers.cache.layers:
-                out += [layer.keys, layer.values, layer.cumulative_length]
+    for buffers in state.models():
+        out += [buffers.mask, buffers.position, buffers.column, buffers.logits]
+        for layer in buffers.cache.layers:
+            out += [layer.keys, layer.values, layer.cumulative_length]
     return out
 
 

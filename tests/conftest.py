@@ -43,3 +43,16 @@ def tiny_engine(tiny_pair):
     from shared_core import BacoEngine
 
     return BacoEngine(tiny_pair)
+
+
+@pytest.fixture(scope="session")
+def tiny_one_weights_pair(tiny_pair_paths: tuple[Path, Path], tmp_path_factory):
+    """The tiny base model with a random LoRA adapter as its aligned view (one set of
+    weights, ``pair.shares_weights``)."""
+    pytest.importorskip("peft", reason="one-weights pairs need peft (in the dev extra)")
+    from shared_core import ModelPair
+    from shared_core.testing import save_tiny_adapter
+
+    base, _ = tiny_pair_paths
+    adapter = save_tiny_adapter(base, tmp_path_factory.mktemp("tiny_adapter") / "adapter")
+    return ModelPair.from_pretrained(base, aligned_adapter=adapter)

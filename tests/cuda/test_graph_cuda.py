@@ -78,3 +78,28 @@ def test_cuda_graph_streams_and_threads(cuda_pair):
     for t in threads:
         t.join(120)
     assert [_summary(r) for r in results] == [_summary(r) for r in serial]
+
+
+@pytest.fixture(scope="module")
+def cuda_one_weights_pair(tiny_pair_paths, tmp_path_factory):
+    pytest.importorskip("peft", reason="one-weights pairs need peft")
+    from shared_core import ModelPair
+    from shared_core.testing import save_tiny_adapter
+
+    base, _ = tiny_pair_paths
+    adapter = save_tiny_adapter(base, tmp_path_factory.mktemp("cuda_adapter") / "adapter")
+    return ModelPair.from_pretrained(base, aligned_adapter=adapter, device_map="cuda")
+
+
+@pytest.mark.parametrize("router", ["p-punc", "base"])
+def test_cuda_one_weights_graph_gives_the_eager_samples(cuda_one_weights_pair, router):
+    """The row-split joint forward (and the base view alone) captured as CUDA graphs."""
+    eager = _engine(cuda_one_weights_pair, graph=False)
+    graph = _engine(cuda_one_weights_pair)
+    options = {"router": router, "n": 3, "max_new_tokens": 24, "stop": [" th"]}
+    for seed in (3, 4):
+        assert _summary(graph.generate(PROMPTS, seed=seed, **options)) == _summary(
+            eager.generate(PROMPTS, seed=seed, **options)
+        )
+    runners = [r for rs in graph._graphs._free.values() for r in rs]
+    assert runners and all(r._graph is not None for r in runners)

@@ -77,6 +77,67 @@ def test_graph_stream_events_add_up_to_the_eager_stream(tiny_pair):
     assert len(graph_ids) == 2
 
 
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_one_weights_pair_runs_as_a_row_split_with_the_eager_samples(
+    tiny_one_weights_pair, backend
+):
+    pair = tiny_one_weights_pair
+    eager = _engine(pair, graph=False)  # the eager loop's joint forward (peft mixed batches)
+    graph = _engine(pair, graph=True, graph_backend=backend, graph_sync_every=3)
+    graph._graphs.max_free = 16
+    # a stop string ends rows at different steps: the live rows move to a smaller bucket
+    options = {"router": "p-punc", "gamma": 0.9, "n": 3, "max_new_tokens": 30, "stop": [" th"]}
+    for seed in (4, 5):
+        expected = eager.generate(PROMPTS, seed=seed, **options)
+        got = graph.generate(PROMPTS, seed=seed, **options)
+        assert _summary(got) == _summary(expected)
+    assert any("base" in g.sources and "aligned" in g.sources for row in got for g in row)
+    keys = list(graph._graphs._free)
+    assert keys and all(key[3][2] == (("joint", 128),) for key in keys)  # one joint model
+    assert len({key[3][1] for key in keys}) > 1  # compacted into a smaller bucket
+
+
+@pytest.mark.parametrize("router", ["base", "aligned"])
+def test_one_view_of_a_one_weights_pair_gives_the_eager_samples(tiny_one_weights_pair, router):
+    pair = tiny_one_weights_pair
+    options = {"router": router, "n": 2, "max_new_tokens": 16, "seed": 3}
+    expected = _engine(pair, graph=False).generate(PROMPTS[:2], **options)
+    graph = _engine(pair, graph=True, graph_backend="eager", graph_sync_every=4)
+    assert _summary(graph.generate(PROMPTS[:2], **options)) == _summary(expected)
+    assert graph._graphs._free
+    # the two views really differ, so the base view cannot pass as the aligned one
+    other = "aligned" if router == "base" else "base"
+    assert _summary(expected) != _summary(
+        _engine(pair, graph=False).generate(PROMPTS[:2], **{**options, "router": other})
+    )
+
+
+def test_two_views_without_the_joint_forward_fall_back(tiny_one_weights_pair, caplog):
+    pair = tiny_one_weights_pair
+    graph = _engine(pair, graph=True, graph_backend="eager", joint_forward=False)
+    with caplog.at_level(logging.DEBUG, logger="shared_core.engine"):
+        graph.generate(PROMPTS[1], router="p-punc", max_new_tokens=8, seed=1)
+    assert "joint_forward is off" in caplog.text
+    assert not graph._graphs._free
+
+
+def test_unsupported_adapters_fall_back_with_a_reason(tiny_pair_paths, tmp_path, caplog):
+    pytest.importorskip("peft", reason="one-weights pairs need peft (in the dev extra)")
+    from shared_core import ModelPair
+    from shared_core.testing import save_tiny_adapter
+
+    base, _ = tiny_pair_paths
+    dora = save_tiny_adapter(base, tmp_path / "dora", target_modules=["q_proj"], use_dora=True)
+    pair = ModelPair.from_pretrained(base, aligned_adapter=dora)
+    graph = _engine(pair, graph=True, graph_backend="eager")
+    options = {"router": "p-punc", "max_new_tokens": 8, "seed": 1}
+    with caplog.at_level(logging.DEBUG, logger="shared_core.engine"):
+        out = graph.generate(PROMPTS[1], **options)
+    assert "a LoRA variant" in caplog.text
+    assert _summary(out) == _summary(_engine(pair, graph=False).generate(PROMPTS[1], **options))
+    assert not graph._graphs._free
+
+
 def test_requests_the_graph_cannot_hold_fall_back_with_a_reason(tiny_pair, caplog):
     graph = _engine(tiny_pair, graph=True, graph_backend="eager")
     eager = _engine(tiny_pair, graph=False)
@@ -99,7 +160,8 @@ def test_fallback_reasons(tiny_pair):
     common = {"rows": 4, "joint": False, "lazy": False, "constrained": False}
     assert graph_fallback_reason(tiny_pair, params, **common) is None
     assert "grammar" in graph_fallback_reason(tiny_pair, params, **{**common, "constrained": True})
-    assert "joint" in graph_fallback_reason(tiny_pair, params, **{**common, "joint": True})
+    joint = graph_fallback_reason(tiny_pair, params, **{**common, "joint": True})
+    assert "joint forward" in joint and "not a peft model" in joint
     assert "lazy" in graph_fallback_reason(tiny_pair, params, **{**common, "lazy": True})
     too_many = {**common, "rows": BATCH_BUCKETS[-1] + 1}
     assert "bucket" in graph_fallback_reason(tiny_pair, params, **too_many)

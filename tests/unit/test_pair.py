@@ -21,15 +21,10 @@ def test_loads_local_folders(tiny_pair_paths):
 
 
 def _save_random_lora(base_path, folder) -> None:
-    peft = pytest.importorskip("peft", reason="peft is in the dev extra")
-    from transformers import AutoModelForCausalLM
+    pytest.importorskip("peft", reason="peft is in the dev extra")
+    from shared_core.testing import save_tiny_adapter
 
-    config = peft.LoraConfig(
-        r=4, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False
-    )
-    torch.manual_seed(0)
-    lora = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(base_path), config)
-    lora.save_pretrained(folder)
+    save_tiny_adapter(base_path, folder)
 
 
 def test_one_weights_adapter_pair_matches_two_models(tiny_pair_paths, tmp_path):
