@@ -26,7 +26,7 @@ from .graph import (
     ModelSource,
     batch_bucket,
     graph_fallback_reason,
-    length_bucket,
+    static_length,
 )
 from .memory import check_fits
 from .pair import ModelPair
@@ -71,8 +71,9 @@ class DecodeOptions:
     a CUDA graph on a GPU (:mod:`shared_core.graph`); ``None`` (default) turns it on for
     CUDA pairs only. A one-weights pair's joint forward runs there as a fixed row split
     (:mod:`shared_core.lora_split`). Requests it cannot hold (custom router callables, grammar
-    constraints, LoRA variants other than plain LoRA on linear layers, lazy mode,
-    sliding-window models) take the eager loop, with the reason in a debug log.
+    constraints, LoRA variants other than plain LoRA on linear layers, lazy mode, a
+    sliding-window model's decode longer than its window) take the eager loop, with the
+    reason in a debug log.
     ``graph_sync_every``: steps between host reads of the chosen tokens (stream events arrive
     in chunks of this many tokens). ``graph_backend``: the ``torch.compile`` backend
     (``"eager"`` runs the static-cache step uncompiled).
@@ -696,15 +697,18 @@ class _Decode:
                         base.step(base_token, step, space)
                     if aligned is not None:
                         aligned.step(token, step)
-            if step == 0 and max_budget > 1 and self._use_graph(len(active)):
-                if self.joint:
-                    sources = {"joint": joint.state}
-                else:
-                    sources = {"base": base, "aligned": aligned}
-                yield from self._run_graph(rules, state, rows, active, sources, max_budget)
-                return
+            if step == 0 and max_budget > 1:
+                states = (
+                    {"joint": joint.state} if self.joint else {"base": base, "aligned": aligned}
+                )
+                states = {name: m for name, m in states.items() if m is not None}
+                # (a lazy aligned state wraps its model state; lazy decodes stay eager)
+                columns = max(getattr(m, "state", m).mask.shape[1] for m in states.values())
+                if self._use_graph(len(active), columns):
+                    yield from self._run_graph(rules, state, rows, active, states, max_budget)
+                    return
 
-    def _use_graph(self, live_rows: int) -> bool:
+    def _use_graph(self, live_rows: int, columns: int) -> bool:
         """Whether the rest of this decode runs on the graph path (reason logged if not)."""
         wanted = self.options.graph
         if wanted is None:
@@ -718,6 +722,7 @@ class _Decode:
             joint=self.joint,
             lazy=self.lazy,
             constrained=self.constraint is not None,
+            columns=columns,
         )
         if reason is not None:
             logger.debug("baco: eager decode instead of the graph path: %s", reason)
@@ -729,17 +734,18 @@ class _Decode:
         state: RowState,
         rows: list[_Row],
         active: list[int],
-        model_states: dict[str, _ModelState | None],
+        model_states: dict[str, _ModelState],
         max_budget: int,
     ) -> Iterator[StreamEvent]:
         """Steps 1 … of a decode on the graph path: chunks of ``graph_sync_every`` steps run
         on the device while the host turns the previous chunk into events; when the live
         rows fit a smaller batch bucket, they move to it. ``model_states``: the eager states
         after step 0 by name (``base``/``aligned``, or ``joint`` for a one-weights pair)."""
-        model_states = {k: v for k, v in model_states.items() if v is not None}
         models = {"base": self.pair.base, "aligned": self.pair.aligned, "joint": self.pair.aligned}
         sources = {
-            name: ModelSource(models[name], m.cache.layers, length_bucket(m.mask.shape[1]))
+            name: ModelSource(
+                models[name], m.cache.layers, static_length(models[name], m.mask.shape[1])
+            )
             for name, m in model_states.items()
         }
         shapes = tuple((name, source.length) for name, source in sources.items())
@@ -752,7 +758,7 @@ class _Decode:
             runner = self.graphs.acquire(key)
             if runner is None:
                 runner = GraphRunner(
-                    rules.with_static_shapes(),
+                    rules,
                     sources,
                     bucket=bucket,
                     vocab_width=width,
@@ -767,7 +773,7 @@ class _Decode:
         try:
             with self.compute():
                 runner = runner_for(len(active))
-                runner.load(state, budget, 1, model_states)
+                runner.load(rules, state, budget, 1, model_states)
                 for model_state in model_states.values():  # the static caches hold it all now
                     model_state.cache = model_state.logits = None
                 runner.capture()
@@ -806,14 +812,14 @@ class _Decode:
                 self.graphs.release(key, held_runner)
 
     def _graph_key(self, rules: StepRules, bucket: int | None, shapes: tuple) -> tuple:
-        """What a compiled graph depends on: settings compiled in, and shapes."""
-        params, spec = self.params, self.params.spec
+        """What a compiled graph depends on: the rules' structure (not the knobs' values,
+        which are graph inputs) and shapes."""
+        options = self.options
         return (
-            (spec.name, spec.gamma, spec.content_source),
-            (params.temperature, params.top_k, params.top_p, params.min_p),
-            (params.min_new_tokens, params.aligned_starts, params.aligned_can_stop),
-            (rules.pad_id, bucket, shapes, self.options.graph_sync_every),
-            self.options.graph_backend,
+            rules.structure(),
+            options.graph_backend,
+            options.graph_sync_every,
+            (bucket, shapes),
         )
 
     def _graph_events(

@@ -38,7 +38,7 @@ import torch
 
 from .forward import _PLAIN_HEAD, _cache_argument, _unwrap, head_logits
 from .lora_split import RowSplit, row_split_unsupported
-from .step import RowState, StepRules, decode_step
+from .step import RowState, StepInputs, StepRules, decode_step
 
 logger = logging.getLogger(__name__)
 
@@ -57,22 +57,59 @@ def length_bucket(columns: int) -> int:
     return -(-columns // LENGTH_BUCKET) * LENGTH_BUCKET
 
 
-def _full_attention_decoder(model: Any) -> str | None:
-    """Why ``model`` cannot run in the graph path, or ``None`` if it can."""
+def _sliding_window(config: Any) -> int | None:
+    """The attention window of a model with sliding-window layers (``None``: all layers
+    attend to everything; ``0``: layer kinds the graph path does not know)."""
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is None:
+        return getattr(config, "sliding_window", None)
+    kinds = set(layer_types)
+    if kinds <= {"full_attention"}:
+        return None
+    if kinds <= {"full_attention", "sliding_attention"}:
+        return getattr(config, "sliding_window", None) or 0
+    return 0
+
+
+def static_length(model: Any, columns: int) -> int:
+    """Cache columns to allocate for a decode needing ``columns``: a multiple of
+    :data:`LENGTH_BUCKET`, capped below a sliding-window model's window (inside it, its
+    sliding layers attend to everything, like full-attention layers)."""
+    length = length_bucket(columns)
+    window = _sliding_window(_unwrap(model).config.get_text_config())
+    return min(length, window - 1) if window else length
+
+
+def _graph_model_reason(model: Any, columns: int) -> str | None:
+    """Why ``model`` cannot run a decode of ``columns`` cache columns in the graph path."""
     inner = _unwrap(model)
     config = inner.config.get_text_config()
     if getattr(config, "model_type", "") not in _PLAIN_HEAD or not hasattr(inner, "get_decoder"):
         return f"model type {getattr(config, 'model_type', '?')!r} is not a plain decoder"
-    layer_types = getattr(config, "layer_types", None) or ()
-    if any(t != "full_attention" for t in layer_types) or getattr(config, "sliding_window", None):
-        return "sliding-window attention layers (static sliding caches are not supported yet)"
+    window = _sliding_window(config)
+    if window == 0:
+        return f"attention layer kinds {sorted(set(config.layer_types))} are not supported"
+    if window is not None and columns > window - 1:
+        return (
+            f"prompt + max_new_tokens need {columns} cache columns, more than the sliding "
+            f"window ({window}) holds (static sliding caches are not supported)"
+        )
     return None
 
 
 def graph_fallback_reason(
-    pair: Any, params: Any, *, rows: int, joint: bool, lazy: bool, constrained: bool
+    pair: Any,
+    params: Any,
+    *,
+    rows: int,
+    joint: bool,
+    lazy: bool,
+    constrained: bool,
+    columns: int = 0,
 ) -> str | None:
-    """Why a decode must take the eager loop, or ``None`` when the graph path can run it."""
+    """Why a decode must take the eager loop, or ``None`` when the graph path can run it.
+
+    ``columns``: the cache columns the decode needs (prompt, space slot and new tokens)."""
     spec = params.spec
     if not isinstance(spec.source, str):
         return "a custom router callable (it may branch on tensors or run host code)"
@@ -93,7 +130,7 @@ def graph_fallback_reason(
         ("base", pair.base, spec.uses_base),
         ("aligned", pair.aligned, spec.uses_aligned),
     ):
-        reason = _full_attention_decoder(model) if used else None
+        reason = _graph_model_reason(model, columns) if used else None
         if reason is not None:
             return f"the {name} model: {reason}"
     return None
@@ -127,11 +164,13 @@ def _allocate(
 ) -> _ModelBuffers:
     """Static buffers of ``halves * bucket`` rows for ``model``; ``layers`` (cache layers
     with ``keys``/``values``) give each layer's heads, head size, dtype and device."""
-    from transformers import StaticCache
+    from transformers.cache_utils import Cache, StaticLayer
 
     device = layers[0].keys.device
     rows = halves * bucket
-    cache = StaticCache(config=_unwrap(model).config, max_cache_len=length)
+    # Plain static layers throughout: a sliding-window model runs here only while the whole
+    # decode fits in its window (see static_length), where its sliding layers see everything.
+    cache = Cache(layers=[StaticLayer(max_cache_len=length) for _ in layers])
     for layer, source in zip(cache.layers, layers, strict=True):
         keys, values = source.keys, source.values
         layer.lazy_initialization(
@@ -300,9 +339,11 @@ class GraphRunner:
     """Runs :func:`graph_step` for one bucket: compiled, and on CUDA replayed as a CUDA graph.
 
     Built once per engine and shape key, then reused by later decodes, which copy their state
-    into its buffers (:meth:`load`); the compiled step and the captured graph read those
-    buffers at fixed addresses. ``sources`` maps ``"base"`` and/or ``"aligned"`` (or
-    ``"joint"``: a one-weights pair's shared model, both views in one batch) to the models.
+    and their γ and sampling knobs into its buffers (:meth:`load`); the compiled step and the
+    captured graph read those buffers at fixed addresses, so decodes whose rules share
+    :meth:`StepRules.structure` share the runner whatever their knobs. ``sources`` maps
+    ``"base"`` and/or ``"aligned"`` (or ``"joint"``: a one-weights pair's shared model, both
+    views in one batch) to the models.
     """
 
     def __init__(
@@ -316,7 +357,8 @@ class GraphRunner:
         backend: str,
         device: torch.device,
     ) -> None:
-        self.rules = rules
+        self.inputs = StepInputs.allocate(device)
+        self.rules = rules = rules.for_graph(self.inputs)
         self.bucket = bucket
         self.sync_every = sync_every
         models = {
@@ -362,14 +404,16 @@ class GraphRunner:
 
     def load(
         self,
+        rules: StepRules,
         rows: RowState,
         budget: torch.Tensor,
         generated: int,
         model_states: dict[str, Any],
     ) -> None:
-        """Copy a decode's state after its first step into the buffers (``model_states``:
-        the eager model states under the names of ``sources``); padding rows are finished
-        from the start."""
+        """Copy a decode's knobs (from ``rules``) and its state after the first step into
+        the buffers (``model_states``: the eager model states under the names of
+        ``sources``); padding rows are finished from the start."""
+        self.inputs.fill(rules)
         state, count = self.state, rows.seeds.shape[0]
         for target, source in zip(state.rows.tensors(), rows.tensors(), strict=True):
             target.zero_()
@@ -386,6 +430,7 @@ class GraphRunner:
     def load_rows(self, other: GraphRunner, positions: Sequence[int]) -> None:
         """Continue ``other``'s decode with only its rows at ``positions`` (the live ones)."""
         state, source = self.state, other.state
+        self.inputs.copy_(other.inputs)
         index = torch.tensor(list(positions), device=state.step.device)
         count = index.shape[0]
         for target, values in zip(state.rows.tensors(), source.rows.tensors(), strict=True):

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -88,6 +88,14 @@ class RouterSpec:
     def __call__(self, signals: RouterSignals) -> torch.Tensor:
         return self.decide(signals)
 
+    def with_gamma_input(self, gamma: torch.Tensor) -> RouterSpec:
+        """This built-in router deciding with γ read from ``gamma`` (a 0-d float64 tensor)
+        instead of a constant, so one compiled graph serves every γ. Routers without a knob,
+        and callables, are returned unchanged."""
+        if self.gamma is None or not isinstance(self.source, str):
+            return self
+        return replace(self, decide=_BUILTINS[self.name].build(gamma))
+
 
 @dataclass(frozen=True)
 class _Builtin:
@@ -106,12 +114,11 @@ def _fc_rule(signals: RouterSignals) -> torch.Tensor:
     return ~(signals.top1_is_function_word | signals.vocab.is_special[signals.top1])
 
 
-def _p_rule(gamma: float) -> Callable[[RouterSignals], torch.Tensor]:
+def _p_rule(gamma: float | torch.Tensor) -> Callable[[RouterSignals], torch.Tensor]:
     """Base where ``p_base < γ``; every row at γ >= 1 (a top-1 probability of exactly 1
-    would otherwise still go to the aligned model at γ = 1)."""
-    if gamma >= 1.0:
-        return lambda s: torch.ones_like(s.p_base, dtype=torch.bool)
-    return lambda s: s.p_base < gamma
+    would otherwise still go to the aligned model at γ = 1). ``gamma`` may be a 0-d tensor
+    (a graph input), so the γ >= 1 case is a tensor operation, not a branch."""
+    return lambda s: (s.p_base < gamma) | (gamma >= 1.0)
 
 
 _BUILTINS: dict[str, _Builtin] = {

@@ -88,29 +88,35 @@ def stream_uniforms(streams: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return _to_unit(_mix32(streams.unsqueeze(-1) ^ _mix32(index + 0x165667B1)))
 
 
+def _is(value: float | torch.Tensor, neutral: float) -> bool:
+    """``value == neutral`` for a number; a tensor knob (a graph input) never counts."""
+    return not isinstance(value, torch.Tensor) and value == neutral
+
+
 def sampling_probs(
     logits: torch.Tensor,
     *,
-    temperature: float,
+    temperature: float | torch.Tensor,
     top_k: int = 0,
-    min_p: float = 0.0,
+    min_p: float | torch.Tensor = 0.0,
     raw_probs: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Probabilities after temperature, top-k and min-p (float32, ``[batch, vocab]``).
 
     ``raw_probs`` (the temperature-1 softmax, already computed for the router signals) is
-    reused when no transform changes it.
+    reused when no transform changes it. ``temperature`` and ``min_p`` may be 0-d tensors
+    (graph inputs): their transforms are then always applied.
     """
-    if raw_probs is not None and temperature == 1.0 and top_k == 0 and min_p == 0.0:
+    if raw_probs is not None and _is(temperature, 1.0) and top_k == 0 and _is(min_p, 0.0):
         return raw_probs
     scores = logits.float()
-    if temperature != 1.0:
+    if not _is(temperature, 1.0):
         scores = scores / temperature
     if 0 < top_k < scores.shape[-1]:
         kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]
         scores = scores.masked_fill(scores < kth, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
-    if min_p > 0:
+    if not _is(min_p, 0.0):
         threshold = probs.max(-1, keepdim=True).values * min_p
         probs = probs.masked_fill(probs < threshold, 0.0)
     return probs
@@ -122,7 +128,11 @@ _BLOCK_STREAM = 0x5BD1E995
 
 
 def sample_tokens(
-    probs: torch.Tensor, streams: torch.Tensor, *, top_p: float = 1.0, static_shapes: bool = False
+    probs: torch.Tensor,
+    streams: torch.Tensor,
+    *,
+    top_p: float | torch.Tensor = 1.0,
+    static_shapes: bool = False,
 ) -> torch.Tensor:
     """Draw one token per row from ``probs`` using the row's random stream (:func:`row_streams`).
 
@@ -139,7 +149,7 @@ def sample_tokens(
     find the same nucleus, so they draw the same token.
     """
     streams = streams.to(probs.device)
-    if top_p < 1.0:
+    if isinstance(top_p, torch.Tensor) or top_p < 1.0:  # a tensor: a graph input
         if static_shapes:
             top_probs, top_idx = torch.sort(probs, dim=-1, descending=True, stable=True)
             return _race_nucleus(probs, top_probs, top_idx, streams, top_p)
@@ -184,7 +194,7 @@ def _race_nucleus(
     top_probs: torch.Tensor,
     top_idx: torch.Tensor,
     streams: torch.Tensor,
-    top_p: float,
+    top_p: float | torch.Tensor,
 ) -> torch.Tensor:
     """Race among the most likely tokens (``top_*``, in descending order) in the nucleus."""
     total = probs.sum(-1, keepdim=True)

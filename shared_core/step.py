@@ -30,9 +30,52 @@ from .vocab import VocabTables
 Step = int | torch.Tensor
 
 
+#: The knobs a compiled graph reads from tensors (:class:`StepInputs`), so one graph serves
+#: every value; only whether each is at its neutral value changes the graph.
+KNOBS = ("gamma", "temperature", "top_p", "min_p", "min_new_tokens")
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """γ and the sampling knobs as 0-d tensors at fixed addresses (graph inputs).
+
+    Stored as float64 (``min_new_tokens`` as long), so comparing or scaling a tensor by one
+    rounds exactly as a Python number would.
+    """
+
+    gamma: torch.Tensor
+    temperature: torch.Tensor
+    top_p: torch.Tensor
+    min_p: torch.Tensor
+    min_new_tokens: torch.Tensor
+
+    @classmethod
+    def allocate(cls, device: torch.device) -> StepInputs:
+        def zero(dtype: torch.dtype) -> torch.Tensor:
+            return torch.zeros((), dtype=dtype, device=device)
+
+        return cls(*(zero(torch.long if k == "min_new_tokens" else torch.float64) for k in KNOBS))
+
+    def fill(self, rules: StepRules) -> None:
+        """Set the knobs to those of ``rules`` (a router without γ stores 0)."""
+        values = {k: getattr(rules, k) for k in KNOBS if k != "gamma"}
+        values["gamma"] = rules.spec.gamma or 0.0
+        for name in KNOBS:
+            getattr(self, name).fill_(values[name])
+
+    def copy_(self, other: StepInputs) -> None:
+        for name in KNOBS:
+            getattr(self, name).copy_(getattr(other, name))
+
+
 @dataclass(frozen=True)
 class StepRules:
-    """Everything a step needs that stays fixed for a whole decode."""
+    """Everything a step needs that stays fixed for a whole decode.
+
+    With ``inputs`` (the graph path), the knobs' values are read from those tensors; the
+    numbers held here then only say which knobs are at their neutral value (temperature 1,
+    ``top_p`` 1, ``min_p`` 0, ``min_new_tokens`` 0), which changes what the step computes.
+    """
 
     vocab: VocabTables
     spec: RouterSpec
@@ -45,6 +88,7 @@ class StepRules:
     aligned_can_stop: bool = True
     pad_id: int = 0
     static_shapes: bool = False
+    inputs: StepInputs | None = None
 
     @classmethod
     def from_params(cls, params, vocab: VocabTables, pad_id: int) -> StepRules:
@@ -64,6 +108,25 @@ class StepRules:
 
     def with_static_shapes(self) -> StepRules:
         return replace(self, static_shapes=True)
+
+    def for_graph(self, inputs: StepInputs) -> StepRules:
+        """Fixed shapes, and the knobs read from ``inputs`` (γ included)."""
+        spec = self.spec.with_gamma_input(inputs.gamma)
+        return replace(self, static_shapes=True, inputs=inputs, spec=spec)
+
+    def structure(self) -> tuple:
+        """What a compiled step depends on besides shapes: everything but the knobs'
+        values (see :data:`KNOBS`)."""
+        spec = self.spec
+        return (
+            (spec.name, spec.content_source, self.temperature == 0.0),
+            (self.temperature == 1.0, self.top_k, self.top_p >= 1.0, self.min_p == 0.0),
+            (self.min_new_tokens == 0, self.aligned_starts, self.aligned_can_stop, self.pad_id),
+        )
+
+    def knob(self, name: str) -> float | torch.Tensor:
+        """A knob's value: the graph input when there are inputs, else the number."""
+        return getattr(self, name) if self.inputs is None else getattr(self.inputs, name)
 
 
 @dataclass
@@ -167,7 +230,7 @@ def clean_logits(
     vocab = rules.vocab
     banned = vocab.never_generate
     if rules.min_new_tokens:
-        banned = banned | (vocab.is_end & (step < rules.min_new_tokens))
+        banned = banned | (vocab.is_end & (step < rules.knob("min_new_tokens")))
     if allowed is not None:
         banned = banned | ~allowed
     return logits[:, : vocab.size].float().masked_fill(banned, float("-inf"))
@@ -220,12 +283,14 @@ def draw_candidate(
     """One model's candidate token per row, from the row's own random stream."""
     if rules.temperature == 0.0:
         return logits.argmax(-1)
+    # neutral knobs stay plain numbers: the transforms they would undo are skipped
     probs = sampling_probs(
         logits,
-        temperature=rules.temperature,
+        temperature=1.0 if rules.temperature == 1.0 else rules.knob("temperature"),
         top_k=rules.top_k,
-        min_p=rules.min_p,
+        min_p=0.0 if rules.min_p == 0.0 else rules.knob("min_p"),
         raw_probs=raw_probs,
     )
     streams = row_streams(rows.seeds, rows.sample_index, step, purpose)
-    return sample_tokens(probs, streams, top_p=rules.top_p, static_shapes=rules.static_shapes)
+    top_p = 1.0 if rules.top_p >= 1.0 else rules.knob("top_p")
+    return sample_tokens(probs, streams, top_p=top_p, static_shapes=rules.static_shapes)

@@ -84,6 +84,35 @@ def build_tiny_model(
     return model.eval()
 
 
+def build_tiny_sliding_model(
+    vocab_size: int, seed: int, *, sliding_window: int = 96, context_window: int = 512
+) -> Any:
+    """A random Gemma-3-style causal LM: one sliding-window layer (``sliding_window``
+    tokens) and one full-attention layer, final logit soft-capping. For tests of code that
+    treats sliding-window models specially."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=context_window,
+        sliding_window=sliding_window,
+        layer_types=["sliding_attention", "full_attention"],
+        final_logit_softcapping=30.0,
+    )
+    torch.manual_seed(seed)
+    model = Gemma3ForCausalLM(config)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40.0)  # sharper distributions than a fresh init
+    return model.eval()
+
+
 def save_tiny_pair(
     folder: str | Path, *, padded_vocab: int = 0, context_window: int = 512
 ) -> tuple[Path, Path]:

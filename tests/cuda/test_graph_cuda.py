@@ -103,3 +103,20 @@ def test_cuda_one_weights_graph_gives_the_eager_samples(cuda_one_weights_pair, r
         )
     runners = [r for rs in graph._graphs._free.values() for r in rs]
     assert runners and all(r._graph is not None for r in runners)
+
+
+def test_cuda_sliding_window_model_graph_gives_the_eager_samples():
+    """Gemma-3-style layers (a sliding window) inside the window, captured as CUDA graphs."""
+    from shared_core import ModelPair
+    from shared_core.testing import build_tiny_sliding_model, build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    models = [build_tiny_sliding_model(len(tokenizer), seed).to("cuda") for seed in (1, 2)]
+    pair = ModelPair(*models, tokenizer)
+    options = {"router": "p-punc", "n": 3, "max_new_tokens": 30, "seed": 5}
+    graph = _engine(pair)
+    assert _summary(graph.generate(PROMPTS, **options)) == _summary(
+        _engine(pair, graph=False).generate(PROMPTS, **options)
+    )
+    runners = [r for rs in graph._graphs._free.values() for r in rs]
+    assert runners and all(r._graph is not None for r in runners)

@@ -56,6 +56,31 @@ def test_compiled_graph_step_gives_the_eager_samples(tiny_pair):
     assert sum(len(r) for r in graph._graphs._free.values()) == 1
 
 
+def test_new_knob_values_reuse_the_compiled_runner(tiny_pair):
+    """γ, temperature, top_p, min_p and min_new_tokens are graph inputs: one compiled step
+    serves every value (only a knob's move to or from its neutral value recompiles)."""
+    import torch._dynamo.utils
+
+    eager = _engine(tiny_pair, graph=False)
+    graph = _engine(tiny_pair, graph=True, graph_backend="aot_eager", graph_sync_every=4)
+    settings = [
+        {"router": "p-punc", "gamma": 0.2, "temperature": 0.7, "top_p": 0.8, "min_p": 0.02},
+        {"router": "p-punc", "gamma": 0.9, "temperature": 1.3, "top_p": 0.95, "min_p": 0.1},
+        {"router": "p-punc", "gamma": 1.0, "temperature": 0.9, "top_p": 0.5, "min_p": 0.05},
+    ]
+    counters = torch._dynamo.utils.counters["stats"]
+    before = counters["unique_graphs"]
+    for index, knobs in enumerate(settings):
+        options = {"n": 2, "max_new_tokens": 14, "min_new_tokens": 3 + index, "seed": 8, **knobs}
+        expected = eager.generate(PROMPTS[:2], **options)
+        assert _summary(graph.generate(PROMPTS[:2], **options)) == _summary(expected)
+        if index == 0:
+            compiled = counters["unique_graphs"]
+            assert compiled > before  # the first decode compiled the step
+    assert counters["unique_graphs"] == compiled  # no recompilation for new values
+    assert sum(len(r) for r in graph._graphs._free.values()) == 1  # one runner served all
+
+
 def test_graph_stream_events_add_up_to_the_eager_stream(tiny_pair):
     eager = _engine(tiny_pair, graph=False)
     graph = _engine(tiny_pair, graph=True, graph_backend="eager", graph_sync_every=5)
@@ -93,8 +118,8 @@ def test_one_weights_pair_runs_as_a_row_split_with_the_eager_samples(
         assert _summary(got) == _summary(expected)
     assert any("base" in g.sources and "aligned" in g.sources for row in got for g in row)
     keys = list(graph._graphs._free)
-    assert keys and all(key[3][2] == (("joint", 128),) for key in keys)  # one joint model
-    assert len({key[3][1] for key in keys}) > 1  # compacted into a smaller bucket
+    assert keys and all(key[3][1] == (("joint", 128),) for key in keys)  # one joint model
+    assert len({key[3][0] for key in keys}) > 1  # compacted into a smaller bucket
 
 
 @pytest.mark.parametrize("router", ["base", "aligned"])
@@ -136,6 +161,38 @@ def test_unsupported_adapters_fall_back_with_a_reason(tiny_pair_paths, tmp_path,
     assert "a LoRA variant" in caplog.text
     assert _summary(out) == _summary(_engine(pair, graph=False).generate(PROMPTS[1], **options))
     assert not graph._graphs._free
+
+
+@pytest.fixture(scope="module")
+def tiny_sliding_pair():
+    """Gemma-3-style models: a sliding-window layer (96 tokens) and a full-attention one."""
+    from shared_core import ModelPair
+    from shared_core.testing import build_tiny_sliding_model, build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    base, aligned = (build_tiny_sliding_model(len(tokenizer), seed) for seed in (1, 2))
+    return ModelPair(base, aligned, tokenizer)
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_sliding_window_models_run_while_the_decode_fits_the_window(
+    tiny_sliding_pair, caplog, backend
+):
+    pair = tiny_sliding_pair
+    eager = _engine(pair, graph=False)
+    graph = _engine(pair, graph=True, graph_backend=backend, graph_sync_every=4)
+    options = {"router": "p-punc", "gamma": 0.6, "n": 2, "max_new_tokens": 30, "seed": 2}
+    expected = eager.generate(PROMPTS, **options)
+    assert _summary(graph.generate(PROMPTS, **options)) == _summary(expected)
+    (key,) = graph._graphs._free
+    assert dict(key[3][1]) == {"base": 95, "aligned": 95}  # capped below the window
+    # a decode longer than the window stays on the eager loop, with the reason
+    longer = {**options, "max_new_tokens": 90}
+    with caplog.at_level(logging.DEBUG, logger="shared_core.engine"):
+        out = graph.generate(PROMPTS[1], **longer)
+    assert "sliding window (96)" in caplog.text
+    assert _summary(out) == _summary(eager.generate(PROMPTS[1], **longer))
+    assert len(graph._graphs._free) == 1
 
 
 def test_requests_the_graph_cannot_hold_fall_back_with_a_reason(tiny_pair, caplog):
@@ -190,7 +247,7 @@ def test_live_rows_move_to_smaller_buckets_with_the_same_samples(tiny_pair):
     assert _summary(got) == _summary(expected)
     lengths = sorted(len(g.token_ids) for row in got for g in row)
     assert lengths[0] < lengths[-1] - 4  # rows really ended at different steps
-    buckets = {key[3][1] for key in graph._graphs._free}
+    buckets = {key[3][0] for key in graph._graphs._free}
     assert 16 in buckets and min(buckets) < 16  # compacted into a smaller bucket
 
 
