@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import types
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -385,9 +386,9 @@ class GraphRunner:
         def step() -> None:
             graph_step(rules, state, cache_arg)
 
-        self._step: Callable[[], None] = step
+        self._step: Callable[[], None] = _with_own_code(step)
         if backend != "eager":
-            self._step = torch.compile(step, fullgraph=True, dynamic=False, backend=backend)
+            self._step = torch.compile(self._step, fullgraph=True, dynamic=False, backend=backend)
         self._cuda = device.type == "cuda"
         self._graph: Any = None
 
@@ -509,6 +510,20 @@ class GraphRunner:
         if positions:
             index = torch.tensor(list(positions), device=self.state.rows.finished.device)
             self.state.rows.finished.index_fill_(0, index, True)
+
+
+def _with_own_code(function: Callable[[], None]) -> Callable[[], None]:
+    """``function`` with a code object of its own.
+
+    Dynamo keeps the compiled variants of a function on its code object, at most
+    ``recompile_limit`` (8) of them, and with ``fullgraph=True`` the next one is an error.
+    Every runner (bucket, model lengths, rule structure) compiles its own variant, so each
+    gets its own code object and its own cache entry.
+    """
+    code = function.__code__.replace()
+    return types.FunctionType(
+        code, function.__globals__, function.__name__, function.__defaults__, function.__closure__
+    )
 
 
 def _unpack(host: list[list[int]], steps: int) -> tuple[list[list[int]], ...]:

@@ -81,6 +81,22 @@ def test_new_knob_values_reuse_the_compiled_runner(tiny_pair):
     assert sum(len(r) for r in graph._graphs._free.values()) == 1  # one runner served all
 
 
+def test_every_runner_compiles_its_own_step(tiny_pair):
+    """Runners do not share dynamo's per-function cache: with room for one compiled variant
+    per function, two runners (two rule structures) still compile (fullgraph=True makes
+    hitting the limit an error)."""
+    import torch._dynamo
+
+    graph = _engine(tiny_pair, graph=True, graph_backend="aot_eager", graph_sync_every=4)
+    eager = _engine(tiny_pair, graph=False)
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for temperature in (1.0, 0.7):
+            options = {"n": 2, "max_new_tokens": 8, "seed": 3, "temperature": temperature}
+            expected = eager.generate(PROMPTS[1], **options)
+            assert _summary(graph.generate(PROMPTS[1], **options)) == _summary(expected)
+    assert sum(len(r) for r in graph._graphs._free.values()) == 2
+
+
 def test_graph_stream_events_add_up_to_the_eager_stream(tiny_pair):
     eager = _engine(tiny_pair, graph=False)
     graph = _engine(tiny_pair, graph=True, graph_backend="eager", graph_sync_every=5)
