@@ -3,9 +3,10 @@
 #   bash benchmarks/gpu_check.sh OUT_DIR
 # 1. installs the carried wheels of our library versions (.whl/, see the README's GPU section)
 #    into .site (no network), 2. runs the CUDA test module, 3. runs the 1B-config decode table
-#    at n=32 (graph path, eager engine, compiled single-model baseline), then n=1 and one
-#    weights as time allows. Everything is written (and tee'd) under OUT_DIR, so a timeout
-#    still returns what was done. Budget: about 6 minutes.
+#    at n=32 (graph path, eager engine, compiled single-model baseline), then n=1, one
+#    weights, the per-step profile and the 8B config as time allows. Everything is written
+#    (and tee'd) under OUT_DIR, so a timeout still returns what was done. The CUDA tests and
+#    the 1B n=32 table take about 6 minutes; everything about 11.
 set -uo pipefail
 out="${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR}"
 mkdir -p "$out"
@@ -36,6 +37,11 @@ bench llama1b_n32 200 --arch llama-1b --n 32 --roofline \
   --variants aligned_generate_static_compiled,baco_two_models_graph,baco_two_models,aligned_generate
 bench llama1b_n1 60 --arch llama-1b --n 1 --prompts 1 \
   --variants aligned_generate_static_compiled,baco_two_models_graph
-bench llama1b_n32_one_weights 60 --arch llama-1b --n 32 \
+bench llama1b_n32_one_weights 90 --arch llama-1b --n 32 \
   --variants baco_one_weights,baco_one_weights_graph
+echo "== profile llama-1b n=32 (launches, syncs, kernel vs wall per step)" | tee -a "$log"
+timeout 90 python3 benchmarks/profile_step.py --arch llama-1b --n 32 \
+  --out "$out/profile_step_llama1b_n32.json" 2>&1 | tee -a "$log"
+bench llama8b_n32 150 --arch llama-8b --n 32 --roofline \
+  --variants aligned_generate_static_compiled,baco_two_models_graph
 echo "== done $(date -u)" | tee -a "$log"

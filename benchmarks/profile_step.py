@@ -4,10 +4,12 @@ For each path, one decode of ``--n`` samples × 2 prompts × ``--max-new-tokens`
 once to warm up (compile, capture) and once under ``torch.profiler``; the table gives, per
 decode step, the ATen operators dispatched from Python, the host synchronisations (a
 ``.item()``/``.tolist()`` read: ``aten::_local_scalar_dense``; on CUDA also stream/event/device
-synchronisations) and, on CUDA, kernel and graph launches. Counts, not seconds: they do not
-depend on what else the machine is doing. Writes JSON.
+synchronisations) and, on CUDA, kernel and graph launches and the summed kernel time, beside
+the wall time of an unprofiled run of the same decode. The counts do not depend on what else
+the machine is doing; the times do. Writes JSON.
 
     python benchmarks/profile_step.py --arch mini --n 32 --max-new-tokens 32
+    python benchmarks/profile_step.py --arch mini --n 32 --one-weights   # base + LoRA pair
     python benchmarks/profile_step.py --arch llama-1b --n 32      # on a GPU
 """
 
@@ -30,17 +32,26 @@ LAUNCH_EVENTS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch")
 
 
 def profile(engine, options: dict, steps: int) -> dict[str, float]:
+    import time
+
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     list(engine.stream(PROMPTS, **options))  # warm-up: compile, capture, caches
+    cuda = torch.cuda.is_available()
+    start = time.perf_counter()
+    list(engine.stream(PROMPTS, **options))  # timed without the profiler's overhead
+    if cuda:
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - start
     activities = [ProfilerActivity.CPU]
-    if torch.cuda.is_available():
+    if cuda:
         activities.append(ProfilerActivity.CUDA)
     with torch_profile(activities=activities) as prof:
         list(engine.stream(PROMPTS, **options))
     events = prof.events()
-    counts = {"aten_ops": 0, "host_syncs": 0, "launches": 0}
+    counts = {"aten_ops": 0, "host_syncs": 0, "launches": 0, "kernel_ms": 0.0}
     for event in events:
         name = event.name
         if name.startswith("aten::") and event.cpu_parent is None:
@@ -49,7 +60,11 @@ def profile(engine, options: dict, steps: int) -> dict[str, float]:
             counts["host_syncs"] += 1
         if name in LAUNCH_EVENTS:
             counts["launches"] += 1
-    return {key: value / steps for key, value in counts.items()}
+        if getattr(event, "device_type", None) == DeviceType.CUDA:
+            counts["kernel_ms"] += (getattr(event, "device_time", 0.0) or 0.0) / 1000
+    per_step = {key: value / steps for key, value in counts.items()}
+    per_step["wall_ms"] = 1000 * wall / steps
+    return per_step
 
 
 def main() -> None:
@@ -59,13 +74,18 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--graph-backend", default="inductor")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--one-weights",
+        action="store_true",
+        help="a base + LoRA pair (eager: peft mixed batches; graph: the row split)",
+    )
     parser.add_argument("--out", default="benchmarks/out/profile_step.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from shared_core import BacoEngine
     from shared_core.engine import DecodeOptions
 
-    pair = random_pair(args.arch, one_weights=False)
+    pair = random_pair(args.arch, one_weights=args.one_weights)
     options = {
         "n": args.n,
         "max_new_tokens": args.max_new_tokens,
@@ -85,13 +105,18 @@ def main() -> None:
                 ),
             )
             rows[name] = profile(engine, options, args.max_new_tokens)
-    print(f"{'per decode step':<16}{'ATen ops':>10}{'host syncs':>12}{'launches':>10}")
+    print(
+        f"{'per decode step':<16}{'ATen ops':>10}{'host syncs':>12}{'launches':>10}"
+        f"{'kernel ms':>11}{'wall ms':>9}"
+    )
     for name, row in rows.items():
         print(
             f"{name:<16}{row['aten_ops']:>10.1f}{row['host_syncs']:>12.2f}{row['launches']:>10.1f}"
+            f"{row['kernel_ms']:>11.2f}{row['wall_ms']:>9.2f}"
         )
     meta = {
         "arch": args.arch,
+        "one_weights": args.one_weights,
         "rows": args.n * len(PROMPTS),
         "steps": args.max_new_tokens,
         "graph_backend": args.graph_backend,
