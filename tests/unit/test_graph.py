@@ -10,10 +10,13 @@ from __future__ import annotations
 import logging
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from shared_core import BacoEngine
 from shared_core.engine import DecodeOptions
 from shared_core.graph import BATCH_BUCKETS, batch_bucket, graph_fallback_reason, length_bucket
+from shared_core.routers import ROUTER_NAMES
 
 PROMPTS = ["Tell me a story about a girl and her dog.", "Name a color.", "Write a haiku."]
 CASES = [
@@ -95,6 +98,50 @@ def test_every_runner_compiles_its_own_step(tiny_pair):
             expected = eager.generate(PROMPTS[1], **options)
             assert _summary(graph.generate(PROMPTS[1], **options)) == _summary(expected)
     assert sum(len(r) for r in graph._graphs._free.values()) == 2
+
+
+_SHARED_ENGINES: dict[str, BacoEngine] = {}
+
+
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    router=st.sampled_from(ROUTER_NAMES),
+    gamma=st.sampled_from([None, 0.1, 0.5, 0.9]),
+    temperature=st.sampled_from([0.0, 0.7, 1.0, 1.4]),
+    top_p=st.sampled_from([1.0, 0.9, 0.6]),
+    top_k=st.sampled_from([0, 25]),
+    min_p=st.sampled_from([0.0, 0.05]),
+    n=st.integers(1, 3),
+    prompts=st.sampled_from([PROMPTS[:1], PROMPTS[1:], PROMPTS]),
+    stop=st.sampled_from([[], [" t"], ["a", "o"]]),
+    seed=st.integers(0, 2**31),
+)
+def test_graph_path_property_same_samples_as_the_eager_loop(
+    tiny_pair, router, gamma, temperature, top_p, top_k, min_p, n, prompts, stop, seed
+):
+    """Any built-in router and sampling setting: the graph path (one engine reused across
+    examples, so runners are reloaded with other knobs and rows) gives the eager samples."""
+    graph = _SHARED_ENGINES.setdefault(
+        "graph", _engine(tiny_pair, graph=True, graph_backend="eager", graph_sync_every=3)
+    )
+    eager = _SHARED_ENGINES.setdefault("eager", _engine(tiny_pair, graph=False))
+    options = {
+        "router": router,
+        "gamma": gamma,
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+        "min_p": min_p,
+        "n": n,
+        "stop": stop,
+        "seed": seed,
+        "max_new_tokens": 18,
+    }
+    assert _summary(graph.generate(prompts, **options)) == _summary(
+        eager.generate(prompts, **options)
+    )
 
 
 def test_graph_stream_events_add_up_to_the_eager_stream(tiny_pair):
