@@ -446,6 +446,10 @@ class _LazyState:
             self.forwards += 1
         return self.state.logits
 
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.state.mask
+
     def select(self, keep: torch.Tensor) -> None:
         self.logits  # noqa: B018  (catch up before rows are dropped)
         self.state.select(keep)
@@ -702,8 +706,7 @@ class _Decode:
                     {"joint": joint.state} if self.joint else {"base": base, "aligned": aligned}
                 )
                 states = {name: m for name, m in states.items() if m is not None}
-                # (a lazy aligned state wraps its model state; lazy decodes stay eager)
-                columns = max(getattr(m, "state", m).mask.shape[1] for m in states.values())
+                columns = max(m.mask.shape[1] for m in states.values())
                 if self._use_graph(len(active), columns):
                     yield from self._run_graph(rules, state, rows, active, states, max_budget)
                     return

@@ -273,6 +273,17 @@ def test_requests_the_graph_cannot_hold_fall_back_with_a_reason(tiny_pair, caplo
     assert not graph._graphs._free  # nothing ran on the graph path
 
 
+def test_lazy_decodes_stay_on_the_eager_loop(tiny_pair, caplog):
+    graph = _engine(tiny_pair, graph=True, graph_backend="eager", lazy_aligned=True)
+    options = {"router": "p-punc", "max_new_tokens": 12, "seed": 2}
+    with caplog.at_level(logging.DEBUG, logger="shared_core.engine"):
+        out = graph.generate(PROMPTS[0], **options)
+    assert "lazy aligned catch-up" in caplog.text
+    expected = _engine(tiny_pair, graph=False, lazy_aligned=True).generate(PROMPTS[0], **options)
+    assert _summary(out) == _summary(expected)
+    assert not graph._graphs._free
+
+
 def test_fallback_reasons(tiny_pair):
     from shared_core.params import GenerationParams
 
