@@ -5,16 +5,19 @@ few hundred small kernels, a dynamic cache that grows, and a host read of the ch
 On a GPU that host work, not the models, bounds the speed. This path keeps a decode on the
 device:
 
-- both models' KV caches are transformers ``StaticCache`` s sized to a *batch bucket* (rows
-  rounded up to a power of two) and a *length bucket* (a multiple of 128 columns), filled
-  from the eager prefill (shared across the ``n`` samples as usual);
+- both models' KV caches are static (transformers ``StaticLayer`` s) sized to a *batch
+  bucket* (rows rounded up to a power of two) and a *length bucket* (a multiple of 128
+  columns), filled from the eager prefill (shared across the ``n`` samples as usual); a
+  one-weights pair keeps one cache of twice the rows, base views then aligned views
+  (:mod:`shared_core.lora_split`);
 - :func:`graph_step` does one whole BACO step with fixed shapes and no host
   synchronisation: :func:`~shared_core.step.decode_step` (masking, signals, router, both
   candidates, guards), the finished/length bookkeeping, then both models' forwards of the
   chosen token into their static caches (``logits_to_keep=1``: only the last hidden state
   goes through the output layer). It is compiled with ``torch.compile(fullgraph=True,
   dynamic=False)`` and, on CUDA, captured once per bucket as a ``torch.cuda.CUDAGraph``
-  that every later step replays;
+  that every later step replays. γ and the sampling knobs are read from tensors
+  (:class:`~shared_core.step.StepInputs`), so new values reuse the graph;
 - the host reads the chosen tokens once every ``sync_every`` steps (on CUDA through pinned
   memory with an event, while the device runs the next chunk), and detokenisation, stop
   strings and streaming happen then. A row the host finds finished late discards its extra
