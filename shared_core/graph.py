@@ -157,10 +157,9 @@ class _ModelBuffers:
     column: torch.Tensor  # [1] cache column the next token goes to
     logits: torch.Tensor  # [halves * B, V] next-token logits (float32)
 
-    def rows(self, count: int) -> torch.Tensor:
-        """Buffer rows of the first ``count`` samples (in every half)."""
-        first = torch.arange(count, device=self.mask.device)
-        return torch.cat([first + half * self.bucket for half in range(self.halves)])
+    def rows(self, samples: torch.Tensor) -> torch.Tensor:
+        """Buffer rows of the samples at positions ``samples`` (in every half)."""
+        return torch.cat([samples + half * self.bucket for half in range(self.halves)])
 
 
 def _allocate(
@@ -206,8 +205,8 @@ def _clear(buffers: _ModelBuffers) -> None:
 def _load_rows(buffers: _ModelBuffers, source: _ModelBuffers, index: torch.Tensor) -> None:
     """Copy the samples ``index`` of another runner's buffers (compaction to a smaller
     bucket)."""
-    target = buffers.rows(index.shape[0])
-    picked = torch.cat([index + half * source.bucket for half in range(source.halves)])
+    target = buffers.rows(torch.arange(index.shape[0], device=index.device))
+    picked = source.rows(index)
     _clear(buffers)
     for layer, other in zip(buffers.cache.layers, source.cache.layers, strict=True):
         layer.keys[target] = other.keys[picked]
@@ -223,7 +222,8 @@ def _load(buffers: _ModelBuffers, state: Any) -> None:
     """Copy an eager model state (dynamic cache after the first step) into ``buffers``; a
     joint state's rows are its samples' base views, then their aligned views."""
     columns = state.cache.get_seq_length()
-    target = buffers.rows(state.mask.shape[0] // buffers.halves)
+    samples = state.mask.shape[0] // buffers.halves
+    target = buffers.rows(torch.arange(samples, device=buffers.mask.device))
     _clear(buffers)
     for layer, source in zip(buffers.cache.layers, state.cache.layers, strict=True):
         layer.keys[target, :, :columns] = source.keys
