@@ -319,17 +319,15 @@ def test_params_normalise_the_schema() -> None:
 
 
 def test_joint_forward_of_a_one_weights_pair_stays_valid(tiny_pair_paths, tmp_path, monkeypatch):
-    peft = pytest.importorskip("peft", reason="peft is in the dev extra")
-    from transformers import AutoModelForCausalLM
-
+    pytest.importorskip("peft", reason="peft is in the dev extra")
     from shared_core import engine as engine_module
+    from shared_core.testing import save_tiny_adapter
 
     base_path, _ = tiny_pair_paths
-    config = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    torch.manual_seed(0)
-    lora = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(base_path), config)
-    lora.save_pretrained(tmp_path / "adapter")
-    pair = ModelPair.from_pretrained(base_path, aligned_adapter=tmp_path / "adapter")
+    adapter = save_tiny_adapter(
+        base_path, tmp_path / "adapter", target_modules=["q_proj", "v_proj"]
+    )
+    pair = ModelPair.from_pretrained(base_path, aligned_adapter=adapter)
     joints = []
     original = engine_module._JointState.__init__
 
