@@ -77,14 +77,7 @@ def normalise_messages(prompt: Prompt, *, index: int | None = None) -> list[dict
 
 def fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     """Fold system messages into the first user turn (for templates that reject them)."""
-    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
-    rest = [dict(m) for m in messages if m["role"] != "system"]
-    if system:
-        if rest and rest[0]["role"] == "user":
-            rest[0]["content"] = f"{system}\n\n{rest[0]['content']}"
-        else:
-            rest.insert(0, {"role": "user", "content": system})
-    return _merge(rest)
+    return _merge(_fold_system_messages(messages))
 
 
 def start_with_user(messages: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -278,8 +271,9 @@ def template_supports_tools(tokenizer: Any) -> bool:
     return _TOOL_SUPPORT[source]
 
 
-def _fold_native_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Native messages with system messages folded into the first user turn (no merging)."""
+def _fold_system_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages (plain or native, whose content may be missing) with system messages folded
+    into the first user turn, without merging turns."""
     system = "\n\n".join(str(m.get("content") or "") for m in messages if m["role"] == "system")
     rest = [dict(m) for m in messages if m["role"] != "system"]
     if system:
@@ -295,7 +289,7 @@ def native_tool_ids(
 ) -> list[int] | None:
     """Token ids of a tool conversation rendered by the chat template itself, or ``None``
     when the template rejects it (as given and with system messages folded)."""
-    for attempt in (messages, _fold_native_system(messages)):
+    for attempt in (messages, _fold_system_messages(messages)):
         try:
             ids = tokenizer.apply_chat_template(
                 attempt, tools=tools, add_generation_prompt=True, tokenize=True, return_dict=False
