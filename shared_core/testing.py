@@ -31,6 +31,20 @@ Lists: 1. first; 2. second; 3. third! (yes) [no] {maybe} "quoted" 'single' - das
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 
+#: An OpenAI-style tool for tool-calling tests: ``add(a: int, b: int)``.
+ADD_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Add two integers.",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"],
+        },
+    },
+}
+
 
 def build_tiny_tokenizer(vocab_size: int = 400) -> Any:
     """A byte-level BPE tokenizer with ChatML specials, trained on a built-in text."""

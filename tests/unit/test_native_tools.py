@@ -17,6 +17,7 @@ from shared_core.prompts import (
     normalise_messages,
     template_supports_tools,
 )
+from shared_core.testing import ADD_TOOL as ADD
 from shared_core.testing import CHATML_TEMPLATE, build_tiny_tokenizer
 from shared_core.tools import (
     format_call,
@@ -57,19 +58,6 @@ ALTERNATING_TEMPLATE = (
     "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-
-ADD = {
-    "type": "function",
-    "function": {
-        "name": "add",
-        "description": "Add two integers.",
-        "parameters": {
-            "type": "object",
-            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-            "required": ["a", "b"],
-        },
-    },
-}
 
 HISTORY: list[dict[str, Any]] = [
     {"role": "system", "content": "Be brief."},

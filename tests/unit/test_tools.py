@@ -7,6 +7,7 @@ import json
 import pytest
 
 from shared_core.streaming import ResponseText
+from shared_core.testing import ADD_TOOL as ADD
 from shared_core.testing import build_tiny_tokenizer
 from shared_core.tools import (
     ToolCallStream,
@@ -22,18 +23,6 @@ from shared_core.tools import (
     tools_system_block,
 )
 
-ADD = {
-    "type": "function",
-    "function": {
-        "name": "add",
-        "description": "Add two integers.",
-        "parameters": {
-            "type": "object",
-            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-            "required": ["a", "b"],
-        },
-    },
-}
 NOW = {"name": "now", "description": "The time."}
 
 
