@@ -127,6 +127,10 @@ _BLOCK = 1024
 _BLOCK_STREAM = 0x5BD1E995
 
 
+#: The nucleus is first looked for among this many most likely tokens of each row.
+_NUCLEUS_FIRST = 256
+
+
 def sample_tokens(
     probs: torch.Tensor,
     streams: torch.Tensor,
@@ -144,16 +148,17 @@ def sample_tokens(
     tokens at the rounding level of the cumulative sum, several percent of draws.)
 
     With ``top_p < 1`` only the nucleus (smallest set of most likely tokens whose mass reaches
-    ``top_p``) is kept; it is found with a partial sort that widens only when needed, or, with
-    ``static_shapes`` (no host synchronisation, for compiled graphs), with one full sort. Both
-    find the same nucleus, so they draw the same token.
+    ``top_p``, plus any token as likely as its least likely one) is kept. A row whose nucleus
+    lies within its ``_NUCLEUS_FIRST`` most likely tokens (the usual case) races among those;
+    a wider nucleus races over the whole vocabulary by blocks, as ``top_p = 1`` does.
+    ``static_shapes`` (no host synchronisation, for compiled graphs) computes both for every
+    row and picks per row; the eager path widens only when a row needs it. Both give the
+    same token, whatever order a sort puts
+    equal probabilities in.
     """
     streams = streams.to(probs.device)
     if isinstance(top_p, torch.Tensor) or top_p < 1.0:  # a tensor: a graph input
-        if static_shapes:
-            top_probs, top_idx = torch.sort(probs, dim=-1, descending=True, stable=True)
-            return _race_nucleus(probs, top_probs, top_idx, streams, top_p)
-        return _sample_nucleus(probs, streams, top_p)
+        return _sample_nucleus(probs, streams, top_p, static_shapes)
     return _sample_full(probs, streams)
 
 
@@ -178,27 +183,50 @@ def _sample_full(probs: torch.Tensor, streams: torch.Tensor) -> torch.Tensor:
     return block * _BLOCK + within
 
 
-def _sample_nucleus(probs: torch.Tensor, streams: torch.Tensor, top_p: float) -> torch.Tensor:
-    vocab = probs.shape[-1]
-    k = min(256, vocab)
-    while True:
-        top_probs, top_idx = torch.topk(probs, k, dim=-1)
-        if k == vocab or bool((top_probs.sum(-1) >= top_p * probs.sum(-1)).all()):
-            break
-        k = min(k * 8, vocab)
-    return _race_nucleus(probs, top_probs, top_idx, streams, top_p)
+def _nucleus_floor(top_probs: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
+    """The probability ``[rows, 1]`` of the nucleus' least likely token, read from the most
+    likely tokens ``top_probs`` (descending; they must reach the nucleus' end).
+
+    The nucleus is every token at least this likely: ties at its edge are all in, so it does
+    not depend on how a sort orders equal probabilities."""
+    size = ((top_probs.cumsum(-1) - top_probs) < bound).sum(-1, keepdim=True)
+    return top_probs.gather(1, size.clamp(min=1) - 1)
 
 
-def _race_nucleus(
+def _sample_nucleus(
     probs: torch.Tensor,
-    top_probs: torch.Tensor,
-    top_idx: torch.Tensor,
     streams: torch.Tensor,
     top_p: float | torch.Tensor,
+    static_shapes: bool,
 ) -> torch.Tensor:
-    """Race among the most likely tokens (``top_*``, in descending order) in the nucleus."""
-    total = probs.sum(-1, keepdim=True)
-    cumulative = top_probs.cumsum(-1)
-    keep = (cumulative - top_probs) < top_p * total
-    position = _race(top_probs * keep, streams, top_idx)
-    return top_idx.gather(1, position.unsqueeze(-1)).squeeze(-1)
+    vocab = probs.shape[-1]
+    bound = top_p * probs.sum(-1, keepdim=True)
+    top_probs, top_idx = torch.topk(probs, min(_NUCLEUS_FIRST, vocab), dim=-1)
+    floor = _nucleus_floor(top_probs, bound)
+    # the nucleus lies among the top tokens when a token just outside them is less likely
+    within = (top_probs[:, -1:] < floor).squeeze(-1) | (top_probs.shape[-1] == vocab)
+    position = _race(top_probs * (top_probs >= floor), streams, top_idx)
+    token = top_idx.gather(1, position.unsqueeze(-1)).squeeze(-1)
+    if static_shapes:
+        ranked = torch.sort(probs, dim=-1, descending=True).values
+        wide = _sample_wide(probs, streams, _nucleus_floor(ranked, bound))
+        return torch.where(within, token, wide)
+    if bool(within.all()):
+        return token
+    rows = (~within).nonzero().squeeze(-1)
+    wide_probs, wide_bound = probs[rows], bound[rows]
+    k = min(_NUCLEUS_FIRST * 8, vocab)
+    while True:
+        ranked = torch.topk(wide_probs, k, dim=-1).values
+        floor = _nucleus_floor(ranked, wide_bound)
+        if k == vocab or bool((ranked[:, -1:] < floor).all()):
+            break
+        k = min(k * 8, vocab)
+    return token.index_put((rows,), _sample_wide(wide_probs, streams[rows], floor))
+
+
+def _sample_wide(probs: torch.Tensor, streams: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
+    """A nucleus wider than ``_NUCLEUS_FIRST`` tokens (those at least ``floor`` likely): the
+    race runs over the whole vocabulary by blocks (:func:`_sample_full`), the tokens outside
+    the nucleus at zero."""
+    return _sample_full(probs * (probs >= floor), streams)

@@ -61,6 +61,55 @@ def test_top_p_wider_than_partial_sort():
     assert tokens.unique().numel() > 1900  # the nucleus holds ~2700 tokens, not 256
 
 
+def _nucleus_rows() -> torch.Tensor:
+    """Rows of 5000 tokens: peaked ones (small nucleus), flat ones (a nucleus of thousands)
+    and ones with many equal probabilities (bf16-like logits) at the nucleus' edge."""
+    torch.manual_seed(3)
+    scale = torch.tensor([6.0, 3.0, 1.0, 0.3, 0.05, 0.0]).repeat(8).unsqueeze(-1)
+    logits = torch.randn(48, 5000) * scale
+    logits[::3] = logits[::3].to(torch.bfloat16).float()
+    return torch.softmax(logits, -1)
+
+
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.99])
+def test_static_shape_nucleus_draws_the_eager_tokens(top_p):
+    probs = _nucleus_rows()
+    tokens = [sample_tokens(probs, streams(48, step=s), top_p=top_p) for s in range(4)]
+    static = [
+        sample_tokens(probs, streams(48, step=s), top_p=top_p, static_shapes=True) for s in range(4)
+    ]
+    assert all(torch.equal(a, b) for a, b in zip(tokens, static, strict=True))
+    # both branches ran: some rows' nucleus fits the first 256 tokens, some do not
+    ranked = torch.sort(probs, descending=True).values
+    nucleus = ((ranked.cumsum(-1) - ranked) < top_p).sum(-1)
+    assert nucleus.min() < 256 < nucleus.max()
+    # a row draws the same token alone (the eager path widens only the rows that need it)
+    alone = torch.cat(
+        [sample_tokens(probs[i : i + 1], streams(48)[i : i + 1], top_p=top_p) for i in range(48)]
+    )
+    assert torch.equal(alone, tokens[0])
+
+
+@pytest.mark.parametrize("static_shapes", [False, True])
+def test_equal_probabilities_at_the_nucleus_edge_are_all_kept(static_shapes):
+    # 200 tokens at 0.004 (0.8), 100 at 0.001 (0.1), 1000 at 0.0001: top_p 0.85 ends inside
+    # the 0.001 group, which straddles the first 256 tokens; every token of it is kept
+    probs = torch.cat(
+        [torch.full((200,), 0.004), torch.full((100,), 0.001), torch.full((1000,), 1e-4)]
+    )
+    count = 12_000
+    tokens = sample_tokens(
+        probs.expand(count, -1).contiguous(),
+        streams(count),
+        top_p=0.85,
+        static_shapes=static_shapes,
+    )
+    drawn = torch.bincount(tokens, minlength=1300).float() / count
+    assert drawn[300:].sum() == 0
+    assert (drawn[200:300] > 0).all()
+    assert drawn[:200].sum().item() == pytest.approx(0.8 / 0.9, abs=0.015)
+
+
 def test_temperature_top_k_min_p():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
     hot = sampling_probs(logits, temperature=2.0)
