@@ -153,8 +153,7 @@ def sample_tokens(
     a wider nucleus races over the whole vocabulary by blocks, as ``top_p = 1`` does.
     ``static_shapes`` (no host synchronisation, for compiled graphs) computes both for every
     row and picks per row; the eager path widens only when a row needs it. Both give the
-    same token, whatever order a sort puts
-    equal probabilities in.
+    same token, whatever order a sort puts equal probabilities in.
     """
     streams = streams.to(probs.device)
     if isinstance(top_p, torch.Tensor) or top_p < 1.0:  # a tensor: a graph input
