@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from .decode_attention import decode_attention
 from .forward import _PLAIN_HEAD, _cache_argument, _unwrap, head_logits
 from .lora_split import RowSplit, row_split_unsupported
 from .step import RowState, StepInputs, StepRules, decode_step
@@ -382,6 +383,7 @@ class GraphRunner:
         self._views = [
             s.model.adapter_context for s in sources.values() if hasattr(s.model, "adapter_context")
         ]
+        self._configs = [_unwrap(s.model).config for s in sources.values()]
         model = next(iter(sources.values())).model
         self.cache_arg = _cache_argument(type(_unwrap(model).get_decoder()).forward)
         state, cache_arg = self.state, self.cache_arg
@@ -397,9 +399,11 @@ class GraphRunner:
 
     @contextmanager
     def _model_context(self) -> Iterator[None]:
-        """What the step's forwards run under: the row split of a joint model, or the
-        adapter switched off for the base view of a one-weights pair."""
+        """What the step's forwards run under: one-token attention that reads the caches in
+        place; the row split of a joint model, or the adapter switched off for the base view
+        of a one-weights pair."""
         with ExitStack() as stack:
+            stack.enter_context(decode_attention(self._configs))
             if self._split is not None:
                 stack.enter_context(self._split.active(self.bucket))
             for view in self._views:
