@@ -199,15 +199,19 @@ def _sample_nucleus(
     static_shapes: bool,
 ) -> torch.Tensor:
     vocab = probs.shape[-1]
+    first = min(_NUCLEUS_FIRST, vocab)
     bound = top_p * probs.sum(-1, keepdim=True)
-    top_probs, top_idx = torch.topk(probs, min(_NUCLEUS_FIRST, vocab), dim=-1)
+    if static_shapes:  # one sort serves both: ties are kept whole, so their order is moot
+        ranked, order = torch.sort(probs, dim=-1, descending=True)
+        top_probs, top_idx = ranked[:, :first], order[:, :first]
+    else:
+        top_probs, top_idx = torch.topk(probs, first, dim=-1)
     floor = _nucleus_floor(top_probs, bound)
     # the nucleus lies among the top tokens when a token just outside them is less likely
     within = (top_probs[:, -1:] < floor).squeeze(-1) | (top_probs.shape[-1] == vocab)
     position = _race(top_probs * (top_probs >= floor), streams, top_idx)
     token = top_idx.gather(1, position.unsqueeze(-1)).squeeze(-1)
     if static_shapes:
-        ranked = torch.sort(probs, dim=-1, descending=True).values
         wide = _sample_wide(probs, streams, _nucleus_floor(ranked, bound))
         return torch.where(within, token, wide)
     if bool(within.all()):
