@@ -4,6 +4,8 @@ Every variant runs in its own subprocess (so peak memory is its own) on the same
 the same ``n``, ``max_new_tokens``, dtype and sampling settings (``top_p``, temperature 1).
 All variants are forced to generate exactly ``max_new_tokens`` tokens per sample
 (``min_new_tokens``), so tokens/s compare like with like. Prints a table and writes JSON.
+On a shared machine, ``--rounds 3`` runs the variant list three times in turn and reports
+each variant's median round (every round's tokens/s is in the JSON).
 
     python benchmarks/bench_decode.py                     # demo pair, CPU, n=8, 128 tokens
     python benchmarks/bench_decode.py --tiny --max-new-tokens 32   # quick smoke run
@@ -18,7 +20,9 @@ Variants:
                         eager engine loop (``DecodeOptions(graph=False)``)
   baco_two_models_graph the graph path (``DecodeOptions(graph=True)``): static KV caches, the
                         step compiled with inductor (and replayed as a CUDA graph on a GPU);
-                        ``compile_s`` (first decode, compile + capture) is reported apart
+                        ``compile_s`` (the first calls minus the same calls warm: compile +
+                        capture) is reported apart; "× eager" compares it with the same
+                        pair's eager loop (``baco_two_models`` / ``baco_one_weights``)
   baco_one_weights_graph  the graph path on a one-weights pair: both views in one batch
                         as a fixed row split (adapter delta on the aligned half only,
                         shared_core/lora_split.py); ``path`` in the JSON says which ran
@@ -234,12 +238,15 @@ def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
             return count, first or 0.0
 
     with torch.inference_mode(), autocast:
+        start = time.perf_counter()
         run(2)  # warm-up
         if "compiled" in name or graph:  # compile for both timed shapes before timing
             run(1)
-            start = time.perf_counter()
             run(new)
-            result["first_decode_s"] = time.perf_counter() - start
+            result["first_calls_s"] = time.perf_counter() - start
+            start = time.perf_counter()
+            run(2)
+            result["warm_calls_s"] = time.perf_counter() - start
         start = time.perf_counter()
         _, ttft = run(1)
         result["prefill_s"] = time.perf_counter() - start
@@ -247,8 +254,9 @@ def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
         start = time.perf_counter()
         tokens, _ = run(new)
         seconds = time.perf_counter() - start
-    if "first_decode_s" in result:
-        result["compile_s"] = max(0.0, result["first_decode_s"] - seconds)
+    if "first_calls_s" in result:  # the first calls minus the same calls once compiled
+        warm = result.pop("warm_calls_s") + result["prefill_s"] + seconds
+        result["compile_s"] = max(0.0, result["first_calls_s"] - warm)
     if graph:
         result["path"] = "graph" if engine._graphs._free else "eager (fallback)"
     result.update(
@@ -519,6 +527,12 @@ def main() -> None:
         default="inductor",
         help="torch.compile backend of the *_graph variants (eager: static caches, no compile)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the variant list this many times in turn and report each variant's median",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     PROMPTS[:] = PROMPTS[: args.prompts]
@@ -536,15 +550,25 @@ def main() -> None:
         print(json.dumps(run_variant(args.one, args)))
         return
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    names = args.variants.split(",")
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for round_index in range(args.rounds):  # A B C A B C …: slow drifts hit every variant
+        for name in names:
+            cmd = [sys.executable, __file__, "--one", name, *sys.argv[1:]]
+            done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
+            if done.returncode != 0:
+                print(f"{name}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
+                continue
+            runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            speed = runs[name][-1]["tokens_per_s"]
+            print(f"done {name} (round {round_index + 1}): {speed:.1f} tok/s", file=sys.stderr)
     rows = []
-    for name in args.variants.split(","):
-        cmd = [sys.executable, __file__, "--one", name, *sys.argv[1:]]
-        done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
-        if done.returncode != 0:
-            print(f"{name}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
-            continue
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print(f"done {name}: {rows[-1]['tokens_per_s']:.1f} tok/s", file=sys.stderr, flush=True)
+    for name in names:  # each variant's median round, with every round's speed
+        if runs[name]:
+            ordered = sorted(runs[name], key=lambda r: r["tokens_per_s"])
+            row = ordered[(len(ordered) - 1) // 2]
+            row["tokens_per_s_rounds"] = [r["tokens_per_s"] for r in runs[name]]
+            rows.append(row)
     baseline = {r["variant"]: r for r in rows}
     for row in rows:
         ref = baseline.get(
@@ -553,9 +577,12 @@ def main() -> None:
         row["ratio_vs_aligned_generate"] = (
             row["tokens_per_s"] / ref["tokens_per_s"] if ref else None
         )
+        # a graph variant against the same pair's eager loop, the others against two models
+        eager = row["variant"].removesuffix("_graph")
+        eager = eager if eager != row["variant"] and eager in baseline else "baco_two_models"
         for key, other in (
             ("ratio_vs_static_compiled", "aligned_generate_static_compiled"),
-            ("ratio_vs_eager_engine", "baco_two_models"),
+            ("ratio_vs_eager_engine", eager),
         ):
             ref = baseline.get(other)
             row[key] = row["tokens_per_s"] / ref["tokens_per_s"] if ref else None
@@ -592,6 +619,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "graph_backend": args.graph_backend,
+        "rounds": args.rounds,
     }
     Path(args.out).write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
     print(f"wrote {args.out}")
