@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -708,8 +708,9 @@ class _Decode:
                 states = {name: m for name, m in states.items() if m is not None}
                 columns = max(m.mask.shape[1] for m in states.values())
                 if self._use_graph(len(active), columns):
-                    yield from self._run_graph(rules, state, rows, active, states, max_budget)
-                    return
+                    ran = yield from self._run_graph(rules, state, rows, active, states, max_budget)
+                    if ran:
+                        return
 
     def _use_graph(self, live_rows: int, columns: int) -> bool:
         """Whether the rest of this decode runs on the graph path (reason logged if not)."""
@@ -739,11 +740,14 @@ class _Decode:
         active: list[int],
         model_states: dict[str, _ModelState],
         max_budget: int,
-    ) -> Iterator[StreamEvent]:
+    ) -> Generator[StreamEvent, None, bool]:
         """Steps 1 … of a decode on the graph path: chunks of ``graph_sync_every`` steps run
         on the device while the host turns the previous chunk into events; when the live
         rows fit a smaller batch bucket, they move to it. ``model_states``: the eager states
-        after step 0 by name (``base``/``aligned``, or ``joint`` for a one-weights pair)."""
+        after step 0 by name (``base``/``aligned``, or ``joint`` for a one-weights pair).
+
+        Returns False, having yielded nothing and left ``model_states`` as they were, when
+        the step cannot be compiled or captured for this shape: the eager loop goes on."""
         models = {"base": self.pair.base, "aligned": self.pair.aligned, "joint": self.pair.aligned}
         sources = {
             name: ModelSource(
@@ -755,31 +759,47 @@ class _Decode:
         width = next(iter(model_states.values())).logits.shape[1]
         held: list[tuple[Any, GraphRunner]] = []
 
-        def runner_for(live: int) -> GraphRunner:
-            bucket = batch_bucket(live)
-            key = self._graph_key(rules, bucket, shapes)
-            runner = self.graphs.acquire(key)
-            if runner is None:
-                runner = GraphRunner(
-                    rules,
-                    sources,
-                    bucket=bucket,
-                    vocab_width=width,
-                    sync_every=self.options.graph_sync_every,
-                    backend=self.options.graph_backend,
-                    device=self.device,
+        def ready_runner(live: int, load: Callable[[GraphRunner], None]) -> GraphRunner | None:
+            """A prepared runner for ``live`` rows, filled by ``load``; ``None`` (logged) when
+            this shape's step fails to compile or capture, now or in an earlier decode."""
+            key = self._graph_key(rules, batch_bucket(live), shapes)
+            failure = self.graphs.failure(key)
+            if failure is not None:
+                logger.debug("baco: eager decode instead of the graph path: %s", failure)
+                return None
+            runner = self.graphs.acquire(key) or GraphRunner(
+                rules,
+                sources,
+                bucket=batch_bucket(live),
+                vocab_width=width,
+                sync_every=self.options.graph_sync_every,
+                backend=self.options.graph_backend,
+                device=self.device,
+            )
+            try:
+                load(runner)
+                runner.prepare()
+            except Exception as error:  # any compiler or capture failure
+                reason = self.graphs.record_failure(key, error)
+                logger.warning(
+                    "baco: the graph path could not compile or capture this decode's step "
+                    "(%s); the eager loop runs it and later decodes of this shape",
+                    reason,
                 )
+                return None
             held.append((key, runner))
             return runner
 
         budget = torch.tensor([rows[r].budget for r in active], device=self.device)
         try:
             with self.compute():
-                runner = runner_for(len(active))
-                runner.load(rules, state, budget, 1, model_states)
+                runner = ready_runner(
+                    len(active), lambda r: r.load(rules, state, budget, 1, model_states)
+                )
+                if runner is None:
+                    return False
                 for model_state in model_states.values():  # the static caches hold it all now
                     model_state.cache = model_state.logits = None
-                runner.capture()
             step, pending = 1, None
             while pending is not None or step < max_budget:
                 launched = None
@@ -793,23 +813,26 @@ class _Decode:
                     yield from self._graph_events(pending, rows, active)
                     live = [p for p, r in enumerate(active) if not rows[r].finished]
                     if not live:
-                        return
+                        return True
+                    smaller = None
                     if self.options.compact_finished and batch_bucket(len(live)) < runner.bucket:
                         if launched is not None:  # drain: the device state is then final
                             yield from self._graph_events(launched, rows, active)
                             launched = None
                             live = [p for p, r in enumerate(active) if not rows[r].finished]
                             if not live:
-                                return
+                                return True
                         with self.compute():
-                            smaller = runner_for(len(live))
-                            smaller.load_rows(runner, live)
-                            smaller.capture()
+                            smaller = ready_runner(
+                                len(live), lambda r, big=runner, live=live: r.load_rows(big, live)
+                            )
+                    if smaller is not None:
                         runner, active = smaller, [active[p] for p in live]
-                    else:
+                    else:  # no compaction (off, same bucket, or the smaller one failed)
                         with self.compute():
                             runner.finish([p for p, r in enumerate(active) if rows[r].finished])
                 pending = launched
+            return True
         finally:
             for key, held_runner in held:
                 self.graphs.release(key, held_runner)

@@ -396,6 +396,7 @@ class GraphRunner:
             self._step = torch.compile(self._step, fullgraph=True, dynamic=False, backend=backend)
         self._cuda = device.type == "cuda"
         self._graph: Any = None
+        self._ready = False
 
     @contextmanager
     def _model_context(self) -> Iterator[None]:
@@ -452,25 +453,31 @@ class GraphRunner:
         for buffers, other_buffers in zip(state.models(), source.models(), strict=True):
             _load_rows(buffers, other_buffers, index)
 
-    def capture(self) -> None:
-        """On CUDA, warm the compiled step up on a side stream and capture it as a graph;
-        the buffers are restored afterwards, so capturing changes no output."""
-        if not self._cuda or self._graph is not None:
+    def prepare(self) -> None:
+        """Compile the step and, on CUDA, capture it as a graph, by running it on the loaded
+        buffers (three times on a side stream before the capture on CUDA, once elsewhere);
+        the buffers are restored afterwards, so preparing changes no output. A failure here
+        (an unsupported operator, a capture error) leaves the decode's state untouched."""
+        if self._graph is not None or (self._ready and not self._cuda):
             return
         saved = [t.clone() for t in _tensors(self.state)]
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
         with self._model_context():
-            with torch.cuda.stream(stream):
-                for _ in range(3):
+            if self._cuda:
+                stream = torch.cuda.Stream()
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):
+                    for _ in range(3):
+                        self._step()
+                torch.cuda.current_stream().wait_stream(stream)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
                     self._step()
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+                self._graph = graph
+            else:
                 self._step()
         for target, value in zip(_tensors(self.state), saved, strict=True):
             target.copy_(value)
-        self._graph = graph
+        self._ready = True
 
     def run(self, steps: int) -> None:
         """Launch ``steps`` steps (asynchronous on CUDA)."""
@@ -550,12 +557,25 @@ def _tensors(state: GraphState) -> list[torch.Tensor]:
 class GraphCache:
     """Graph runners kept by an engine, keyed by settings and shapes; one decode at a time
     each. At most ``max_free`` idle runners are kept (least recently used go first), since
-    each holds static KV caches."""
+    each holds static KV caches. Keys whose runner failed to compile or capture are
+    remembered, so later decodes take the eager loop at once."""
 
     def __init__(self, max_free: int = 4) -> None:
         self._lock = threading.Lock()
         self._free: OrderedDict[Any, list[GraphRunner]] = OrderedDict()
+        self._failed: dict[Any, str] = {}
         self.max_free = max_free
+
+    def failure(self, key: Any) -> str | None:
+        """Why runners for ``key`` could not be built (``None``: no failure recorded)."""
+        return self._failed.get(key)
+
+    def record_failure(self, key: Any, error: BaseException) -> str:
+        """Remember that ``key`` failed to compile or capture (it is not tried again)."""
+        reason = f"{type(error).__name__}: {error}"
+        with self._lock:
+            self._failed[key] = reason
+        return reason
 
     def acquire(self, key: Any) -> GraphRunner | None:
         with self._lock:

@@ -335,3 +335,46 @@ def test_idle_runners_are_capped_least_recently_used_first():
     assert cache.acquire("a") is None  # the oldest idle runner was dropped
     assert cache.acquire("c") is runners[2] and cache.acquire("b") is runners[1]
     assert cache.acquire("b") is None
+
+
+def test_a_step_that_fails_to_compile_leaves_the_decode_to_the_eager_loop(
+    tiny_pair, monkeypatch, caplog
+):
+    from shared_core.graph import GraphRunner
+
+    calls = []
+
+    def broken_prepare(runner):
+        calls.append(runner.bucket)
+        raise RuntimeError("no kernel for this operator")
+
+    monkeypatch.setattr(GraphRunner, "prepare", broken_prepare)
+    graph = _engine(tiny_pair, graph=True, graph_backend="eager")
+    options = {"router": "p-punc", "n": 2, "max_new_tokens": 12, "seed": 6, "top_p": 0.9}
+    expected = _engine(tiny_pair, graph=False).generate(PROMPTS[:2], **options)
+    with caplog.at_level(logging.WARNING, logger="shared_core.engine"):
+        assert _summary(graph.generate(PROMPTS[:2], **options)) == _summary(expected)
+    assert "no kernel for this operator" in caplog.text
+    assert _summary(graph.generate(PROMPTS[:2], **options)) == _summary(expected)
+    assert calls == [4]  # the failed shape is not compiled again
+    assert not graph._graphs._free
+
+
+def test_a_smaller_bucket_that_fails_keeps_the_decode_in_the_bigger_one(tiny_pair, monkeypatch):
+    from shared_core.graph import GraphRunner
+
+    prepare = GraphRunner.prepare
+
+    def prepare_big_only(runner):
+        if runner.bucket < 16:
+            raise RuntimeError("capture failed")
+        prepare(runner)
+
+    monkeypatch.setattr(GraphRunner, "prepare", prepare_big_only)
+    graph = _engine(tiny_pair, graph=True, graph_backend="eager", graph_sync_every=3)
+    # a stop string ends rows at different steps, so the live rows fit a smaller bucket
+    options = {"router": "p-punc", "gamma": 0.9, "n": 3, "max_new_tokens": 30, "stop": [" th"]}
+    expected = _engine(tiny_pair, graph=False).generate(PROMPTS, seed=4, **options)
+    assert _summary(graph.generate(PROMPTS, seed=4, **options)) == _summary(expected)
+    assert [key[3][0] for key in graph._graphs._free] == [16]  # it ran, in the first bucket
+    assert any(key[3][0] < 16 for key in graph._graphs._failed)  # compaction was tried
