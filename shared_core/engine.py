@@ -762,7 +762,8 @@ class _Decode:
         def ready_runner(live: int, load: Callable[[GraphRunner], None]) -> GraphRunner | None:
             """A prepared runner for ``live`` rows, filled by ``load``; ``None`` (logged) when
             this shape's step fails to compile or capture, now or in an earlier decode."""
-            key = self._graph_key(rules, batch_bucket(live), shapes)
+            bucket = batch_bucket(live)
+            key = self._graph_key(rules, bucket, shapes)
             failure = self.graphs.failure(key)
             if failure is not None:
                 logger.debug("baco: eager decode instead of the graph path: %s", failure)
@@ -770,7 +771,7 @@ class _Decode:
             runner = self.graphs.acquire(key) or GraphRunner(
                 rules,
                 sources,
-                bucket=batch_bucket(live),
+                bucket=bucket,
                 vocab_width=width,
                 sync_every=self.options.graph_sync_every,
                 backend=self.options.graph_backend,

@@ -458,7 +458,7 @@ class GraphRunner:
         buffers (three times on a side stream before the capture on CUDA, once elsewhere);
         the buffers are restored afterwards, so preparing changes no output. A failure here
         (an unsupported operator, a capture error) leaves the decode's state untouched."""
-        if self._graph is not None or (self._ready and not self._cuda):
+        if self._ready:
             return
         saved = [t.clone() for t in _tensors(self.state)]
         with self._model_context():
