@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_decode import PROMPTS, random_pair
+from bench_decode import PROMPTS, eager_and_graph_engines, fixed_length_request, random_pair
 
 
 def timed_decode(engine, options: dict) -> float:
@@ -46,28 +46,9 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/out/ab_graph.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from shared_core import BacoEngine
-    from shared_core.engine import DecodeOptions
-
     pair = random_pair(args.arch, one_weights=args.one_weights)
-    options = {
-        "n": args.n,
-        "max_new_tokens": args.max_new_tokens,
-        "min_new_tokens": args.max_new_tokens,
-        "top_p": 0.95,
-        "seed": 0,
-        "router": "p-punc",
-        "gamma": 0.3,
-    }
-    engines = {
-        name: BacoEngine(
-            pair,
-            options=DecodeOptions(
-                batch_requests=False, graph=graph, graph_backend=args.graph_backend
-            ),
-        )
-        for name, graph in (("eager loop", False), ("graph path", True))
-    }
+    options = fixed_length_request(args.n, args.max_new_tokens)
+    engines = eager_and_graph_engines(pair, args.graph_backend)
     with torch.inference_mode():
         warm = {name: timed_decode(engine, options) for name, engine in engines.items()}
         seconds: dict[str, list[float]] = {name: [] for name in engines}

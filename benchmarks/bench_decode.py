@@ -97,6 +97,35 @@ ARCHS = {
 }
 
 
+def fixed_length_request(n: int, tokens: int) -> dict[str, Any]:
+    """The BACO request the graph-path scripts time: ``n`` samples of exactly ``tokens``
+    tokens each, p-punc γ 0.3, top-p 0.95, seed 0."""
+    return {
+        "n": n,
+        "max_new_tokens": tokens,
+        "min_new_tokens": tokens,
+        "top_p": 0.95,
+        "seed": 0,
+        "router": "p-punc",
+        "gamma": 0.3,
+    }
+
+
+def eager_and_graph_engines(pair: Any, graph_backend: str) -> dict[str, Any]:
+    """Two engines on ``pair``: ``"eager loop"`` and ``"graph path"`` (compiled with
+    ``graph_backend``), neither batching requests."""
+    from shared_core import BacoEngine
+    from shared_core.engine import DecodeOptions
+
+    return {
+        name: BacoEngine(
+            pair,
+            options=DecodeOptions(batch_requests=False, graph=graph, graph_backend=graph_backend),
+        )
+        for name, graph in (("eager loop", False), ("graph path", True))
+    }
+
+
 def random_pair(arch: str, one_weights: bool):
     """A base + aligned pair with random weights and a real architecture's shapes.
 

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_decode import PROMPTS, random_pair
+from bench_decode import PROMPTS, eager_and_graph_engines, fixed_length_request, random_pair
 
 SYNC_EVENTS = ("aten::_local_scalar_dense",)
 CUDA_SYNC_EVENTS = ("cudaStreamSynchronize", "cudaEventSynchronize", "cudaDeviceSynchronize")
@@ -82,29 +82,13 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/out/profile_step.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from shared_core import BacoEngine
-    from shared_core.engine import DecodeOptions
-
     pair = random_pair(args.arch, one_weights=args.one_weights)
-    options = {
-        "n": args.n,
-        "max_new_tokens": args.max_new_tokens,
-        "min_new_tokens": args.max_new_tokens,
-        "top_p": 0.95,
-        "seed": 0,
-        "router": "p-punc",
-        "gamma": 0.3,
-    }
-    rows = {}
+    options = fixed_length_request(args.n, args.max_new_tokens)
     with torch.inference_mode():
-        for name, graph in (("eager loop", False), ("graph path", True)):
-            engine = BacoEngine(
-                pair,
-                options=DecodeOptions(
-                    batch_requests=False, graph=graph, graph_backend=args.graph_backend
-                ),
-            )
-            rows[name] = profile(engine, options, args.max_new_tokens)
+        rows = {
+            name: profile(engine, options, args.max_new_tokens)
+            for name, engine in eager_and_graph_engines(pair, args.graph_backend).items()
+        }
     print(
         f"{'per decode step':<16}{'ATen ops':>10}{'host syncs':>12}{'launches':>10}"
         f"{'kernel ms':>11}{'wall ms':>9}"
