@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -112,6 +113,19 @@ class AdapterDisabledModel:
         return getattr(self.peft_model, name)
 
 
+def _short(ref: str) -> str:
+    """The last part of a local path; a hub id (or anything not on disk) unchanged."""
+    path = Path(ref)
+    return path.name if path.exists() else ref
+
+
+def _same_path(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
 class ModelPair:
     """A base model and its aligned counterpart sharing one tokenizer.
 
@@ -172,6 +186,26 @@ class ModelPair:
         if self.aligned_name.startswith(f"{self.base_name}+"):
             return self.aligned_name
         return f"{self.base_name}+{self.aligned_name}"
+
+    @property
+    def short_name(self) -> str:
+        """A model id without machine paths: ``baco:demo`` for the embedded pair, else
+        ``baco:<base>+<aligned>`` with local folders and files named by their last part
+        (hub ids as given); what ``baco serve`` answers in ``/v1/models``."""
+        from .demo_models import DEMO_BASE_DIRNAME, baco_home, demo_adapter_path
+
+        adapter = None
+        if self.aligned_name.startswith(f"{self.base_name}+"):
+            adapter = self.aligned_name[len(self.base_name) + 1 :]
+        demo_base = baco_home() / DEMO_BASE_DIRNAME
+        if (
+            adapter is not None
+            and _same_path(adapter, demo_adapter_path())
+            and _same_path(self.base_name, demo_base)
+        ):
+            return "baco:demo"
+        aligned = adapter if adapter is not None else self.aligned_name
+        return f"baco:{_short(self.base_name)}+{_short(aligned)}"
 
     @classmethod
     def from_pretrained(

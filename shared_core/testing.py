@@ -249,3 +249,21 @@ def engine_stream_events(
         yield StreamEvent(
             row=row, text_delta=flush, sample_index=generation.sample_index, generation=generation
         )
+
+
+def inject_constraint_failure(monkeypatch: Any, row: int) -> None:
+    """Make the grammar of decode row ``row`` fail at its first step (pytest ``monkeypatch``).
+
+    Row ``r`` of a decode is prompt ``r // n``, sample ``r % n``. Used to check that one
+    failed constrained sample is reported on its own while the others finish.
+    """
+    from .structured import RowMatchers
+
+    original = RowMatchers.allowed
+
+    def allowed(self: Any, row_ids: Any, device: Any, *, ban_ends: bool = False) -> Any:
+        if row in row_ids and row not in self.done:
+            self.errors[row] = "injected failure"
+        return original(self, row_ids, device, ban_ends=ban_ends)
+
+    monkeypatch.setattr(RowMatchers, "allowed", allowed)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ from ..structured import ConstraintError
 from ..tools import ToolCallStream
 from ..types import Generation, StreamEvent
 from . import DEFAULT_MAX_QUEUE
+from .limits import ServeLimits, check_depth, check_request, read_body
 from .metrics import ServeMetrics
 from .openai_schema import (
     APIError,
@@ -38,6 +39,7 @@ from .openai_schema import (
     parse_chat_request,
     parse_completion_request,
     response_body,
+    sample_error_body,
     tool_call_body,
     usage_body,
 )
@@ -48,15 +50,33 @@ class ServerState:
     """Everything a request handler needs: the engine, settings and live counters."""
 
     engine: Any
-    model_name: str
+    model_names: tuple[str, ...]
     max_queue: int = DEFAULT_MAX_QUEUE
     api_key: str | None = None
     calibration: str | None = None
+    limits: ServeLimits = field(default_factory=ServeLimits)
     in_flight: int = 0
     metrics: ServeMetrics = field(init=False)
 
     def __post_init__(self) -> None:
         self.metrics = ServeMetrics(self.engine)
+
+    @property
+    def model_name(self) -> str:
+        """The primary model id (the first alias): what responses report."""
+        return self.model_names[0]
+
+    def check_model(self, requested: str | None) -> None:
+        """404 ``model_not_found`` for a model id this server does not serve."""
+        if requested is not None and requested not in self.model_names:
+            served = ", ".join(repr(name) for name in self.model_names)
+            raise APIError(
+                404,
+                f"The model {requested!r} does not exist on this server; it serves {served} "
+                "(--served-model-name)",
+                param="model",
+                code="model_not_found",
+            )
 
     def admit(self) -> None:
         """Count a generation request in, or answer 429 when the queue is full."""
@@ -77,24 +97,46 @@ class ServerState:
         self.metrics.queue_depth.set(self.in_flight)
 
 
+def served_names(engine: Any, model_name: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The model ids a server answers to: the given alias(es), else the pair's short name."""
+    if model_name is None:
+        pair = getattr(engine, "pair", None)
+        return (getattr(pair, "short_name", None) or "baco",)
+    names = [model_name] if isinstance(model_name, str) else list(model_name)
+    names = [n.strip() for name in names for n in name.split(",") if n.strip()]
+    if not names:
+        raise ValueError("model_name: give at least one non-empty model id")
+    return tuple(dict.fromkeys(names))
+
+
 def create_app(
     engine: Any,
     *,
-    model_name: str | None = None,
+    model_name: str | Sequence[str] | None = None,
     max_queue: int = DEFAULT_MAX_QUEUE,
     api_key: str | None = None,
     calibration: str | None = None,
+    limits: ServeLimits | None = None,
 ) -> FastAPI:
     """An OpenAI-compatible app serving ``engine`` (a :class:`~shared_core.BacoEngine`).
 
-    ``max_queue`` bounds the generation requests in flight (more answer 429 with
-    ``Retry-After``); with ``api_key`` every ``/v1`` route needs ``Authorization: Bearer
-    <api_key>``. ``calibration`` is the γ calibration used for ``target_base_share``.
+    ``model_name`` is the served model id, or several aliases (a list, or one comma-separated
+    string; the first is reported in responses); requests naming another model answer 404
+    ``model_not_found``. ``max_queue`` bounds the generation requests in flight (more answer
+    429 with ``Retry-After``); with ``api_key`` every ``/v1`` route and ``/metrics`` need
+    ``Authorization: Bearer <api_key>``. ``calibration`` is the γ calibration used for
+    ``target_base_share``. ``limits`` bound each request (:class:`ServeLimits`).
     """
     if max_queue < 1:
         raise ValueError(f"max_queue must be >= 1, got {max_queue}")
-    name = model_name or getattr(getattr(engine, "pair", None), "name", None) or "baco"
-    state = ServerState(engine, name, max_queue, api_key or None, calibration)
+    state = ServerState(
+        engine,
+        served_names(engine, model_name),
+        max_queue,
+        api_key or None,
+        calibration,
+        limits or ServeLimits(),
+    )
     app = FastAPI(title="baco", summary="OpenAI-compatible BACO server", docs_url=None)
     app.state.baco = state
 
@@ -123,29 +165,21 @@ def create_app(
         }
 
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        _authorize(state, request)
         body, content_type = state.metrics.render()
         return Response(body, media_type=content_type)
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         _authorize(state, request)
-        return {
-            "object": "list",
-            "data": [{"id": state.model_name, "object": "model", "created": 0, "owned_by": "baco"}],
-        }
+        return {"object": "list", "data": [_model_card(name) for name in state.model_names]}
 
     @app.get("/v1/models/{model_id:path}")
     async def model(model_id: str, request: Request) -> dict[str, Any]:
         _authorize(state, request)
-        if model_id != state.model_name:
-            raise APIError(
-                404,
-                f"model {model_id!r} is not served here; this server serves {state.model_name!r}",
-                param="model",
-                code="model_not_found",
-            )
-        return {"id": state.model_name, "object": "model", "created": 0, "owned_by": "baco"}
+        state.check_model(model_id)
+        return _model_card(model_id)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -156,6 +190,10 @@ def create_app(
         return await _handle(state, request, "completion")
 
     return app
+
+
+def _model_card(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "baco"}
 
 
 def _authorize(state: ServerState, request: Request) -> None:
@@ -175,12 +213,16 @@ def _authorize(state: ServerState, request: Request) -> None:
         )
 
 
-async def _read_json(request: Request) -> Any:
-    raw = await request.body()
+async def _read_json(request: Request, limits: ServeLimits) -> Any:
+    """The JSON body, read only up to the size limit and parsed only within the depth limit."""
+    raw = await read_body(request.headers, request.stream(), limits.max_request_bytes)
+    check_depth(raw, limits.max_json_depth)
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise bad_request(f"could not parse the JSON body: {exc}") from exc
+    check_request(body, limits)
+    return body
 
 
 async def _handle(state: ServerState, request: Request, kind: str) -> Response:
@@ -188,9 +230,10 @@ async def _handle(state: ServerState, request: Request, kind: str) -> Response:
     endpoint = "chat" if kind == "chat" else "completions"
     try:
         _authorize(state, request)
-        body = await _read_json(request)
+        body = await _read_json(request, state.limits)
         parse = parse_chat_request if kind == "chat" else parse_completion_request
         parsed = parse(body, calibration=state.calibration)
+        state.check_model(parsed.model)
         state.admit()
     except APIError as exc:
         state.metrics.requests.labels(endpoint, str(exc.status)).inc()
@@ -250,10 +293,21 @@ def _engine_failure(exc: Exception) -> APIError:
 
 
 def _generate(engine: Any, parsed: ParsedRequest) -> list[list[Generation]]:
+    """Every prompt's samples; a sample whose grammar could not continue stays in its row
+    with ``finish_reason="error"`` (the other samples and prompts are kept)."""
     try:
-        return engine.generate(parsed.prompts, **parsed.options)
+        results = engine.generate(parsed.prompts, return_exceptions=True, **parsed.options)
     except (TypeError, ValueError, FloatingPointError) as exc:
         raise _engine_failure(exc) from exc
+    rows: list[list[Generation]] = []
+    for row in results:
+        if isinstance(row, ConstraintError) and getattr(row, "generations", None):
+            rows.append(list(row.generations))
+        elif isinstance(row, BaseException):
+            raise _engine_failure(row) if isinstance(row, Exception) else row
+        else:
+            rows.append(row)
+    return rows
 
 
 def _start_stream(engine: Any, parsed: ParsedRequest) -> Iterator[StreamEvent]:
@@ -301,8 +355,8 @@ class _StreamChoices:
             statistics = choice_statistics(generation, self.parsed.return_sources)
             if row in self.invalid:
                 statistics["invalid_tool_calls"] = self.invalid[row]
-            if generation.error:
-                statistics["error"] = generation.error
+            if generation.finish_reason == "error":
+                statistics["error"] = sample_error_body(generation)
             reason = "tool_calls" if self.calls.get(row) else generation.finish_reason
             out.append(self._chunk(row, finish_reason=reason, statistics=statistics))
         return out

@@ -12,6 +12,7 @@ from typing import Any
 from ..cli_common import PAIR_FLAGS
 from ..loading import check_pair_args
 from . import DEFAULT_MAX_QUEUE, require_serve
+from .limits import ServeLimits
 
 
 def add_serve_parser(
@@ -35,7 +36,13 @@ def add_serve_parser(
     )
     serve.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY`")
     serve.add_argument(
-        "--served-model-name", default=None, help="model id in /v1/models (default: the pair)"
+        "--served-model-name",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="model id(s) the server answers to, first one reported in responses (several "
+        "aliases: space- or comma-separated); other ids answer 404 model_not_found (default: "
+        "the pair's short name, e.g. baco:demo)",
     )
     serve.add_argument(
         "--calibration", default=None, help="γ calibration JSON for target_base_share"
@@ -46,6 +53,16 @@ def add_serve_parser(
         default=30.0,
         help="on SIGTERM/SIGINT, seconds to let in-flight requests finish before cancelling",
     )
+    limits = serve.add_argument_group("request limits (checked before a body is parsed)")
+    defaults = ServeLimits()
+    for flag, name, what in _LIMIT_FLAGS:
+        limits.add_argument(
+            flag,
+            dest=name,
+            type=int,
+            default=getattr(defaults, name),
+            help=f"{what} (default {getattr(defaults, name)})",
+        )
     serve.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     serve.add_argument("--log-level", default="info", help="uvicorn log level")
     ray = serve.add_argument_group("Ray Serve (needs the ray extra)")
@@ -57,6 +74,28 @@ def add_serve_parser(
         "--ray-address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or local)"
     )
     return serve
+
+
+#: (flag, ServeLimits field, help) of every request limit.
+_LIMIT_FLAGS = (
+    ("--max-request-bytes", "max_request_bytes", "largest request body in bytes; larger gets 413"),
+    ("--max-json-depth", "max_json_depth", "deepest JSON nesting of a request body"),
+    ("--max-stop-chars", "max_stop_chars", "longest stop sequence (at most 4 sequences)"),
+    ("--max-n", "max_n", "largest n (samples per prompt)"),
+    ("--max-tokens-limit", "max_tokens", "largest max_tokens / max_completion_tokens"),
+    ("--max-prompts", "max_prompts", "most prompts in one /v1/completions request"),
+)
+
+
+def serve_limits(args: argparse.Namespace) -> ServeLimits:
+    """The :class:`ServeLimits` of the flags (defaults where a flag is absent)."""
+    defaults = ServeLimits()
+    values = {name: getattr(args, name, getattr(defaults, name)) for _, name, _ in _LIMIT_FLAGS}
+    try:
+        return ServeLimits(**values)
+    except ValueError as exc:
+        flag = next(f for f, name, _ in _LIMIT_FLAGS if str(exc).startswith(name))
+        raise ValueError(f"{flag} must be a positive integer") from exc
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -72,6 +111,7 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.gpus_per_replica < 0 or args.cpus_per_replica < 0:
         raise ValueError("--gpus-per-replica and --cpus-per-replica must be >= 0")
     check_pair_args(args.base, args.aligned, args.aligned_adapter, names=PAIR_FLAGS)
+    serve_limits(args)
 
 
 def model_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -92,6 +132,7 @@ def app_options(args: argparse.Namespace) -> dict[str, Any]:
         "max_queue": args.max_queue,
         "api_key": args.api_key,
         "calibration": args.calibration,
+        "limits": serve_limits(args),
     }
 
 

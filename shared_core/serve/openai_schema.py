@@ -335,7 +335,15 @@ def _stream_flags(body: Mapping[str, Any]) -> tuple[bool, bool]:
             )
         if not isinstance(stream_options, Mapping):
             raise bad_request("stream_options must be an object", "stream_options")
-        include_usage = stream_options.get("include_usage") is True
+        include_usage = stream_options.get("include_usage", False)
+        if include_usage is None:
+            include_usage = False
+        if not isinstance(include_usage, bool):
+            raise bad_request(
+                "stream_options.include_usage must be a boolean, got "
+                f"{type(include_usage).__name__}",
+                "stream_options.include_usage",
+            )
     return stream, include_usage
 
 
@@ -352,8 +360,22 @@ def _common(
     if not isinstance(return_sources, bool):
         raise bad_request("return_sources must be a boolean", "return_sources")
     stream, include_usage = _stream_flags(body)
+    _check_max_string_length(body.get("max_string_length"))
     options, names = _engine_options(body, calibration)
     return options, names, stream, include_usage, return_sources, model
+
+
+def _check_max_string_length(value: Any) -> None:
+    """``max_string_length`` is a non-negative integer whether or not tools are given."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad_request(
+            f"max_string_length must be an integer, got {type(value).__name__}",
+            "max_string_length",
+        )
+    if value < 0:
+        raise bad_request(f"max_string_length must be >= 0, got {value}", "max_string_length")
 
 
 def _message_content(message: Mapping[str, Any], index: int) -> str:
@@ -647,6 +669,17 @@ def tool_call_body(call: Any, index: int | None = None) -> dict[str, Any]:
     return body
 
 
+def sample_error_body(generation: Generation) -> dict[str, Any]:
+    """The error object of a choice whose sample failed (``finish_reason: "error"``): its
+    grammar could not continue. The request still answers 200 with the other choices."""
+    return {
+        "message": f"constrained decoding failed: {generation.error}",
+        "type": "server_error",
+        "param": None,
+        "code": "constraint",
+    }
+
+
 def invalid_call_body(call: Any) -> dict[str, Any]:
     """A call that did not parse (cut by ``max_tokens``): name, raw arguments and why."""
     return {"id": call.id, "name": call.name, "arguments": call.arguments, "error": call.error}
@@ -697,6 +730,8 @@ def response_body(
             choice["finish_reason"] = finish_reason
             choice.update(choice_statistics(generation, request.return_sources))
             choice.update(extra)
+            if generation.finish_reason == "error":
+                choice["error"] = sample_error_body(generation)
             choices.append(choice)
     choices.sort(key=lambda c: c["index"])
     first = next((g for row in results for g in row), None)

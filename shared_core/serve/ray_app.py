@@ -85,8 +85,12 @@ def build_app(args: Mapping[str, Any]) -> Any:
 
     Keys: ``base``, ``aligned``, ``aligned_adapter``, ``dtype``, ``device_map``,
     ``replicas``, ``gpus_per_replica``, ``cpus_per_replica``, ``threads``, ``max_queue``,
-    ``api_key``, ``served_model_name``, ``calibration``.
+    ``api_key``, ``served_model_name``, ``calibration`` and the request limits
+    (``max_request_bytes``, ``max_json_depth``, ``max_stop_chars``, ``max_n``, ``max_tokens``,
+    ``max_prompts``; see :class:`~shared_core.serve.limits.ServeLimits`).
     """
+    from .limits import ServeLimits
+
     dtype = args.get("dtype")
     model = {
         "base_model": args.get("base"),
@@ -100,6 +104,13 @@ def build_app(args: Mapping[str, Any]) -> Any:
         "max_queue": int(args.get("max_queue", DEFAULT_MAX_QUEUE)),
         "api_key": args.get("api_key"),
         "calibration": args.get("calibration"),
+        "limits": ServeLimits(
+            **{
+                name: int(args[name])
+                for name in ServeLimits.__dataclass_fields__
+                if args.get(name) is not None
+            }
+        ),
     }
     return deployment(
         model,

@@ -13,8 +13,12 @@ from hypothesis import strategies as st
 
 from shared_core import BacoEngine, ModelPair
 from shared_core.engine import DecodeOptions
-from shared_core.structured import ConstraintError, RowMatchers, lark_constraint
-from shared_core.testing import build_tiny_model, build_tiny_tokenizer
+from shared_core.structured import ConstraintError, lark_constraint
+from shared_core.testing import (
+    build_tiny_model,
+    build_tiny_tokenizer,
+    inject_constraint_failure,
+)
 from shared_core.tools import normalise_tools, parse_tool_calls, tool_constraint
 
 SCHEMA = {
@@ -173,19 +177,8 @@ def test_stream_deltas_add_up_to_valid_json(tiny_engine) -> None:
         _valid(generation.text, SCHEMA)
 
 
-def _fail_row(monkeypatch, row: int) -> None:
-    original = RowMatchers.allowed
-
-    def allowed(self, row_ids, device, *, ban_ends=False):
-        if row in row_ids and row not in self.done:
-            self.errors[row] = "injected failure"
-        return original(self, row_ids, device, ban_ends=ban_ends)
-
-    monkeypatch.setattr(RowMatchers, "allowed", allowed)
-
-
 def test_a_failing_row_is_reported_and_the_others_finish(tiny_engine, monkeypatch) -> None:
-    _fail_row(monkeypatch, row=0)  # prompt 0, sample 0
+    inject_constraint_failure(monkeypatch, row=0)  # prompt 0, sample 0
     prompts = [PROMPT, "Another pet."]
     out = tiny_engine.generate(
         prompts, json_schema=SCHEMA, n=2, max_new_tokens=120, seed=6, return_exceptions=True

@@ -8,6 +8,7 @@ pytest.importorskip("ray.serve")
 
 
 def test_build_app_turns_serve_run_arguments_into_replica_options() -> None:
+    from shared_core.serve.limits import ServeLimits
     from shared_core.serve.ray_app import build_app
 
     app = build_app(
@@ -21,6 +22,7 @@ def test_build_app_turns_serve_run_arguments_into_replica_options() -> None:
             "threads": "1",
             "max_queue": "7",
             "api_key": "k",
+            "max_n": "8",
         }
     )
     deployment = app._bound_deployment
@@ -36,7 +38,9 @@ def test_build_app_turns_serve_run_arguments_into_replica_options() -> None:
         "dtype": None,
         "device_map": None,
     }
+    limits = server.pop("limits")
     assert server == {"model_name": None, "max_queue": 7, "api_key": "k", "calibration": None}
+    assert limits == ServeLimits(max_n=8)
     assert threads == 1
 
 

@@ -62,11 +62,16 @@ def free_socket() -> socket.socket:
 def run_server(
     engine: Any, *, shutdown_timeout: float = 5.0, **app_options: Any
 ) -> Iterator[LiveServer]:
-    """Serve ``create_app(engine, **app_options)`` with uvicorn in a thread until exit."""
+    """Serve ``create_app(engine, **app_options)`` with uvicorn in a thread until exit.
+
+    The served model id is ``tiny-baco`` (what the tests' requests name) unless
+    ``model_name`` is given (``None``: the pair's own short name).
+    """
     import uvicorn
 
     from shared_core.serve.app import create_app
 
+    app_options.setdefault("model_name", "tiny-baco")
     app = create_app(engine, **app_options)
     sock = free_socket()
     port = sock.getsockname()[1]
