@@ -36,11 +36,13 @@ from shared_core.adapter_support import (
     DEMO_BASE_ID,
     DEMO_MODEL_NAME,  # noqa: F401  (re-exported: the name reported for the demo pair)
     BacoFields,
+    check_call_options,
     combine_stop,
     field_options,
     merge_options,
     pop_structure,
     statistics_dict,
+    usable_samples,
     usage_dict,
 )
 from shared_core.aio import iterate_in_thread, run_in_thread
@@ -233,6 +235,7 @@ class ChatBaco(BaseChatModel, BacoFields):
 
     def _engine_options(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Engine options: fields, then per-call kwargs (unknown keys such as timeout ignored)."""
+        check_call_options(kwargs, owner="ChatBaco")
         defaults = self._field_options()
         call = {k: v for k, v in kwargs.items() if v is not None}
         call["stop"] = combine_stop(self.stop, stop)
@@ -272,6 +275,18 @@ class ChatBaco(BaseChatModel, BacoFields):
 
     # ------------------------------------------------------------------ generation
 
+    def invoke(self, input: Any, config: Any = None, *, stop: Any = None, **kwargs: Any) -> Any:
+        """One reply; with ``n > 1`` the first sample (see :func:`_warn_first_of_many`)."""
+        _warn_first_of_many(kwargs.get("n", self.n))
+        return super().invoke(input, config, stop=stop, **kwargs)
+
+    async def ainvoke(
+        self, input: Any, config: Any = None, *, stop: Any = None, **kwargs: Any
+    ) -> Any:
+        """Async :meth:`invoke`."""
+        _warn_first_of_many(kwargs.get("n", self.n))
+        return await super().ainvoke(input, config, stop=stop, **kwargs)
+
     def _generate(
         self,
         messages: list[BaseMessage],
@@ -286,7 +301,8 @@ class ChatBaco(BaseChatModel, BacoFields):
             options["json_schema"] = constraint
         with_sources = bool(kwargs.get("return_sources", self.return_sources))
         prompt = request.messages(convert_messages(messages))
-        samples = self._get_engine().generate(prompt, **options)[0]
+        result = self._get_engine().generate(prompt, return_exceptions=True, **options)[0]
+        samples = usable_samples(result)  # raises only when every sample failed
         generations = []
         for sample in samples:
             message, metadata = self._message(sample, request, with_sources)
@@ -473,6 +489,24 @@ class ChatBaco(BaseChatModel, BacoFields):
         prompt = tool_request(formatted).messages(convert_messages(messages))
         tokenizer = self._get_engine().tokenizer
         return len(aligned_prompt_ids(tokenizer, prompt))
+
+
+_WARNED_FIRST_OF_MANY = False
+
+
+def _warn_first_of_many(n: Any) -> None:
+    """Say once per process that ``invoke`` with ``n > 1`` returns only the first sample."""
+    global _WARNED_FIRST_OF_MANY
+    if _WARNED_FIRST_OF_MANY or not isinstance(n, int) or n <= 1:
+        return
+    _WARNED_FIRST_OF_MANY = True
+    warnings.warn(
+        f"ChatBaco.invoke with n={n} decodes {n} samples and returns the first; all of them "
+        "are in generate([...]).generations[0] (or use with_structured_output(..., n=...), "
+        "which returns a list). This warning is shown once.",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _validator(schema: Any) -> Callable[[Any], Any] | None:

@@ -31,11 +31,13 @@ from llama_index.core.llms.utils import parse_partial_json
 
 from shared_core.adapter_support import (
     BacoFields,
+    check_call_options,
     combine_stop,
     field_options,
     merge_options,
     pop_structure,
     statistics_dict,
+    usable_samples,
     usage_dict,
 )
 from shared_core.aio import iterate_in_thread, run_in_thread
@@ -364,6 +366,7 @@ class Baco(FunctionCallingLLM, CustomLLM, BacoFields):
         """Tools/structure of a call and its engine options (all validated). Completions
         (``tools=False``) take ``json_schema`` but no tools."""
         kwargs = dict(kwargs)
+        check_call_options(kwargs, owner="Baco")
         kwargs.pop("allow_parallel_tool_calls", None)
         if not tools and kwargs.get("tools"):
             raise ValueError("tools need chat (chat_with_tools), not complete")
@@ -387,11 +390,13 @@ class Baco(FunctionCallingLLM, CustomLLM, BacoFields):
 
     def _generate(self, prompt: Prompt, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """Blocking decode of all samples; returns the first sample's text and ``raw``."""
-        samples = self.engine.generate(prompt, **options)[0]
-        raw = _raw(samples[0], samples)
+        result = self.engine.generate(prompt, return_exceptions=True, **options)[0]
+        samples = usable_samples(result)  # raises only when every sample failed
+        first = next(g for g in samples if g.finish_reason != "error")
+        raw = _raw(first, samples)
         if len(samples) > 1:
             raw["samples"] = [{"text": g.text, **statistics_dict(g)} for g in samples]
-        return samples[0].text, raw
+        return first.text, raw
 
     def _events(self, prompt: Prompt, options: dict[str, Any]) -> Iterator[StreamEvent]:
         """The engine's event stream (prompt validated now, decoding starts on iteration)."""

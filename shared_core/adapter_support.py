@@ -67,6 +67,77 @@ ADAPTER_OPTION_FIELDS: tuple[str, ...] = (
 )
 
 
+#: Per-call option names of both adapters besides the decoding options.
+STRUCTURE_CALL_ARGS = frozenset(
+    {"return_sources", "max_string_length", "tools", "tool_choice", "json_schema"}
+)
+#: Per-call keyword arguments that frameworks and clients pass with no meaning here.
+FRAMEWORK_CALL_ARGS = frozenset(
+    {
+        "model",
+        "timeout",
+        "request_timeout",
+        "max_retries",
+        "api_key",
+        "base_url",
+        "client",
+        "stream",
+        "stream_usage",
+        "ls_structured_output_format",
+        "parallel_tool_calls",
+        "allow_parallel_tool_calls",
+        "tool_required",
+        "verbose",
+        "formatted",
+    }
+)
+
+
+def check_call_options(kwargs: Mapping[str, Any], *, owner: str) -> None:
+    """Refuse per-call keyword arguments that are not options (a typo such as ``gama``).
+
+    A misspelt option would otherwise be ignored and the call decoded with the field value.
+    The error names the closest valid option and lists them all. Arguments that frameworks
+    pass on their own (:data:`FRAMEWORK_CALL_ARGS`) are accepted.
+    """
+    valid = set(OPTION_FIELDS) | set(ADAPTER_OPTION_FIELDS) | STRUCTURE_CALL_ARGS
+    unknown = sorted(set(kwargs) - valid - FRAMEWORK_CALL_ARGS)
+    if not unknown:
+        return
+    import difflib
+
+    hints = [
+        f"{name!r} (did you mean {close[0]!r}?)"
+        if (close := difflib.get_close_matches(name, valid, n=1))
+        else repr(name)
+        for name in unknown
+    ]
+    raise ValueError(
+        f"{owner} got unknown per-call option(s) {', '.join(hints)}; valid options: "
+        f"{', '.join(sorted(valid))}"
+    )
+
+
+def usable_samples(result: Any, *, index: int = 0) -> list[Generation]:
+    """The samples of one prompt from ``engine.generate(..., return_exceptions=True)``.
+
+    A prompt with some failed constrained samples comes back as a ``ConstraintError`` that
+    carries all its samples; the failed ones (``finish_reason == "error"``) are kept so the
+    adapters can report them next to the good ones. Raises when every sample failed or the
+    prompt failed as a whole.
+    """
+    samples = getattr(result, "generations", None) if isinstance(result, Exception) else result
+    if isinstance(result, Exception) and not samples:
+        raise result
+    if samples and all(g.finish_reason == "error" for g in samples):
+        raise (
+            result
+            if isinstance(result, Exception)
+            else ValueError(f"prompt {index}: every sample failed")
+        )
+    return list(samples)
+
+
 class BacoFields(BaseModel):
     """The fields of both adapters: which pair to load and the default decoding options.
 
@@ -326,6 +397,8 @@ def statistics_dict(generation: Generation, *, with_sources: bool = False) -> di
     """BACO statistics of one sample (router, gamma, base share, switches[, sources])."""
     stats = generation.statistics()
     stats["finish_reason"] = generation.finish_reason
+    if generation.finish_reason == "error":
+        stats["error"] = f"constrained decoding failed: {generation.error}"
     if with_sources:
         stats["sources"] = list(generation.sources)
     return stats

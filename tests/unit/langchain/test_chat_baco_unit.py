@@ -25,6 +25,7 @@ from shared_core import registry
 from shared_core.adapter_support import DEMO_MODEL_NAME
 from shared_core.pair import ModelPair
 from shared_core.params import GenerationParams
+from shared_core.structured import ConstraintError
 from shared_core.testing import engine_stream_events
 from shared_core.types import Generation, StreamEvent, Usage
 
@@ -38,27 +39,39 @@ class FakeEngine:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any, dict[str, Any]]] = []
+        #: Sample indices whose (constrained) decode fails, as the engine reports them.
+        self.failing: set[int] = set()
 
     def _samples(self, options: dict[str, Any]) -> list[Generation]:
         params = GenerationParams().with_overrides(**options)  # options must be valid
         sources = ["aligned", "base", "base", "aligned"]
         return [
             Generation(
-                text=f"sample {i}",
+                text="" if i in self.failing else f"sample {i}",
                 token_ids=[10, 11, 12, 13],
                 sources=sources,  # type: ignore[arg-type]
-                finish_reason="stop",
+                finish_reason="error" if i in self.failing else "stop",
                 usage=Usage(prompt_tokens=7, completion_tokens=5),
                 router=params.spec.name,
                 gamma=params.gamma,
                 sample_index=i,
+                error="injected" if i in self.failing else None,
             )
             for i in range(params.n)
         ]
 
-    def generate(self, prompt: Any, **options: Any) -> list[list[Generation]]:
+    def generate(
+        self, prompt: Any, *, return_exceptions: bool = False, **options: Any
+    ) -> list[Any]:
         self.calls.append(("generate", prompt, options))
-        return [self._samples(options)]
+        samples = self._samples(options)
+        if not any(g.finish_reason == "error" for g in samples):
+            return [samples]
+        error = ConstraintError("prompt 0: constrained decoding failed: injected")
+        error.generations = samples  # type: ignore[attr-defined]
+        if not return_exceptions:
+            raise error
+        return [error]
 
     def stream(self, prompt: Any, **options: Any) -> Iterator[StreamEvent]:
         self.calls.append(("stream", prompt, options))
@@ -227,6 +240,44 @@ def test_invalid_call_options_raise(fake: FakeEngine) -> None:
         ChatBaco().invoke("hi", router="nope")
     with pytest.raises(ValueError, match="top_p"):
         ChatBaco().invoke("hi", top_p=2.0)
+
+
+def test_misspelt_call_options_raise_naming_the_valid_ones(fake: FakeEngine) -> None:
+    with pytest.raises(ValueError, match="'gama' \\(did you mean 'gamma'\\?\\)") as info:
+        ChatBaco().invoke("hi", gama=0.3)
+    assert "top_p" in str(info.value) and not fake.calls
+    with pytest.raises(ValueError, match="temprature"):
+        ChatBaco().bind(temprature=0.5).invoke("hi")
+    ChatBaco().invoke("hi", timeout=3, max_retries=1, model="x")  # framework extras pass
+    assert len(fake.calls) == 1
+
+
+def test_invoke_with_n_says_once_that_it_returns_the_first_sample(
+    fake: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import langchain_baco.chat_models as module
+
+    monkeypatch.setattr(module, "_WARNED_FIRST_OF_MANY", False)
+    with pytest.warns(UserWarning, match=r"n=3 decodes 3 samples and returns the first"):
+        reply = ChatBaco(n=3).invoke("hi")
+    assert reply.content == "sample 0"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ChatBaco().invoke("hi", n=2)  # said once per process
+        ChatBaco().invoke("hi")
+
+
+def test_a_failed_sample_is_reported_and_the_others_returned(fake: FakeEngine) -> None:
+    fake.failing = {1}
+    result = ChatBaco(n=3).generate([[HumanMessage("hi")]])
+    generations = result.generations[0]
+    assert [g.text for g in generations] == ["sample 0", "", "sample 2"]
+    failed = generations[1].message.response_metadata
+    assert failed["finish_reason"] == "error" and "injected" in failed["error"]
+    assert "error" not in generations[0].message.response_metadata
+    fake.failing = {0, 1, 2}
+    with pytest.raises(ConstraintError, match="injected"):
+        ChatBaco(n=3).generate([[HumanMessage("hi")]])
 
 
 def test_configurable_fields(fake: FakeEngine) -> None:

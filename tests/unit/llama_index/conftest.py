@@ -43,7 +43,9 @@ class FakeEngine:
             sample_index=index,
         )
 
-    def generate(self, prompt: Any, **options: Any) -> list[list[Generation]]:
+    def generate(
+        self, prompt: Any, *, return_exceptions: bool = False, **options: Any
+    ) -> list[list[Generation]]:
         self.calls.append(("generate", prompt, options))
         return [[self._generation(i, options) for i in range(options.get("n", 1))]]
 

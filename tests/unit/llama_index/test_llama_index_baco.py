@@ -128,6 +128,45 @@ def test_invalid_per_call_option_raises_before_decoding(fake_engine) -> None:
     assert fake_engine.calls == []
 
 
+def test_misspelt_per_call_option_raises_naming_the_valid_ones(fake_engine) -> None:
+    llm = Baco()
+    with pytest.raises(ValueError, match="did you mean 'gamma'"):
+        llm.complete("hi", gama=0.3)
+    with pytest.raises(ValueError, match=r"valid options: .*top_p"):
+        llm.chat([ChatMessage(role="user", content="hi")], temprature=0.5)
+    assert fake_engine.calls == []
+
+
+def test_a_failed_sample_is_reported_and_the_good_ones_returned(
+    fake_engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    from shared_core.structured import ConstraintError
+
+    good = fake_engine.generate
+
+    def generate(prompt, *, return_exceptions=False, **options):
+        samples = [
+            replace(g, text="", finish_reason="error", error="injected") if i == 0 else g
+            for i, g in enumerate(good(prompt, **options)[0])
+        ]
+        error = ConstraintError("prompt 0, sample 0: constrained decoding failed: injected")
+        error.generations = samples
+        if not return_exceptions:
+            raise error
+        return [error]
+
+    monkeypatch.setattr(fake_engine, "generate", generate)
+    response = Baco(n=2).complete("hi")
+    assert response.text == "Hello world #1"  # the first sample that did not fail
+    first, second = response.raw["samples"]
+    assert first["finish_reason"] == "error" and "injected" in first["error"]
+    assert second["text"] == "Hello world #1" and "error" not in second
+    with pytest.raises(ConstraintError):
+        Baco(n=1).complete("hi")
+
+
 def test_chat_sends_a_message_list(fake_engine) -> None:
     messages = [
         ChatMessage(role=MessageRole.SYSTEM, content="Be brief."),
