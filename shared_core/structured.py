@@ -27,8 +27,9 @@ import torch
 #: How to install the optional grammar engine from a clone of this repository.
 INSTALL_HINT = 'pip install -e ".[structured]" (or: bash scripts/install.sh structured)'
 
-#: JSON whitespace allowed between tokens: one space, or a newline and some indentation
-#: (bounded, so a model cannot loop on whitespace forever).
+#: JSON whitespace of the flexible layout (a schema with ``"x-guidance":
+#: {"whitespace_flexible": true}``): one space, or a newline and some indentation, bounded
+#: so that a model cannot loop on whitespace forever.
 WHITESPACE_PATTERN = r"(?: ?|\n[ \t]{0,16})"
 
 #: The schema used for ``json_schema=True``: any JSON object.
@@ -89,10 +90,23 @@ def canonical_json(value: Any) -> str:
 
 
 def with_whitespace_limit(schema: Mapping[str, Any]) -> dict[str, Any]:
-    """``schema`` with llguidance's ``x-guidance`` options bounding whitespace (unless set)."""
+    """``schema`` with llguidance's ``x-guidance`` whitespace options.
+
+    Compact JSON by default (no whitespace between tokens, ``","`` and ``":"`` separators):
+    every token a weak model spends on layout is a token not spent on the answer, and
+    whitespace runs were seen to fill ``max_tokens``. A schema whose top level says
+    ``"x-guidance": {"whitespace_flexible": true}`` gets a bounded flexible layout
+    (:data:`WHITESPACE_PATTERN`); any other ``x-guidance`` keys it sets are kept.
+    """
     out = dict(schema)
     options = dict(out.get("x-guidance") or {})
-    options.setdefault("whitespace_pattern", WHITESPACE_PATTERN)
+    if options.get("whitespace_flexible") is True:
+        options.pop("whitespace_flexible")
+        options.setdefault("whitespace_pattern", WHITESPACE_PATTERN)
+    elif "whitespace_pattern" not in options:
+        options["whitespace_flexible"] = False
+        options.setdefault("item_separator", ",")
+        options.setdefault("key_separator", ":")
     out["x-guidance"] = options
     return out
 
@@ -102,6 +116,13 @@ _SCHEMA_MAPS = frozenset({"properties", "$defs", "definitions", "patternProperti
 _SCHEMA_LISTS = frozenset({"anyOf", "oneOf", "allOf", "prefixItems", "items"})
 _SCHEMA_VALUES = frozenset(
     {"items", "additionalProperties", "not", "if", "then", "else", "contains"}
+)
+
+
+#: Largest integer JSON represents exactly (2**53 - 1); unbounded integers get this range.
+MAX_SAFE_INTEGER = 2**53 - 1
+_BOUNDED_NUMBER = frozenset(
+    {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum", "const"}
 )
 
 
@@ -118,7 +139,9 @@ def limit_schema(
     rarely picks the closing quote). ``max_string_length`` gives every string schema without
     a ``maxLength`` (and no ``enum``/``const``/``format``) that bound; ``close_objects``
     sets ``additionalProperties: false`` on every object schema that does not say otherwise,
-    so no undeclared keys (with unbounded values) are generated. ``True`` is any object.
+    so no undeclared keys (with unbounded values) are generated. Integers without bounds get
+    JSON's safe range (±(2**53 − 1), at most 16 digits), so a digit run always ends.
+    ``True`` is any object.
     """
     if schema is True:
         schema = ANY_OBJECT
@@ -150,6 +173,8 @@ def limit_schema(
             and not {"maxLength", "enum", "const", "format"} & set(out)
         ):
             out["maxLength"] = max_string_length
+        if "integer" in types and not _BOUNDED_NUMBER & set(out):
+            out["minimum"], out["maximum"] = -MAX_SAFE_INTEGER, MAX_SAFE_INTEGER
         is_object = "object" in types or "properties" in out
         if (
             close_objects

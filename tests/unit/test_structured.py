@@ -104,10 +104,27 @@ def test_mask_has_the_tokenizer_width_and_never_allows_special_tokens(tokenizer,
 
 def test_matcher_completes_and_then_only_allows_ends(tokenizer, tables) -> None:
     m = _matchers(tokenizer, tables, json_schema_constraint(SCHEMA))
-    ids = tokenizer('{"a": 12, "b": "xy"}', add_special_tokens=False)["input_ids"]
+    ids = tokenizer('{"a":12,"b":"xy"}', add_special_tokens=False)["input_ids"]
     done = [m.advance(0, i) for i in ids]
     assert done[-1] and not any(done[:-1])
     assert m.error(0) is None
+
+
+def _accepts(tokenizer, tables, constraint, text: str) -> bool:
+    m = _matchers(tokenizer, tables, constraint)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    done = [m.advance(0, i) for i in ids]
+    return m.error(0) is None and done[-1]
+
+
+def test_json_is_compact_unless_the_schema_asks_for_flexible_whitespace(tokenizer, tables):
+    compact = json_schema_constraint(SCHEMA)
+    flexible = json_schema_constraint({**SCHEMA, "x-guidance": {"whitespace_flexible": True}})
+    spaced = '{"a": 12,\n  "b": "xy"}'
+    assert _accepts(tokenizer, tables, compact, '{"a":12,"b":"xy"}')
+    assert not _accepts(tokenizer, tables, compact, spaced)
+    assert _accepts(tokenizer, tables, flexible, spaced)
+    assert not _accepts(tokenizer, tables, flexible, '{"a":12,\n' + " " * 40 + '"b":"xy"}')
 
 
 def test_every_end_id_of_the_pair_is_allowed_when_complete(tokenizer) -> None:
@@ -171,3 +188,20 @@ def test_limit_schema_bounds_strings_and_closes_objects() -> None:
     }
     with pytest.raises(ValueError, match="max_string_length"):
         limit_schema({}, max_string_length=-1)
+
+
+def test_unbounded_integers_get_the_safe_json_range() -> None:
+    limited = limit_schema(
+        {
+            "type": "object",
+            "properties": {
+                "free": {"type": "integer"},
+                "bounded": {"type": "integer", "minimum": 0},
+                "choice": {"type": "integer", "enum": [1, 2]},
+            },
+        }
+    )
+    props = limited["properties"]
+    assert (props["free"]["minimum"], props["free"]["maximum"]) == (-(2**53 - 1), 2**53 - 1)
+    assert props["bounded"] == {"type": "integer", "minimum": 0}
+    assert props["choice"] == {"type": "integer", "enum": [1, 2]}
