@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 
 from .cli_common import (
     DTYPES,  # noqa: F401  (re-exported for callers of the old location)
+    HelpFormatter,
     add_model_args,
     check_generation_options,
     load_pair,
@@ -27,25 +28,37 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-n", type=int, default=4, help="samples per prompt (default 4)")
+    parser.add_argument("-n", type=int, default=4, help="samples per prompt")
     parser.add_argument("--router", default="p-punc", help=f"one of {', '.join(ROUTER_NAMES)}")
-    parser.add_argument("--gamma", type=float, default=None, help="router threshold γ")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--min-new-tokens", type=int, default=None)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--min-p", type=float, default=None)
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--gamma", type=float, default=None, help="router threshold γ (default: the router's)"
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="tokens per sample")
+    parser.add_argument(
+        "--min-new-tokens", type=int, default=None, help="end tokens banned before this many"
+    )
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    parser.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass")
+    parser.add_argument("--top-k", type=int, default=0, help="keep the k likeliest (0: off)")
+    parser.add_argument("--min-p", type=float, default=None, help="min-p truncation (off)")
+    parser.add_argument("--seed", type=int, default=None, help="seed (default: fresh randomness)")
     parser.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="baco", description="BACO: diverse generation from a base + aligned model pair."
+        prog="baco",
+        description="BACO: diverse generation from a base + aligned model pair.",
+        formatter_class=HelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    gen = commands.add_parser("generate", help="generate samples for one prompt")
+    gen = commands.add_parser(
+        "generate",
+        help="generate samples for one prompt",
+        description="Generate n samples for one prompt with BACO decoding and print them with "
+        "their base share and switches.",
+        formatter_class=HelpFormatter,
+    )
     gen.add_argument("prompt", help="the user prompt")
     gen.add_argument("--system", default=None, help="optional system message")
     gen.add_argument("--stream", action="store_true", help="stream the first sample's tokens")
@@ -53,16 +66,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_args(gen)
 
     demo = commands.add_parser(
-        "demo", help="aligned model alone vs BACO, side by side, on the embedded pair"
+        "demo",
+        help="aligned model alone vs BACO, side by side, on the embedded pair",
+        description="Sample the aligned model alone and BACO on the same prompts and show "
+        "them side by side, base-model tokens highlighted, with a diversity figure for each.",
+        formatter_class=HelpFormatter,
     )
     demo.add_argument("prompts", nargs="*", help="prompts (default: built-in open-ended ones)")
     demo.add_argument("-k", type=int, default=5, help="samples per prompt and method")
-    demo.add_argument("--router", default="p-punc")
-    demo.add_argument("--gamma", type=float, default=None, help="default: the demo's γ")
-    demo.add_argument("--max-new-tokens", type=int, default=64)
-    demo.add_argument("--top-p", type=float, default=0.95)
-    demo.add_argument("--temperature", type=float, default=1.0)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--router", default="p-punc", help=f"one of {', '.join(ROUTER_NAMES)}")
+    demo.add_argument(
+        "--gamma", type=float, default=None, help="router threshold γ (default: the demo's)"
+    )
+    demo.add_argument("--max-new-tokens", type=int, default=64, help="tokens per sample")
+    demo.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass")
+    demo.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    demo.add_argument("--seed", type=int, default=0, help="seed of every method")
     demo.add_argument("--no-color", action="store_true", help="mark base tokens with « »")
     demo.add_argument(
         "--precision",
@@ -70,12 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
         default="fp32",
         help="fp32 (default, exact) or bf16 autocast: faster only on CPUs with bf16 matrix "
         "units (AMX); measured slower on a 2-core AMD EPYC (benchmarks/RESULTS.md)",
-    )
-    demo.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch CPU threads (default: torch's; use 1 when other jobs share the CPU)",
     )
     add_model_args(demo)
 
@@ -114,6 +127,7 @@ def run_generate(args: argparse.Namespace) -> int:
     normalise_messages(prompt)  # validate the prompt and options before any model work
     options = _generation_options(args)
     check_generation_options(options)
+    set_torch_threads(args.threads)
     engine = BacoEngine(load_pair(args))
     if args.stream:
         for event in engine.stream(prompt, **options):

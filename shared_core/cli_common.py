@@ -13,6 +13,7 @@ from .loading import check_pair_args
 __all__ = [
     "DTYPES",
     "PAIR_FLAGS",
+    "HelpFormatter",
     "add_model_args",
     "check_generation_options",
     "load_pair",
@@ -25,13 +26,41 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 PAIR_FLAGS: tuple[str, str, str] = ("--base", "--aligned", "--aligned-adapter")
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Plain-text help: descriptions as written, and every option's default shown (unless
+    its help already names it or the default is unset)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            "default" not in text
+            and action.default is not None
+            and action.default is not False
+            and action.default != argparse.SUPPRESS
+            and action.option_strings
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """Add ``--base``, ``--aligned``, ``--aligned-adapter``, ``--dtype`` and ``--device-map``."""
-    parser.add_argument("--base", help="base model: hub id, folder or .gguf file (default: demo)")
-    parser.add_argument("--aligned", help="aligned model: hub id, folder or .gguf file")
-    parser.add_argument("--aligned-adapter", help="PEFT adapter making the base aligned")
-    parser.add_argument("--dtype", choices=DTYPES, default=None)
-    parser.add_argument("--device-map", default=None, help='e.g. "cpu", "cuda", "auto"')
+    """Add the flags every subcommand shares: the pair (``--base``, ``--aligned``,
+    ``--aligned-adapter``, ``--dtype``, ``--device-map``) and ``--threads``."""
+    models = parser.add_argument_group("model pair (default: the embedded demo pair)")
+    models.add_argument("--base", help="base model: hub id, folder or .gguf file")
+    models.add_argument("--aligned", help="aligned model: hub id, folder or .gguf file")
+    models.add_argument("--aligned-adapter", help="PEFT adapter making the base aligned")
+    models.add_argument(
+        "--dtype", choices=DTYPES, default=None, help="weights dtype (default: the model's)"
+    )
+    models.add_argument("--device-map", default=None, help='e.g. "cpu", "cuda", "auto"')
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's; 1 is much faster on a CPU shared with other "
+        "busy processes)",
+    )
 
 
 def load_pair(args: argparse.Namespace) -> Any:

@@ -21,12 +21,32 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..cli_common import add_model_args
+from ..cli_common import HelpFormatter, add_model_args
 from ..routers import ROUTER_NAMES
 
 __all__ = ["STAGES", "add_eval_parser", "run_eval_command"]
 
 STAGES = ("generate", "score", "summary", "plot")
+
+_DESCRIPTION = """\
+Generate -> score -> summarise -> plot a diversity-quality sweep of BACO routers and
+baselines. Every stage resumes: generations and scores are appended to JSONL files in --out
+and a rerun skips what is already there. Files in --out:
+
+  run.json            the options of the last invocation
+  generations.jsonl   one record per (setting, prompt)
+  scores.jsonl        one record per (setting, prompt)
+  summary.json, summary.md, summary.csv, settings.csv
+  plots/*.png         one Pareto plot per plane, overview.png, base_share.png
+  calibration.json    with --calibrate: gamma -> mean base share per router
+
+Scoring needs the eval extra and its two model packages (bash scripts/install.sh eval)."""
+
+#: Module -> what needs it, checked before generating when scoring is asked for.
+_SCORING_MODULES = {
+    "numpy": "every metric",
+    "sacrebleu": "self-BLEU",
+}
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -50,7 +70,8 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "eval",
         help="diversity-quality sweep: generate, score, summarise (Coverage/Dominance), plot",
-        description=__doc__.split("\n\n")[0],
+        description=_DESCRIPTION,
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--prompts",
@@ -109,12 +130,6 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=",".join(STAGES),
         help=f"comma-separated stages to run (default {','.join(STAGES)})",
     )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch CPU threads (1 is much faster on a CPU shared with other busy processes)",
-    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -127,6 +142,28 @@ def _methods(args: argparse.Namespace) -> list[str] | None:
     if not args.methods:
         return None
     return [m.strip() for item in args.methods for m in item.split(",") if m.strip()]
+
+
+def _check_scoring_packages(args: argparse.Namespace) -> None:
+    """Refuse to start when scoring would fail later for want of a package (before the
+    minutes of generation, not after)."""
+    import importlib.util
+
+    from .judge import SMOLLM2_PACKAGE
+    from .semantic import MINILM_PACKAGE
+
+    needed = dict(_SCORING_MODULES)
+    if not args.no_semantic:
+        needed[MINILM_PACKAGE] = "semantic diversity (--no-semantic skips it)"
+    if not args.no_judge and args.judge is None:
+        needed[SMOLLM2_PACKAGE] = "the default judge (--judge or --no-judge avoid it)"
+        needed["gguf"] = "reading the default judge's GGUF"
+    missing = [f"{m} ({why})" for m, why in needed.items() if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(
+            f"baco eval cannot score without {', '.join(missing)}; install them with: bash "
+            "scripts/install.sh eval (or pass --stages generate to only generate now)"
+        )
 
 
 def _load_judge(spec: str | None) -> Any:
@@ -164,6 +201,8 @@ def run_eval_command(args: argparse.Namespace) -> int:
     )
     if args.batch_prompts < 1:
         raise ValueError(f"--batch-prompts must be >= 1, got {args.batch_prompts}")
+    if "score" in stages:
+        _check_scoring_packages(args)
     set_torch_threads(args.threads)
     grids = dict(args.grid or [])
     temps = {"aligned_temperatures": args.aligned_temperatures} if args.aligned_temperatures else {}

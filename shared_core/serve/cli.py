@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..cli_common import PAIR_FLAGS
+from ..cli_common import PAIR_FLAGS, HelpFormatter
 from ..loading import check_pair_args
 from . import DEFAULT_MAX_QUEUE, require_serve
 from .limits import ServeLimits
@@ -24,6 +24,7 @@ def add_serve_parser(
         help="OpenAI-compatible HTTP server (chat/completions, completions, models, metrics)",
         description="Serve BACO over OpenAI's API. Needs the serve extra "
         '(pip install -e ".[serve]"); --ray needs the ray extra.',
+        formatter_class=HelpFormatter,
     )
     add_model_args(serve)
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
@@ -63,7 +64,6 @@ def add_serve_parser(
             default=getattr(defaults, name),
             help=f"{what} (default {getattr(defaults, name)})",
         )
-    serve.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     serve.add_argument("--log-level", default="info", help="uvicorn log level")
     ray = serve.add_argument_group("Ray Serve (needs the ray extra)")
     ray.add_argument("--ray", action="store_true", help="serve replicas on Ray Serve")

@@ -293,3 +293,44 @@ def test_model_with_nan_logits_is_a_clear_error(tiny_pair_paths, monkeypatch, ca
     assert code == 1
     assert "baco: error:" in err and "NaN" in err and str(aligned) in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["generate", "demo", "eval", "serve"])
+def test_every_subcommand_takes_the_common_flags_and_shows_defaults(command, capsys) -> None:
+    from shared_core.cli import build_parser
+
+    parser = build_parser()
+    extra = ["a prompt"] if command == "generate" else []
+    args = parser.parse_args([command, *extra, "--threads", "1", "--base", "b", "--aligned", "a"])
+    assert args.threads == 1
+    with pytest.raises(SystemExit):
+        parser.parse_args([command, "--help"])
+    help_text = capsys.readouterr().out
+    assert "(default: " in help_text and ":class:" not in help_text and "``" not in help_text
+
+
+def test_generate_applies_threads(tiny_pair_paths, capsys, monkeypatch) -> None:
+    seen: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", seen.append)
+    base, aligned = tiny_pair_paths
+    argv = ["generate", "Hi", "-n", "1", "--max-new-tokens", "2", "--threads", "1"]
+    assert main([*argv, "--base", str(base), "--aligned", str(aligned)]) == 0
+    assert seen == [1]
+
+
+def test_eval_refuses_to_start_without_its_scoring_packages(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    from shared_core.eval.semantic import MINILM_PACKAGE
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == MINILM_PACKAGE else real(name)
+    )
+    loads: list[Any] = []
+    monkeypatch.setattr("shared_core.cli_common.load_pair", lambda args: loads.append(args))
+    code = main(["eval", "--limit", "1", "-k", "2", "--out", str(tmp_path), "--methods", "base"])
+    assert code == 2 and not loads
+    err = capsys.readouterr().err
+    assert MINILM_PACKAGE in err and "scripts/install.sh eval" in err
+    assert not (tmp_path / "generations.jsonl").exists()
