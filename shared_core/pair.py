@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +114,17 @@ class AdapterDisabledModel:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.peft_model, name)
+
+
+@contextlib.contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """Hide transformers' ``is_gradient_checkpointing`` FutureWarning, which peft triggers
+    on every adapter load (a deprecation between two libraries, nothing a user can act on)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+        )
+        yield
 
 
 def _short(ref: str) -> str:
@@ -238,9 +252,10 @@ class ModelPair:
 
             aligned_name = f"{loaded_base.name}+{os.fspath(aligned_adapter)}"
             if one_weights:
-                peft_model = PeftModel.from_pretrained(
-                    loaded_base.model, os.fspath(aligned_adapter)
-                ).eval()
+                with _quiet_peft():
+                    peft_model = PeftModel.from_pretrained(
+                        loaded_base.model, os.fspath(aligned_adapter)
+                    ).eval()
                 loaded_base = _Loaded(
                     model=AdapterDisabledModel(peft_model),
                     tokenizer=loaded_base.tokenizer,
@@ -249,7 +264,8 @@ class ModelPair:
                 model = peft_model
             else:
                 second = _load(base, dtype=dtype, device_map=device_map, hf_kwargs=hf_kwargs)
-                model = PeftModel.from_pretrained(second.model, os.fspath(aligned_adapter))
+                with _quiet_peft():
+                    model = PeftModel.from_pretrained(second.model, os.fspath(aligned_adapter))
                 model = model.merge_and_unload().eval()
             loaded_aligned = _Loaded(
                 model=model, tokenizer=loaded_base.tokenizer, name=aligned_name
