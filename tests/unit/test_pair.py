@@ -159,3 +159,20 @@ def test_output_layer_smaller_than_tokenizer_is_rejected():
     small = build_tiny_model(len(tokenizer) - 10, 1)
     with pytest.raises(ValueError, match="output layer"):
         ModelPair(small, small, tokenizer)
+
+
+def test_short_name_has_no_machine_paths(tiny_pair, tiny_pair_paths, monkeypatch) -> None:
+    from shared_core import demo_models
+
+    base, aligned = tiny_pair_paths
+    assert tiny_pair.short_name == f"baco:{base.name}+{aligned.name}"
+    assert str(base.parent) not in tiny_pair.short_name
+    hub = ModelPair.__new__(ModelPair)
+    hub.base_name, hub.aligned_name = "org/base-7b", "org/base-7b+adapters/none-here"
+    assert hub.short_name == "baco:org/base-7b+adapters/none-here"
+    demo = ModelPair.__new__(ModelPair)
+    monkeypatch.setenv("BACO_HOME", str(base.parent))
+    monkeypatch.setattr(demo_models, "DEMO_BASE_DIRNAME", base.name)
+    demo.base_name = str(base)
+    demo.aligned_name = f"{base}+{demo_models.demo_adapter_path()}"
+    assert demo.short_name == "baco:demo"
