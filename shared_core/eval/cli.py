@@ -179,7 +179,13 @@ def _load_judge(spec: str | None) -> Any:
 def run_eval_command(args: argparse.Namespace) -> int:
     """Run the stages selected by ``args`` (parsed by :func:`add_eval_parser`)."""
     from ..cli_common import check_generation_options, set_torch_threads
-    from .runner import build_settings, default_prompts_path, load_prompts, run_generation
+    from .runner import (
+        build_settings,
+        default_prompts_path,
+        load_prompts,
+        prompts_label,
+        run_generation,
+    )
     from .score import LazyScorer, aggregate_scores, score_generations
 
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
@@ -214,6 +220,10 @@ def run_eval_command(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     gen_path, score_path = out / "generations.jsonl", out / "scores.jsonl"
     options = {k: v for k, v in vars(args).items() if k != "func"}
+    options["prompts"] = prompts_label(args.prompts)
+    for flag in ("base", "aligned", "aligned_adapter"):
+        if options.get(flag) and Path(options[flag]).exists():
+            options[flag] = Path(options[flag]).resolve().name  # a folder name, not a path
     (out / "run.json").write_text(json.dumps(options, indent=2, default=str) + "\n")
     _say(f"{len(prompts)} prompts × {len(settings)} settings × k={args.k} → {out}")
 
@@ -283,7 +293,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
         _say("nothing scored yet: run the generate and score stages")
         return 0
     meta = {
-        "prompts": str(args.prompts),
+        "prompts": prompts_label(args.prompts),
         "n_prompts": min(row["n_prompts"] for row in table),
         "k": args.k,
         "max_new_tokens": args.max_new_tokens,

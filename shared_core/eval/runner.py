@@ -46,6 +46,8 @@ __all__ = [
     "build_settings",
     "default_prompts_path",
     "load_prompts",
+    "pair_label",
+    "prompts_label",
     "read_jsonl",
     "repair_jsonl",
     "run_generation",
@@ -170,6 +172,25 @@ def default_prompts_path() -> Path:
     ``LICENSE`` next to the file.
     """
     return Path(__file__).resolve().parents[1] / "assets" / "noveltybench" / "curated.jsonl"
+
+
+def prompts_label(path: str | os.PathLike[str] | None) -> str:
+    """How result files name a prompt file: its dataset, never a path of this machine.
+
+    The shipped set is ``noveltybench/curated.jsonl (shipped with baco)``; another file is
+    named by its folder and file name (``noveltybench/wildchat-1k.jsonl``).
+    """
+    if path is None or Path(path).resolve() == default_prompts_path():
+        return "noveltybench/curated.jsonl (shipped with baco)"
+    resolved = Path(path).resolve()
+    return f"{resolved.parent.name}/{resolved.name}" if resolved.parent.name else resolved.name
+
+
+def pair_label(pair: Any) -> str | None:
+    """How result files name a model pair: its short name (no machine paths)."""
+    if pair is None:
+        return None
+    return getattr(pair, "short_name", None) or getattr(pair, "name", None)
 
 
 def load_prompts(
@@ -371,7 +392,7 @@ def run_generation(
         return stats
     if callable(engine) and not hasattr(engine, "generate"):
         engine = engine()
-    pair_name = getattr(getattr(engine, "pair", None), "name", None)
+    pair_name = pair_label(getattr(engine, "pair", None))
     if pair_name is not None:
         _check_compatible(existing, {"pair": pair_name}, path)
     bar = _progress(len(todo) * k, progress)

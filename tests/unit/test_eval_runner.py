@@ -169,7 +169,7 @@ def test_runner_writes_one_record_per_setting_and_prompt(tiny_engine, tmp_path: 
         assert all(isinstance(t, str) for t in r["samples"])
         assert all(n <= 6 for n in r["n_tokens"])
         assert r["k"] == 3 and r["top_p"] == 0.95 and r["seed"] == 0
-        assert r["pair"] == tiny_engine.pair.name
+        assert r["pair"] == tiny_engine.pair.short_name
         assert r["seconds"] > 0 and r["batch_prompts"] in (1, 2)
         assert r["prompt"] == {p.id: p.prompt for p in PROMPTS}[r["prompt_id"]]
         if r["method"] == "base":
@@ -420,7 +420,9 @@ def test_eval_cli_defaults_to_the_shipped_prompts(tiny_pair_paths, tmp_path) -> 
     records = read_jsonl(out / "generations.jsonl")
     assert [r["prompt_id"] for r in records] == ["curated-0", "curated-1"]
     assert records[0]["prompt"] == load_prompts(limit=1)[0].prompt
-    assert json.loads((out / "run.json").read_text())["prompts"] == str(default_prompts_path())
+    run = json.loads((out / "run.json").read_text())
+    assert run["prompts"] == "noveltybench/curated.jsonl (shipped with baco)"
+    assert str(default_prompts_path().parent) not in json.dumps(run)
 
 
 def test_eval_cli_rejects_bad_options(prompt_file, tiny_pair_paths, tmp_path) -> None:
@@ -439,3 +441,16 @@ def test_eval_cli_rejects_bad_options(prompt_file, tiny_pair_paths, tmp_path) ->
         run_eval_command(_eval_args([*common, "--no-judge", "--judge", "x"]))
     with pytest.raises(SystemExit):
         _eval_args([*common, "--grid", "p"])
+
+
+def test_result_files_name_prompts_and_pairs_without_machine_paths(tmp_path, tiny_pair) -> None:
+    from shared_core.eval.runner import default_prompts_path, pair_label, prompts_label
+
+    assert prompts_label(None) == prompts_label(default_prompts_path())
+    assert prompts_label(None).startswith("noveltybench/curated.jsonl")
+    other = tmp_path / "noveltybench" / "wildchat-1k.jsonl"
+    other.parent.mkdir()
+    other.write_text("")
+    assert prompts_label(other) == "noveltybench/wildchat-1k.jsonl"
+    assert pair_label(tiny_pair) == tiny_pair.short_name
+    assert str(tmp_path) not in prompts_label(other) and "/" not in pair_label(tiny_pair)[5:]
