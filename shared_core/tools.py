@@ -375,37 +375,49 @@ def render_tool_messages(
 def parse_tool_calls(text: str, *, ids: Sequence[str] | None = None) -> ParsedReply:
     """Split a response into its text and its ``<tool_call>`` blocks.
 
-    A block whose JSON does not decode to ``{"name": str, "arguments": object}`` (possible only
-    without a grammar, or when ``max_new_tokens`` cut the call) becomes an
-    :class:`InvalidToolCall`, as does an opening tag that is never closed. ``ids`` (optional)
-    are used for the calls in order; fresh ids otherwise.
+    The same splitter as streaming (:class:`ToolCallStream`), fed the whole text at once, so
+    a streamed response and a non-streamed one give identical text and calls. A block whose
+    JSON does not decode to ``{"name": str, "arguments": object}`` (possible only without a
+    grammar, or when ``max_new_tokens`` cut the call) becomes an :class:`InvalidToolCall`,
+    as does an opening tag that is never closed. ``ids`` (optional) are used for the calls
+    (valid and invalid, in order); fresh ids otherwise.
     """
-    pieces: list[str] = []
-    calls: list[ToolCall] = []
-    invalid: list[InvalidToolCall] = []
-    id_iter = iter(ids or ())
-    position = 0
-    while True:
-        start = text.find(TOOL_CALL_BEGIN, position)
-        if start < 0:
-            pieces.append(text[position:])
-            break
-        pieces.append(text[position:start])
-        end = text.find(TOOL_CALL_END, start)
-        body_end = len(text) if end < 0 else end
-        body = text[start + len(TOOL_CALL_BEGIN) : body_end].strip()
-        call_id = next(id_iter, None) or new_call_id()
-        parsed = _parse_call(body, call_id) if end >= 0 else None
-        if isinstance(parsed, ToolCall):
-            calls.append(parsed)
-        else:
-            error = parsed if isinstance(parsed, str) else "the call was cut off (no closing tag)"
-            invalid.append(InvalidToolCall(_guess_name(body), body, call_id, error))
-        if end < 0:
-            break
-        position = end + len(TOOL_CALL_END)
-    content = "".join(pieces).strip()
+    splitter = ToolCallStream(ids=ids)
+    items = splitter.feed(text) + splitter.finish()
+    content = "".join(item for kind, item in items if kind == "text")
+    calls = [item for kind, item in items if kind == "call"]
+    invalid = [item for kind, item in items if kind == "invalid"]
     return ParsedReply(content, calls, invalid)
+
+
+def _parse_block(body: str, call_id: str, *, closed: bool) -> ToolCall | InvalidToolCall:
+    """One call from the text between its tags (``closed=False``: the closing tag never came)."""
+    parsed = _parse_call(body, call_id) if closed else None
+    if isinstance(parsed, ToolCall):
+        return parsed
+    error = parsed if isinstance(parsed, str) else "the call was cut off (no closing tag)"
+    return InvalidToolCall(_guess_name(body), body, call_id, error)
+
+
+def _call_end(text: str) -> int:
+    """Index of the ``</tool_call>`` that closes a call body ``text``, or -1 if not there yet.
+
+    The tag only counts outside JSON strings: an argument may itself contain ``</tool_call>``.
+    """
+    in_string = escaped = False
+    for index, char in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char == "<" and text.startswith(TOOL_CALL_END, index):
+            return index
+    return -1
 
 
 def _parse_call(body: str, call_id: str) -> ToolCall | str:
@@ -481,56 +493,79 @@ def tool_request(
 
 
 class ToolCallStream:
-    """Splits streamed text into plain text and complete tool calls, as they arrive.
+    """Splits (streamed) text into plain text and tool calls, as they arrive.
 
     :meth:`feed` returns ``("text", str)``, ``("call", ToolCall)`` and ``("invalid",
-    InvalidToolCall)`` items; text that may be the start of ``<tool_call>`` is held back until
-    it is known not to be. :meth:`finish` releases the rest (an unclosed call is invalid).
+    InvalidToolCall)`` items; :meth:`finish` releases the rest. The result is the same however
+    the text is cut into deltas:
+
+    - text that may be the start of ``<tool_call>`` is held back until it is known not to
+      be; at the end of the response such a partial tag is dropped (markup never reaches the
+      text);
+    - a call ends at the first ``</tool_call>`` outside its JSON strings; one never closed is
+      an invalid call carrying the partial arguments;
+    - the text is stripped as a whole: whitespace before the first text and after the last is
+      dropped (trailing whitespace is held until more text follows).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, ids: Sequence[str] | None = None) -> None:
         self._buffer = ""
         self._inside = False
+        self._started = False
+        self._pending = ""
+        self._ids = iter(ids or ())
+
+    def _next_id(self) -> str:
+        return next(self._ids, None) or new_call_id()
+
+    def _text(self, text: str, items: list[tuple[str, Any]]) -> None:
+        if not self._started:
+            text = text.lstrip()
+            if not text:
+                return
+            self._started = True
+        text = self._pending + text
+        body = text.rstrip()
+        self._pending = text[len(body) :]
+        if body:
+            items.append(("text", body))
 
     def feed(self, delta: str) -> list[tuple[str, Any]]:
         self._buffer += delta
         items: list[tuple[str, Any]] = []
         while True:
             if self._inside:
-                end = self._buffer.find(TOOL_CALL_END)
+                body = self._buffer[len(TOOL_CALL_BEGIN) :]
+                end = _call_end(body)
                 if end < 0:
                     return items
-                block = self._buffer[: end + len(TOOL_CALL_END)]
-                self._buffer = self._buffer[end + len(TOOL_CALL_END) :]
+                self._buffer = body[end + len(TOOL_CALL_END) :]
                 self._inside = False
-                items.extend(self._calls(block))
+                call = _parse_block(body[:end].strip(), self._next_id(), closed=True)
+                items.append(("call" if isinstance(call, ToolCall) else "invalid", call))
                 continue
             start = self._buffer.find(TOOL_CALL_BEGIN)
             if start >= 0:
-                if start:
-                    items.append(("text", self._buffer[:start]))
+                self._text(self._buffer[:start], items)
                 self._buffer = self._buffer[start:]
                 self._inside = True
                 continue
             keep = _partial_suffix(self._buffer, TOOL_CALL_BEGIN)
-            if len(self._buffer) > keep:
-                items.append(("text", self._buffer[: len(self._buffer) - keep]))
-                self._buffer = self._buffer[len(self._buffer) - keep :]
+            self._text(self._buffer[: len(self._buffer) - keep], items)
+            self._buffer = self._buffer[len(self._buffer) - keep :]
             return items
 
     def finish(self) -> list[tuple[str, Any]]:
         rest, self._buffer = self._buffer, ""
+        items: list[tuple[str, Any]] = []
         if self._inside:
             self._inside = False
-            return self._calls(rest)
-        return [("text", rest)] if rest else []
-
-    @staticmethod
-    def _calls(block: str) -> list[tuple[str, Any]]:
-        reply = parse_tool_calls(block)
-        return [("call", c) for c in reply.tool_calls] + [
-            ("invalid", c) for c in reply.invalid_tool_calls
-        ]
+            body = rest[len(TOOL_CALL_BEGIN) :].strip()
+            items.append(("invalid", _parse_block(body, self._next_id(), closed=False)))
+        else:
+            self._text(rest[: len(rest) - _partial_suffix(rest, TOOL_CALL_BEGIN)], items)
+        self._pending = ""
+        return items
 
 
 def _partial_suffix(text: str, marker: str) -> int:

@@ -33,7 +33,6 @@ from .openai_schema import (
     bad_request,
     choice_statistics,
     chunk_body,
-    invalid_call_body,
     new_id,
     now,
     parse_chat_request,
@@ -326,7 +325,7 @@ class _StreamChoices:
         self.common = common
         self.splitters: dict[int, ToolCallStream] = {}
         self.calls: dict[int, int] = {}
-        self.invalid: dict[int, list[dict[str, Any]]] = {}
+        self.valid_calls: dict[int, int] = {}
 
     def _chunk(self, row: int, **fields: Any) -> dict[str, Any]:
         return chunk_body(self.parsed, **self.common, index=row, **fields)
@@ -344,20 +343,20 @@ class _StreamChoices:
             for kind, item in items:
                 if kind == "text":
                     out.append(self._chunk(row, text=item))
-                elif kind == "call":
+                else:  # a call, or one cut off by max_tokens (partial arguments)
                     index = self.calls.get(row, 0)
                     self.calls[row] = index + 1
+                    if kind == "call":
+                        self.valid_calls[row] = self.valid_calls.get(row, 0) + 1
                     out.append(self._chunk(row, tool_calls=[tool_call_body(item, index)]))
-                else:
-                    self.invalid.setdefault(row, []).append(invalid_call_body(item))
         generation = event.generation
         if generation is not None:
             statistics = choice_statistics(generation, self.parsed.return_sources)
-            if row in self.invalid:
-                statistics["invalid_tool_calls"] = self.invalid[row]
             if generation.finish_reason == "error":
                 statistics["error"] = sample_error_body(generation)
-            reason = "tool_calls" if self.calls.get(row) else generation.finish_reason
+            reason = generation.finish_reason
+            if self.valid_calls.get(row) and reason == "stop":
+                reason = "tool_calls"
             out.append(self._chunk(row, finish_reason=reason, statistics=statistics))
         return out
 

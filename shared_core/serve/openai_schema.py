@@ -654,19 +654,32 @@ def choice_statistics(generation: Generation, return_sources: bool) -> dict[str,
 
 
 def tool_call_body(call: Any, index: int | None = None) -> dict[str, Any]:
-    """A parsed :class:`~shared_core.tools.ToolCall` in OpenAI's ``tool_calls`` form."""
+    """A call in OpenAI's ``tool_calls`` form. A parsed :class:`~shared_core.tools.ToolCall`
+    has its arguments as JSON; a call cut off by ``max_tokens`` (an
+    :class:`~shared_core.tools.InvalidToolCall`) carries the partial arguments as written, as
+    OpenAI returns them with ``finish_reason: "length"``."""
     body: dict[str, Any] = {} if index is None else {"index": index}
+    if isinstance(call.arguments, str):
+        arguments = _partial_arguments(call.arguments)
+    else:
+        arguments = json.dumps(call.arguments, ensure_ascii=False)
     body.update(
         {
             "id": call.id,
             "type": "function",
-            "function": {
-                "name": call.name,
-                "arguments": json.dumps(call.arguments, ensure_ascii=False),
-            },
+            "function": {"name": call.name or "", "arguments": arguments},
         }
     )
     return body
+
+
+def _partial_arguments(raw: str) -> str:
+    """The ``arguments`` text of a cut-off call ``{"name": ..., "arguments": <partial>``."""
+    marker = '"arguments"'
+    at = raw.find(marker)
+    if at < 0:
+        return ""
+    return raw[at + len(marker) :].lstrip().removeprefix(":").lstrip()
 
 
 def sample_error_body(generation: Generation) -> dict[str, Any]:
@@ -678,11 +691,6 @@ def sample_error_body(generation: Generation) -> dict[str, Any]:
         "param": None,
         "code": "constraint",
     }
-
-
-def invalid_call_body(call: Any) -> dict[str, Any]:
-    """A call that did not parse (cut by ``max_tokens``): name, raw arguments and why."""
-    return {"id": call.id, "name": call.name, "arguments": call.arguments, "error": call.error}
 
 
 def usage_body(results: Sequence[Sequence[Generation]]) -> dict[str, int]:
@@ -716,13 +724,12 @@ def response_body(
                 if request.tools is not None:
                     reply = request.tools.parse(generation.text)
                     message["content"] = reply.content or None
-                    if reply.tool_calls:
-                        message["tool_calls"] = [tool_call_body(c) for c in reply.tool_calls]
+                    calls = [tool_call_body(c) for c in reply.tool_calls]
+                    calls += [tool_call_body(c) for c in reply.invalid_tool_calls]
+                    if calls:
+                        message["tool_calls"] = calls
+                    if reply.tool_calls and generation.finish_reason == "stop":
                         finish_reason = "tool_calls"
-                    if reply.invalid_tool_calls:
-                        extra["invalid_tool_calls"] = [
-                            invalid_call_body(c) for c in reply.invalid_tool_calls
-                        ]
                 choice["message"] = message
             else:
                 choice["text"] = generation.text

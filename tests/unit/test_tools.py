@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shared_core.streaming import ResponseText
 from shared_core.testing import ADD_TOOL as ADD
 from shared_core.testing import build_tiny_tokenizer
 from shared_core.tools import (
+    TOOL_CALL_BEGIN,
     ToolCallStream,
     ToolSpec,
     call_schema,
@@ -205,3 +208,63 @@ def test_tool_call_stream_splits_text_and_calls_across_deltas() -> None:
     cut = ToolCallStream()
     assert cut.feed('<tool_call>\n{"name": "add"') == []
     assert [kind for kind, _ in cut.finish()] == ["invalid"]
+
+
+# ------------------------------------------------- one splitter for streams and whole texts
+
+
+_PIECES = st.sampled_from(
+    [
+        "Sure.",
+        " ",
+        "\n",
+        "Let me check ",
+        "a < b and <tool",  # text that starts like the tag but is not one
+        format_call("add", {"a": 1, "b": 2}),
+        format_call("add", {"a": "x</tool_call>y", "b": 2}),  # the end tag inside a string
+        '<tool_call>\n{"name": "add", "arguments": {"a": 1',  # cut off mid-arguments
+        "<tool_ca",  # cut off mid-tag
+    ]
+)
+
+
+def _split(text: str, cuts: list[int]) -> list[tuple[str, str, object]]:
+    stream = ToolCallStream(ids=[f"c{i}" for i in range(20)])
+    items, last = [], 0
+    for cut in [*sorted({min(c, len(text)) for c in cuts}), len(text)]:
+        items += stream.feed(text[last:cut])
+        last = cut
+    items += stream.finish()
+    text_out = "".join(i for k, i in items if k == "text")
+    calls = [(k, i.name, i.arguments) for k, i in items if k != "text"]
+    return [("text", text_out, None), *calls]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_PIECES, max_size=6), st.lists(st.integers(0, 400), max_size=8))
+def test_streamed_and_whole_text_give_identical_text_and_calls(pieces, cuts) -> None:
+    text = "".join(pieces)
+    whole = parse_tool_calls(text, ids=[f"c{i}" for i in range(20)])
+    expected = [("text", whole.content, None)]
+    streamed = _split(text, cuts)
+    assert streamed[0] == expected[0]
+    names = sorted((c.name, json.dumps(c.arguments)) for c in whole.tool_calls)
+    got = sorted((n, json.dumps(a)) for k, n, a in streamed[1:] if k == "call")
+    assert got == names
+    assert TOOL_CALL_BEGIN not in whole.content  # no markup in the text, ever
+    if pieces[-1:] == ["<tool_ca"] and pieces.count("<tool_ca") == 1:  # stopped inside a tag
+        assert not whole.content.endswith("<tool_ca")
+
+
+def test_an_end_tag_inside_an_argument_stays_in_the_argument() -> None:
+    reply = parse_tool_calls(format_call("add", {"a": "x</tool_call>y", "b": 2}) + " ok")
+    assert [c.arguments for c in reply.tool_calls] == [{"a": "x</tool_call>y", "b": 2}]
+    assert reply.content == "ok"
+
+
+def test_a_cut_tag_or_call_never_reaches_the_text() -> None:
+    assert parse_tool_calls("Sure <tool_ca").content == "Sure"
+    cut = parse_tool_calls('Sure\n<tool_call>\n{"name": "add", "arguments": {"a": 1')
+    assert cut.content == "Sure" and not cut.tool_calls
+    (partial,) = cut.invalid_tool_calls
+    assert partial.name == "add" and partial.arguments.endswith('{"a": 1')

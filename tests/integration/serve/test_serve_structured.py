@@ -172,3 +172,41 @@ def test_structured_errors_name_the_field(
         response = http.post("/v1/chat/completions", json=body)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
+
+
+@pytest.mark.parametrize("budget", [3, 7, 12])
+def test_a_cut_call_is_a_partial_tool_call_and_no_markup_reaches_content(
+    server: LiveServer, budget: int
+) -> None:
+    body = {
+        "model": "tiny-baco",
+        "messages": MESSAGES,
+        "max_tokens": budget,
+        "seed": 2,
+        "tools": [WEATHER],
+        "tool_choice": "required",
+    }
+    with server.client() as http:
+        whole = http.post("/v1/chat/completions", json=body).json()["choices"][0]
+        with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
+            chunks = [
+                json.loads(line[6:])
+                for line in r.iter_lines()
+                if line.startswith("data: {") and '"choices":[{' in line
+            ]
+    assert whole["finish_reason"] == "length"
+    assert whole["message"]["content"] is None  # never '<tool_ca' or a partial call
+    assert "invalid_tool_calls" not in whole
+    streamed_text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert streamed_text == ""
+    streamed_calls = [
+        call for c in chunks for call in c["choices"][0]["delta"].get("tool_calls") or []
+    ]
+    calls = whole["message"].get("tool_calls") or []
+    assert [c["function"]["arguments"] for c in streamed_calls] == [
+        c["function"]["arguments"] for c in calls
+    ]
+    for call in calls:  # the partial arguments as written, cut by max_tokens
+        assert call["function"]["name"] in ("get_weather", "")
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(call["function"]["arguments"] or "{")
