@@ -242,7 +242,8 @@ class Baco(FunctionCallingLLM, CustomLLM, BacoFields):
     ) -> dict[str, Any]:
         """``chat`` arguments for a call with ``tools``: their OpenAI-style descriptions and
         the tool choice (``tool_required`` means one call must be made; a tool name forces
-        that tool). A required choice makes the response exactly one call."""
+        that tool). A required choice makes the response exactly one call; without
+        ``allow_parallel_tool_calls`` the grammar allows at most one call."""
         messages = list(chat_history or [])
         if isinstance(user_msg, str):
             user_msg = ChatMessage(role=MessageRole.USER, content=user_msg)
@@ -251,7 +252,13 @@ class Baco(FunctionCallingLLM, CustomLLM, BacoFields):
         if tool_choice is None:
             tool_choice = "required" if tool_required else "auto"
         specs = [tool.metadata.to_openai_tool() for tool in tools]
-        return {"messages": messages, "tools": specs, "tool_choice": tool_choice, **kwargs}
+        return {
+            "messages": messages,
+            "tools": specs,
+            "tool_choice": tool_choice,
+            "parallel_tool_calls": allow_parallel_tool_calls,
+            **kwargs,
+        }
 
     def get_tool_calls_from_response(
         self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
@@ -367,7 +374,8 @@ class Baco(FunctionCallingLLM, CustomLLM, BacoFields):
         (``tools=False``) take ``json_schema`` but no tools."""
         kwargs = dict(kwargs)
         check_call_options(kwargs, owner="Baco")
-        kwargs.pop("allow_parallel_tool_calls", None)
+        if kwargs.pop("allow_parallel_tool_calls", True) is False:
+            kwargs["parallel_tool_calls"] = False
         if not tools and kwargs.get("tools"):
             raise ValueError("tools need chat (chat_with_tools), not complete")
         request, constraint = pop_structure(kwargs, max_string_length=self.max_string_length)

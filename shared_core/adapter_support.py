@@ -306,7 +306,8 @@ def pop_structure(
     rendering, grammar, parsing); ``json_schema`` (a JSON-schema dict or ``True``) is the
     other way to constrain a response. ``grammar`` is what to pass as the engine's
     ``json_schema`` (``None``: unconstrained). ``max_string_length`` (per call, else the
-    adapter field given here) bounds unbounded strings. Validated before any model work.
+    adapter field given here) bounds unbounded strings; ``parallel_tool_calls=False`` allows
+    at most one call. Validated before any model work.
     """
     from .structured import json_schema_constraint, limit_schema
 
@@ -314,8 +315,11 @@ def pop_structure(
     tool_choice = kwargs.pop("tool_choice", None)
     schema = kwargs.pop("json_schema", None)
     per_call = kwargs.pop("max_string_length", None)
+    parallel = kwargs.pop("parallel_tool_calls", None)
     max_length = max_string_length if per_call is None else per_call
-    request = tool_request(tools, tool_choice, max_string_length=max_length)
+    request = tool_request(
+        tools, tool_choice, max_string_length=max_length, parallel_tool_calls=parallel
+    )
     if request.constraint is not None and schema not in (None, False):
         raise ValueError("pass either tools (with a tool_choice) or json_schema, not both")
     if request.constraint is not None:

@@ -28,7 +28,6 @@ from typing import Any
 
 from .structured import (
     Constraint,
-    canonical_json,
     lark_constraint,
     limit_schema,
     with_whitespace_limit,
@@ -173,7 +172,11 @@ def call_schema(
 
 
 def tool_constraint(
-    tools: Sequence[ToolSpec], mode: str, *, max_string_length: int | None = None
+    tools: Sequence[ToolSpec],
+    mode: str,
+    *,
+    max_string_length: int | None = None,
+    parallel: bool = True,
 ) -> Constraint | None:
     """The grammar of a tool choice (``mode`` from :func:`resolve_tool_choice`).
 
@@ -184,17 +187,22 @@ def tool_constraint(
     if mode == "none" or not tools:
         return None
     schema = call_schema(tools, max_string_length=max_string_length)
-    body = f"%json {canonical_json(schema)}"
+    # Not key-sorted: llguidance writes properties in schema order, and "name" must come first
+    # (the arguments depend on it; the prompt's examples show it first).
+    body = f"%json {json.dumps(schema, ensure_ascii=False, separators=(',', ':'))}"
     if mode == "required":
         lark = f"start: {json.dumps(CALL_OPEN)} {body} {json.dumps(CALL_CLOSE)}\n"
         return lark_constraint(lark, label="tool call")
     if mode != "auto":
         raise ValueError(f"unknown tool mode {mode!r}")
+    # Without parallel calls, at most one call, and the text after it never opens another.
+    calls, tail = ("call*", "TEXT") if parallel else ("call?", "TAIL")
     lark = (
         "%llguidance {}\n"
-        "start: call* text\n"
-        "text: TEXT\n"
+        f"start: {calls} text\n"
+        f"text: {tail}\n"
         "TEXT: /(.|\\n)*/\n"
+        f"TAIL: /(.|\\n)*/ & ~/(.|\\n)*{TOOL_CALL_BEGIN}(.|\\n)*/\n"
         f"call_open[lazy]: TEXT {json.dumps(TOOL_CALL_BEGIN)}\n"
         f'call: call_open "\\n" {body} {json.dumps(CALL_CLOSE)}\n'
     )
@@ -228,8 +236,10 @@ def tools_system_block(tools: Sequence[ToolSpec], mode: str = "auto") -> str:
 
 
 def format_call(name: str, arguments: Any) -> str:
-    """One call in the response format."""
-    payload = json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
+    """One call in the response format: compact JSON, ``name`` first, as the grammar writes it."""
+    payload = json.dumps(
+        {"name": name, "arguments": arguments}, ensure_ascii=False, separators=(",", ":")
+    )
     return f"{CALL_OPEN}{payload}{CALL_CLOSE}"
 
 
@@ -480,14 +490,30 @@ def tool_request(
     tool_choice: Any = None,
     *,
     max_string_length: int | None = None,
+    parallel_tool_calls: bool | None = None,
 ) -> ToolRequest:
-    """Validate ``tools`` and ``tool_choice`` and build their grammar (no model work)."""
+    """Validate ``tools`` and ``tool_choice`` and build their grammar (no model work).
+
+    ``parallel_tool_calls=False`` allows at most one call per response (OpenAI's field;
+    ``None`` or ``True``: any number).
+    """
+    if parallel_tool_calls is not None and not isinstance(parallel_tool_calls, bool):
+        raise TypeError(
+            f"parallel_tool_calls must be a boolean, got {type(parallel_tool_calls).__name__}"
+        )
     specs = normalise_tools(tools or [])
     mode, chosen = resolve_tool_choice(specs, tool_choice)
     if not specs:
         mode = "none"
     constraint = (
-        tool_constraint(chosen, mode, max_string_length=max_string_length) if chosen else None
+        tool_constraint(
+            chosen,
+            mode,
+            max_string_length=max_string_length,
+            parallel=parallel_tool_calls is not False,
+        )
+        if chosen
+        else None
     )
     return ToolRequest(tuple(specs), mode, constraint)
 

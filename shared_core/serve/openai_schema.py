@@ -102,7 +102,6 @@ IGNORED_FIELDS = frozenset(
         "service_tier",
         "safety_identifier",
         "prompt_cache_key",
-        "parallel_tool_calls",
     }
 )
 
@@ -153,6 +152,7 @@ COMMON_FIELDS = frozenset(
 )
 CHAT_FIELDS = COMMON_FIELDS | {
     "messages",
+    "parallel_tool_calls",
     "max_string_length",
     "response_format",
     "tools",
@@ -533,7 +533,12 @@ def _structure(body: Mapping[str, Any], options: dict[str, Any]) -> Any:
     if tools is not None and not isinstance(tools, list):
         raise bad_request("tools must be a list of tools", "tools")
     try:
-        request = tool_request(tools, tool_choice, max_string_length=max_length)
+        parallel = body.get("parallel_tool_calls")
+        if parallel is not None and not isinstance(parallel, bool):
+            raise bad_request("parallel_tool_calls must be a boolean", "parallel_tool_calls")
+        request = tool_request(
+            tools, tool_choice, max_string_length=max_length, parallel_tool_calls=parallel
+        )
         if request.constraint is not None and schema is not None:
             raise bad_request(
                 "pass either tools (with a tool_choice other than none) or a JSON "

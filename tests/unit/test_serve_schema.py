@@ -292,6 +292,6 @@ def test_tool_history_is_rendered_for_the_engine() -> None:
     )
     messages = parsed.prompts[0]
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
-    assert "<tool_call>" in messages[2]["content"] and '"x": 1' in messages[2]["content"]
+    assert "<tool_call>" in messages[2]["content"] and '"x":1' in messages[2]["content"]
     assert messages[3]["content"].startswith("<tool_response>")
     assert "42" in messages[3]["content"]

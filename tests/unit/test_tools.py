@@ -268,3 +268,37 @@ def test_a_cut_tag_or_call_never_reaches_the_text() -> None:
     assert cut.content == "Sure" and not cut.tool_calls
     (partial,) = cut.invalid_tool_calls
     assert partial.name == "add" and partial.arguments.endswith('{"a": 1')
+
+
+def test_without_parallel_calls_the_grammar_allows_at_most_one() -> None:
+    from shared_core.structured import RowMatchers
+    from shared_core.vocab import build_vocab_tables, end_token_ids
+
+    tokenizer = build_tiny_tokenizer()
+    tables = build_vocab_tables(tokenizer, end_token_ids(tokenizer))
+    call = format_call("add", {"a": 1, "b": 2})
+
+    def accepts(request, text: str) -> bool:
+        m = RowMatchers(
+            request.constraint, tokenizer, tables.end_ids, 1, tables.never_generate, tables.is_end
+        )
+        for token in tokenizer(text, add_special_tokens=False)["input_ids"]:
+            m.advance(0, token)
+        return m.error(0) is None
+
+    single = tool_request([ADD], "auto", parallel_tool_calls=False)
+    many = tool_request([ADD], "auto")
+    assert accepts(single, f"ok {call} done") and accepts(many, f"ok {call} done")
+    assert accepts(many, f"{call}\n{call}")
+    assert not accepts(single, f"{call}\n{call}")
+    with pytest.raises(TypeError, match="parallel_tool_calls"):
+        tool_request([ADD], "auto", parallel_tool_calls="no")
+
+
+def test_adapters_pass_parallel_tool_calls_to_the_grammar() -> None:
+    from shared_core.adapter_support import pop_structure
+
+    tools = [ADD]
+    _, single = pop_structure({"tools": tools, "tool_choice": "auto", "parallel_tool_calls": False})
+    _, many = pop_structure({"tools": tools, "tool_choice": "auto"})
+    assert "start: call? text" in single.key and "start: call* text" in many.key

@@ -99,6 +99,7 @@ def test_json_depth_ignores_brackets_in_strings() -> None:
         ),
         (CHAT, _chat(max_string_length="8"), "max_string_length", "integer"),
         (CHAT, _chat(max_string_length=-1), "max_string_length", ">= 0"),
+        (CHAT, _chat(parallel_tool_calls="no"), "parallel_tool_calls", "boolean"),
     ],
 )
 def test_size_limits_name_the_field_and_the_flag(

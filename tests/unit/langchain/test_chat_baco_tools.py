@@ -92,8 +92,7 @@ def test_tool_history_is_rendered_as_calls_and_responses() -> None:
         ]
     )
     assert (
-        messages[1]["content"]
-        == '<tool_call>\n{"name": "pick", "arguments": {"k": 3}}\n</tool_call>'
+        messages[1]["content"] == '<tool_call>\n{"name":"pick","arguments":{"k":3}}\n</tool_call>'
     )
     assert messages[2]["content"].startswith("<tool_response>\n")
 

@@ -88,7 +88,7 @@ def test_tool_history_round_trips_through_the_prompt() -> None:
         additional_kwargs={"tool_call_id": "c1", "name": "multiply"},
     )
     out = to_engine_messages([ChatMessage(role="user", content="2*2?"), call, result])
-    assert out[1]["content"].startswith("<tool_call>\n") and '"a": 2' in out[1]["content"]
+    assert out[1]["content"].startswith("<tool_call>\n") and '"a":2' in out[1]["content"]
     assert out[2]["content"].startswith("<tool_response>\n")
 
 
