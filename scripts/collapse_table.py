@@ -42,18 +42,20 @@ def read_settings(folder: Path) -> dict[str, dict[str, float]]:
     return out
 
 
-def aligned_key(settings: dict[str, dict[str, float]]) -> str:
-    """The aligned-at-temperature-1 setting of a run."""
+def setting_key(settings: dict[str, dict[str, float]], method: str) -> str:
+    """The ``method`` setting at temperature 1 of a run (``aligned|T=1``, ``base|T=1``)."""
     for key in settings:
-        if key.startswith("aligned") and key.endswith("T=1.0"):
+        name, _, rest = key.partition("|")
+        if name == method and rest in ("T=1", "T=1.0", ""):
             return key
-    raise ValueError(f"no aligned T=1.0 setting among {sorted(settings)}")
+    raise ValueError(f"no {method} setting at T=1 among {sorted(settings)}")
 
 
 def collapse(folder: Path) -> dict[str, dict[str, float]]:
     """Base and aligned means, diversity ratios and quality margins of one run."""
     settings = read_settings(folder)
-    base, aligned = settings["base"], settings[aligned_key(settings)]
+    base = settings[setting_key(settings, "base")]
+    aligned = settings[setting_key(settings, "aligned")]
     ratios = {}
     for column, _, higher in DIVERSITY:
         a, b = aligned[column], base[column]
