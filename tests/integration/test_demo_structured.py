@@ -37,19 +37,19 @@ def demo_engine() -> BacoEngine:
 
 def test_baco_structured_samples_are_valid_and_more_varied_than_aligned(demo_engine) -> None:
     """n=8 under the same schema and sampling settings: every sample validates, and BACO's
-    slogans use more distinct words than the aligned model's. Settings from
-    docs/results.md: at temperature 0.7 the aligned model repeats itself, and ``rand`` is the
-    router with the best measured frontier on this pair."""
+    slogans use more distinct words than the aligned model's. The DPO-aligned demo model
+    repeats one template at temperature 1 (docs/results.md, "Collapse"); P-PUNC at γ=0.2
+    (measured: 27 distinct words vs the aligned model's 20 at this seed)."""
     common = {
         "json_schema": SLOGAN,
         "n": 8,
         "max_new_tokens": 64,
         "top_p": 0.95,
-        "temperature": 0.7,
+        "temperature": 1.0,
         "seed": 0,
     }
     words = {}
-    for router, gamma in (("aligned", None), ("rand", 0.5)):
+    for router, gamma in (("aligned", None), ("p-punc", 0.2)):
         samples = demo_engine.generate(PROMPT, router=router, gamma=gamma, **common)[0]
         slogans = []
         for sample in samples:
@@ -59,6 +59,6 @@ def test_baco_structured_samples_are_valid_and_more_varied_than_aligned(demo_eng
             slogans.append(value["slogan"])
         words[router] = len({w for s in slogans for w in re.findall(r"\w+", s.lower())})
         print(router, words[router], slogans)
-        if router == "rand":
+        if router == "p-punc":
             assert any(s.base_share > 0 for s in samples)  # the base model really wrote
-    assert words["rand"] > words["aligned"], words
+    assert words["p-punc"] > words["aligned"], words
