@@ -82,3 +82,14 @@ class TestChatBacoStandardIntegration(ChatModelIntegrationTests):
     @pytest.mark.xfail(reason=CAPABLE, strict=False)
     def test_unicode_tool_call_integration(self, model: Any) -> None:
         super().test_unicode_tool_call_integration(model)
+
+    # The suite asks for magic_function(input=3): a random model writes a valid integer, but
+    # which one is chance (it wrote 3 under spaced JSON and 303 under compact JSON, seed 0).
+    @pytest.mark.xfail(reason=CAPABLE, strict=False)
+    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
+    def test_tool_calling(self, model: Any) -> None:
+        super().test_tool_calling(model)
+
+    @pytest.mark.xfail(reason=CAPABLE, strict=False)
+    async def test_tool_calling_async(self, model: Any) -> None:
+        await super().test_tool_calling_async(model)
