@@ -180,7 +180,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
     )
     start = time.perf_counter()
     pair = load_pair(args)
-    print(f"loaded {pair.name} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    print(f"loaded {pair.short_name} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     autocast = torch.bfloat16 if args.precision == "bf16" else None
     run_demo(
         BacoEngine(pair, autocast_dtype=autocast),

@@ -237,7 +237,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
 
             t0 = time.perf_counter()
             pair = load_pair(args)
-            _say(f"loaded {pair.name} in {time.perf_counter() - t0:.1f} s")
+            _say(f"loaded {pair.short_name} in {time.perf_counter() - t0:.1f} s")
             autocast = torch.bfloat16 if args.precision == "bf16" else None
             return BacoEngine(pair, autocast_dtype=autocast)
 
