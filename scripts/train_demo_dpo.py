@@ -130,6 +130,13 @@ class SampledLogprobs:
         return torch.stack(self.picked, dim=1)
 
 
+def pick_rejected(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rejected response of a pair: the least confident non-empty sample (lowest mean
+    token log-probability under the model that drew it)."""
+    usable = [s for s in samples if s["text"]] or samples
+    return min(usable, key=lambda s: s["mean_logprob"])
+
+
 @torch.no_grad()
 def draw_pairs(
     records: list[dict[str, str]], tokenizer: Any, model: Any, args: argparse.Namespace
@@ -188,8 +195,7 @@ def draw_pairs(
         print(f"pairs: {done}/{len(rows)} samples ({rate:.1f}/s)", flush=True)
     pairs = []
     for record, drawn in zip(records, samples, strict=True):
-        usable = [s for s in drawn if s["text"]] or drawn
-        rejected = min(usable, key=lambda s: s["mean_logprob"])
+        rejected = pick_rejected(drawn)
         pairs.append(
             {
                 "prompt": [{"role": "user", "content": _user_turn(record)}],
