@@ -56,9 +56,16 @@ class MethodRun:
 
 
 def collect(engine: BacoEngine, prompts: Sequence[str], progress: Any = None, **options: Any):
-    """Run one batched decode and return ``(samples[prompt][k], generated token count)``."""
+    """Run one batched decode and return ``(samples[prompt][k], generated token count)``.
+
+    ``progress`` counts token budget: one per token, and a finished sample's unused budget
+    at once, so the bar ends exactly at ``samples × max_new_tokens`` and its ETA (an upper
+    bound) never runs behind.
+    """
     n = options.get("n", 1)
+    budget = int(options.get("max_new_tokens", 0))
     samples = [[Sample() for _ in range(n)] for _ in prompts]
+    counts = [[0] * n for _ in prompts]
     tokens = 0
     for event in engine.stream(list(prompts), **options):
         sample = samples[event.prompt_index][event.sample_index]
@@ -66,11 +73,15 @@ def collect(engine: BacoEngine, prompts: Sequence[str], progress: Any = None, **
             sample.segments.append((event.text_delta, event.source))
         if event.token_id is not None:
             tokens += 1
+            counts[event.prompt_index][event.sample_index] += 1
             if progress is not None:
                 progress.update(1)
         if event.generation is not None:
             sample.base_share = event.generation.base_share
             sample.finish_reason = event.generation.finish_reason
+            unused = budget - counts[event.prompt_index][event.sample_index]
+            if progress is not None and unused > 0:
+                progress.update(unused)
     return samples, tokens
 
 

@@ -50,3 +50,27 @@ def test_marked_and_side_by_side_without_colour():
     assert "\033[" not in view
     coloured = side_by_side([a], [b], ("left", "right"), width=60, color=True)
     assert "\033[36;1m teal\033[0m" in coloured
+
+
+def test_progress_ends_exactly_at_the_token_budget(tiny_engine) -> None:
+    from shared_core.demo import collect
+
+    class Counter:
+        n = 0
+
+        def update(self, k: int) -> None:
+            self.n += k
+
+    counter = Counter()
+    _samples, tokens = collect(
+        tiny_engine,
+        ["Name a color.", "Hi"],
+        counter,
+        n=3,
+        max_new_tokens=12,
+        router="aligned",
+        seed=1,
+        stop=["e"],  # most samples end early on the stop string
+    )
+    assert tokens < 2 * 3 * 12  # rows finished before their budget
+    assert counter.n == 2 * 3 * 12  # the bar still ends at its total
