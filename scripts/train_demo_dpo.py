@@ -53,7 +53,11 @@ for entry in (REPO_ROOT, REPO_ROOT / "scripts"):
 
 import train_demo_adapter as sft  # noqa: E402
 
-from shared_core.demo_models import demo_adapter_path, ensure_demo_base  # noqa: E402
+from shared_core.demo_models import (  # noqa: E402
+    DEMO_END_TOKENS,
+    demo_adapter_path,
+    ensure_demo_base,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -142,7 +146,7 @@ def draw_pairs(
     records: list[dict[str, str]], tokenizer: Any, model: Any, args: argparse.Namespace
 ) -> list[dict[str, Any]]:
     """Sample the SFT model ``args.samples`` times per instruction and build the pairs."""
-    end_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<eos>", "<end_of_turn>")]
+    end_ids = [tokenizer.convert_tokens_to_ids(t) for t in DEMO_END_TOKENS]
     prompts = [
         tokenizer.apply_chat_template(
             [{"role": "user", "content": _user_turn(r)}],
@@ -154,7 +158,6 @@ def draw_pairs(
     rows = [(i, j) for i in range(len(records)) for j in range(args.samples)]
     samples: list[list[dict[str, Any]]] = [[] for _ in records]
     tokenizer.padding_side = "left"
-    generator_seed = args.seed
     t0 = time.perf_counter()
     for start in range(0, len(rows), args.sample_batch):
         chunk = rows[start : start + args.sample_batch]
@@ -164,7 +167,7 @@ def draw_pairs(
             padding=True,
             add_special_tokens=False,
         )
-        torch.manual_seed(generator_seed + start)
+        torch.manual_seed(args.seed + start)
         recorder = SampledLogprobs()
         out = model.generate(
             **enc,

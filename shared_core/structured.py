@@ -126,6 +126,17 @@ _BOUNDED_NUMBER = frozenset(
 )
 
 
+def check_max_string_length(value: Any) -> None:
+    """``max_string_length`` is ``None`` or a non-negative integer (``TypeError`` /
+    ``ValueError`` naming it otherwise)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"max_string_length must be an integer or None, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"max_string_length must be >= 0, got {value}")
+
+
 def limit_schema(
     schema: Mapping[str, Any] | bool,
     *,
@@ -145,12 +156,7 @@ def limit_schema(
     """
     if schema is True:
         schema = ANY_OBJECT
-    if max_string_length is not None and (
-        isinstance(max_string_length, bool) or not isinstance(max_string_length, int)
-    ):
-        raise TypeError("max_string_length must be an int or None")
-    if max_string_length is not None and max_string_length < 0:
-        raise ValueError("max_string_length must be >= 0")
+    check_max_string_length(max_string_length)
 
     def visit(node: Any) -> Any:
         if not isinstance(node, Mapping):

@@ -366,16 +366,13 @@ def _common(
 
 
 def _check_max_string_length(value: Any) -> None:
-    """``max_string_length`` is a non-negative integer whether or not tools are given."""
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise bad_request(
-            f"max_string_length must be an integer, got {type(value).__name__}",
-            "max_string_length",
-        )
-    if value < 0:
-        raise bad_request(f"max_string_length must be >= 0, got {value}", "max_string_length")
+    """``max_string_length`` is checked whether or not tools are given (400 naming it)."""
+    from ..structured import check_max_string_length
+
+    try:
+        check_max_string_length(value)
+    except (TypeError, ValueError) as exc:
+        raise bad_request(str(exc), "max_string_length") from exc
 
 
 def _message_content(message: Mapping[str, Any], index: int) -> str:
