@@ -89,7 +89,9 @@ def stream_uniforms(streams: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def _is(value: float | torch.Tensor, neutral: float) -> bool:
-    """``value == neutral`` for a number; a tensor knob (a graph input) never counts."""
+    """``value == neutral`` for a number; a tensor knob (a graph input) never counts. The
+    caller decides neutrality (:func:`shared_core.step.is_neutral`) and passes the neutral
+    number itself when a knob is neutral."""
     return not isinstance(value, torch.Tensor) and value == neutral
 
 
@@ -97,22 +99,29 @@ def sampling_probs(
     logits: torch.Tensor,
     *,
     temperature: float | torch.Tensor,
-    top_k: int = 0,
+    top_k: int | torch.Tensor = 0,
+    top_k_width: int = 0,
     min_p: float | torch.Tensor = 0.0,
     raw_probs: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Probabilities after temperature, top-k and min-p (float32, ``[batch, vocab]``).
 
     ``raw_probs`` (the temperature-1 softmax, already computed for the router signals) is
-    reused when no transform changes it. ``temperature`` and ``min_p`` may be 0-d tensors
-    (graph inputs): their transforms are then always applied.
+    reused when no transform changes it. ``temperature``, ``min_p`` and ``top_k`` may be 0-d
+    tensors (graph inputs): their transforms are then always applied; a tensor ``top_k`` is
+    read from a ``topk`` of ``top_k_width`` (≥ the value) columns.
     """
-    if raw_probs is not None and _is(temperature, 1.0) and top_k == 0 and _is(min_p, 0.0):
+    if raw_probs is not None and _is(temperature, 1.0) and _is(top_k, 0) and _is(min_p, 0.0):
         return raw_probs
     scores = logits.float()
     if not _is(temperature, 1.0):
         scores = scores / temperature
-    if 0 < top_k < scores.shape[-1]:
+    if isinstance(top_k, torch.Tensor):
+        values = torch.topk(scores, top_k_width, dim=-1).values
+        position = (top_k.clamp(1, top_k_width) - 1).expand(scores.shape[0], 1)
+        kth = values.gather(-1, position)
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    elif 0 < top_k < scores.shape[-1]:
         kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]
         scores = scores.masked_fill(scores < kth, float("-inf"))
     probs = torch.softmax(scores, dim=-1)

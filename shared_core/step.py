@@ -31,8 +31,29 @@ Step = int | torch.Tensor
 
 
 #: The knobs a compiled graph reads from tensors (:class:`StepInputs`), so one graph serves
-#: every value; only whether each is at its neutral value changes the graph.
-KNOBS = ("gamma", "temperature", "top_p", "min_p", "min_new_tokens")
+#: every value; only whether each is at its neutral value changes the graph (and, for
+#: ``top_k``, its power-of-two bucket: see :func:`top_k_bucket`).
+KNOBS = ("gamma", "temperature", "top_p", "min_p", "min_new_tokens", "top_k")
+#: Sampling knobs whose neutral value means "no transform": the one place that rule lives.
+NEUTRAL = {"temperature": 1.0, "top_p": 1.0, "min_p": 0.0, "min_new_tokens": 0, "top_k": 0}
+#: The smallest top-k bucket (top-k values are read from a ``topk`` of the bucket's width).
+MIN_TOP_K_BUCKET = 64
+
+
+def is_neutral(name: str, value: float) -> bool:
+    """Whether the sampling knob ``name`` at ``value`` leaves the distribution as it is."""
+    if name == "top_p":
+        return value >= 1.0
+    return value == NEUTRAL[name]
+
+
+def top_k_bucket(top_k: int, vocab: int) -> int:
+    """The ``topk`` width a compiled step reads a ``top_k`` knob from: a power of two (at
+    least :data:`MIN_TOP_K_BUCKET`) capped at the vocabulary, so nearby values share a graph;
+    0 when top-k is off or keeps the whole vocabulary."""
+    if top_k <= 0 or top_k >= vocab:
+        return 0
+    return min(vocab, max(MIN_TOP_K_BUCKET, 1 << (top_k - 1).bit_length()))
 
 
 @dataclass(frozen=True)
@@ -48,13 +69,15 @@ class StepInputs:
     top_p: torch.Tensor
     min_p: torch.Tensor
     min_new_tokens: torch.Tensor
+    top_k: torch.Tensor
 
     @classmethod
     def allocate(cls, device: torch.device) -> StepInputs:
-        def zero(dtype: torch.dtype) -> torch.Tensor:
-            return torch.zeros((), dtype=dtype, device=device)
+        def zero(name: str) -> torch.Tensor:
+            integer = name in ("min_new_tokens", "top_k")
+            return torch.zeros((), dtype=torch.long if integer else torch.float64, device=device)
 
-        return cls(*(zero(torch.long if k == "min_new_tokens" else torch.float64) for k in KNOBS))
+        return cls(*(zero(k) for k in KNOBS))
 
     def fill(self, rules: StepRules) -> None:
         """Set the knobs to those of ``rules`` (a router without γ stores 0)."""
@@ -116,17 +139,26 @@ class StepRules:
 
     def structure(self) -> tuple:
         """What a compiled step depends on besides shapes: everything but the knobs'
-        values (see :data:`KNOBS`)."""
+        values (see :data:`KNOBS`): which knobs are neutral, and the top-k bucket."""
         spec = self.spec
+        neutral = tuple(is_neutral(name, getattr(self, name)) for name in NEUTRAL)
         return (
             (spec.name, spec.content_source, self.temperature == 0.0),
-            (self.temperature == 1.0, self.top_k, self.top_p >= 1.0, self.min_p == 0.0),
-            (self.min_new_tokens == 0, self.aligned_starts, self.aligned_can_stop, self.pad_id),
+            neutral,
+            top_k_bucket(self.top_k, self.vocab.size),
+            (self.aligned_starts, self.aligned_can_stop, self.pad_id),
         )
 
     def knob(self, name: str) -> float | torch.Tensor:
-        """A knob's value: the graph input when there are inputs, else the number."""
-        return getattr(self, name) if self.inputs is None else getattr(self.inputs, name)
+        """A sampling knob as a step reads it: its neutral value as a plain number (the
+        transform is then skipped), else the graph input when there are inputs, else the
+        number."""
+        value = getattr(self, name)
+        if name in NEUTRAL and is_neutral(name, value):
+            return NEUTRAL[name]
+        if name == "top_k" and top_k_bucket(value, self.vocab.size) == 0:
+            return 0  # keeps the whole vocabulary
+        return value if self.inputs is None else getattr(self.inputs, name)
 
 
 @dataclass
@@ -229,7 +261,7 @@ def clean_logits(
         return None
     vocab = rules.vocab
     banned = vocab.never_generate
-    if rules.min_new_tokens:
+    if not is_neutral("min_new_tokens", rules.min_new_tokens):
         banned = banned | (vocab.is_end & (step < rules.knob("min_new_tokens")))
     if allowed is not None:
         banned = banned | ~allowed
@@ -283,14 +315,15 @@ def draw_candidate(
     """One model's candidate token per row, from the row's own random stream."""
     if rules.temperature == 0.0:
         return logits.argmax(-1)
-    # neutral knobs stay plain numbers: the transforms they would undo are skipped
     probs = sampling_probs(
         logits,
-        temperature=1.0 if rules.temperature == 1.0 else rules.knob("temperature"),
-        top_k=rules.top_k,
-        min_p=0.0 if rules.min_p == 0.0 else rules.knob("min_p"),
+        temperature=rules.knob("temperature"),
+        top_k=rules.knob("top_k"),
+        top_k_width=top_k_bucket(rules.top_k, rules.vocab.size),
+        min_p=rules.knob("min_p"),
         raw_probs=raw_probs,
     )
     streams = row_streams(rows.seeds, rows.sample_index, step, purpose)
-    top_p = 1.0 if rules.top_p >= 1.0 else rules.knob("top_p")
-    return sample_tokens(probs, streams, top_p=top_p, static_shapes=rules.static_shapes)
+    return sample_tokens(
+        probs, streams, top_p=rules.knob("top_p"), static_shapes=rules.static_shapes
+    )
