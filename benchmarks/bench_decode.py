@@ -120,7 +120,10 @@ def eager_and_graph_engines(pair: Any, graph_backend: str) -> dict[str, Any]:
     return {
         name: BacoEngine(
             pair,
-            options=DecodeOptions(batch_requests=False, graph=graph, graph_backend=graph_backend),
+            # warm-up decodes wait for their compile, so timed ones find it ready
+            options=DecodeOptions(
+                batch_requests=False, graph=graph, graph_backend=graph_backend, graph_wait=True
+            ),
         )
         for name, graph in (("eager loop", False), ("graph path", True))
     }
@@ -248,6 +251,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
             lazy_aligned=base_name == "baco_two_models_lazy",
             graph=graph,
             graph_backend=args.graph_backend,
+            graph_wait=True,
         )
         engine = BacoEngine(pair, options=options)
 

@@ -4,7 +4,9 @@ For each path, one decode of ``--n`` samples × 2 prompts × ``--max-new-tokens`
 once to warm up (compile, capture) and once under ``torch.profiler``; the table gives, per
 decode step, the ATen operators dispatched from Python, the host synchronisations (a
 ``.item()``/``.tolist()`` read: ``aten::_local_scalar_dense``; on CUDA also stream/event/device
-synchronisations) and, on CUDA, kernel and graph launches and the summed kernel time, beside
+synchronisations), the same per graph chunk (``graph_sync_every`` steps) split into blocking
+stream/device syncs (the graph path should have none) and event waits (one per chunk read is
+the design) and, on CUDA, kernel and graph launches and the summed kernel time, beside
 the wall time of an unprofiled run of the same decode. The counts do not depend on what else
 the machine is doing; the times do. Writes JSON.
 
@@ -28,6 +30,7 @@ from bench_decode import PROMPTS, eager_and_graph_engines, fixed_length_request,
 
 SYNC_EVENTS = ("aten::_local_scalar_dense",)
 CUDA_SYNC_EVENTS = ("cudaStreamSynchronize", "cudaEventSynchronize", "cudaDeviceSynchronize")
+EVENT_WAITS = ("cudaEventSynchronize",)
 LAUNCH_EVENTS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch")
 
 
@@ -51,8 +54,10 @@ def profile(engine, options: dict, steps: int) -> dict[str, float]:
     with torch_profile(activities=activities) as prof:
         list(engine.stream(PROMPTS, **options))
     events = prof.events()
-    counts = {"aten_ops": 0, "host_syncs": 0, "launches": 0, "kernel_ms": 0.0}
+    counts = {"aten_ops": 0, "host_syncs": 0, "event_waits": 0, "launches": 0, "kernel_ms": 0.0}
     for event in events:
+        if event.name in EVENT_WAITS:
+            counts["event_waits"] += 1
         name = event.name
         if name.startswith("aten::") and event.cpu_parent is None:
             counts["aten_ops"] += 1
@@ -64,6 +69,9 @@ def profile(engine, options: dict, steps: int) -> dict[str, float]:
             counts["kernel_ms"] += (getattr(event, "device_time", 0.0) or 0.0) / 1000
     per_step = {key: value / steps for key, value in counts.items()}
     per_step["wall_ms"] = 1000 * wall / steps
+    chunks = -(-(steps - 1) // engine.options.graph_sync_every)  # step 0 is eager
+    per_step["blocking_syncs_per_chunk"] = (counts["host_syncs"] - counts["event_waits"]) / chunks
+    per_step["event_waits_per_chunk"] = counts["event_waits"] / chunks
     return per_step
 
 
@@ -91,12 +99,13 @@ def main() -> None:
         }
     print(
         f"{'per decode step':<16}{'ATen ops':>10}{'host syncs':>12}{'launches':>10}"
-        f"{'kernel ms':>11}{'wall ms':>9}"
+        f"{'kernel ms':>11}{'wall ms':>9}{'blocking/chunk':>16}{'event waits/chunk':>19}"
     )
     for name, row in rows.items():
         print(
             f"{name:<16}{row['aten_ops']:>10.1f}{row['host_syncs']:>12.2f}{row['launches']:>10.1f}"
             f"{row['kernel_ms']:>11.2f}{row['wall_ms']:>9.2f}"
+            f"{row['blocking_syncs_per_chunk']:>16.2f}{row['event_waits_per_chunk']:>19.2f}"
         )
     meta = {
         "arch": args.arch,

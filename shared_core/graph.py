@@ -6,8 +6,9 @@ On a GPU that host work, not the models, bounds the speed. This path keeps a dec
 device:
 
 - both models' KV caches are static (transformers ``StaticLayer`` s) sized to a *batch
-  bucket* (rows rounded up to a power of two) and a *length bucket* (a multiple of 128
-  columns), filled from the eager prefill (shared across the ``n`` samples as usual); a
+  bucket* (rows rounded up to a power of two) and a *length bucket* (columns rounded up to
+  a power of two, at least 128, so varied ``max_new_tokens`` share a compiled step), filled
+  from the eager prefill (shared across the ``n`` samples as usual); a
   one-weights pair keeps one cache of twice the rows, base views then aligned views
   (:mod:`shared_core.lora_split`);
 - :func:`graph_step` does one whole BACO step with fixed shapes and no host
@@ -43,13 +44,14 @@ import torch
 from .decode_attention import decode_attention
 from .forward import _PLAIN_HEAD, _cache_argument, _unwrap, head_logits
 from .lora_split import RowSplit, row_split_unsupported
+from .model_state import Handover
 from .step import RowState, StepInputs, StepRules, decode_step
 
 logger = logging.getLogger(__name__)
 
 #: Batch buckets: a decode of ``r`` rows runs in the smallest bucket holding ``r``.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-#: Cache lengths are rounded up to a multiple of this.
+#: The smallest cache length bucket; longer ones are powers of two.
 LENGTH_BUCKET = 128
 
 
@@ -59,7 +61,8 @@ def batch_bucket(rows: int) -> int | None:
 
 
 def length_bucket(columns: int) -> int:
-    return -(-columns // LENGTH_BUCKET) * LENGTH_BUCKET
+    """Cache columns allocated for a decode needing ``columns``: a power of two ≥ 128."""
+    return max(LENGTH_BUCKET, 1 << max(0, columns - 1).bit_length())
 
 
 def _sliding_window(config: Any) -> int | None:
@@ -77,8 +80,8 @@ def _sliding_window(config: Any) -> int | None:
 
 
 def static_length(model: Any, columns: int) -> int:
-    """Cache columns to allocate for a decode needing ``columns``: a multiple of
-    :data:`LENGTH_BUCKET`, capped below a sliding-window model's window (inside it, its
+    """Cache columns to allocate for a decode needing ``columns``: its
+    :func:`length_bucket`, capped below a sliding-window model's window (inside it, its
     sliding layers attend to everything, like full-attention layers)."""
     length = length_bucket(columns)
     window = _sliding_window(_unwrap(model).config.get_text_config())
@@ -163,26 +166,46 @@ class _ModelBuffers:
         return torch.cat([samples + half * self.bucket for half in range(self.halves)])
 
 
-def _allocate(
-    model: Any, layers: Sequence[Any], bucket: int, halves: int, length: int, vocab_width: int
-) -> _ModelBuffers:
-    """Static buffers of ``halves * bucket`` rows for ``model``; ``layers`` (cache layers
-    with ``keys``/``values``) give each layer's heads, head size, dtype and device."""
+@dataclass(frozen=True)
+class ModelLayout:
+    """What the graph path allocates one model's static buffers from: the model, each cache
+    layer's ``(key heads, key size, value heads, value size)``, the cache dtype and device,
+    and the length bucket. It holds no tensor, so no eager cache outlives its decode."""
+
+    model: Any
+    layers: tuple[tuple[int, int, int, int], ...]
+    dtype: torch.dtype
+    device: torch.device
+    length: int
+
+    @classmethod
+    def of(cls, model: Any, layers: Sequence[Any], length: int) -> ModelLayout:
+        """The layout of ``model``'s eager cache ``layers`` (with ``keys``/``values``)."""
+        shapes = tuple(
+            (lay.keys.shape[1], lay.keys.shape[3], lay.values.shape[1], lay.values.shape[3])
+            for lay in layers
+        )
+        first = layers[0].keys
+        return cls(model, shapes, first.dtype, first.device, length)
+
+
+def _allocate(layout: ModelLayout, bucket: int, halves: int, vocab_width: int) -> _ModelBuffers:
+    """Static buffers of ``halves * bucket`` rows for ``layout``'s model."""
     from transformers.cache_utils import Cache, StaticLayer
 
-    device = layers[0].keys.device
-    rows = halves * bucket
+    device, length, rows = layout.device, layout.length, halves * bucket
     # Plain static layers throughout: a sliding-window model runs here only while the whole
     # decode fits in its window (see static_length), where its sliding layers see everything.
-    cache = Cache(layers=[StaticLayer(max_cache_len=length) for _ in layers])
-    for layer, source in zip(cache.layers, layers, strict=True):
-        keys, values = source.keys, source.values
+    cache = Cache(layers=[StaticLayer(max_cache_len=length) for _ in layout.layers])
+    for layer, (key_heads, key_size, value_heads, value_size) in zip(
+        cache.layers, layout.layers, strict=True
+    ):
         layer.lazy_initialization(
-            keys.new_zeros((rows, keys.shape[1], 1, keys.shape[3])),
-            values.new_zeros((rows, values.shape[1], 1, values.shape[3])),
+            torch.zeros((rows, key_heads, 1, key_size), dtype=layout.dtype, device=device),
+            torch.zeros((rows, value_heads, 1, value_size), dtype=layout.dtype, device=device),
         )
     return _ModelBuffers(
-        model=model,
+        model=layout.model,
         cache=cache,
         bucket=bucket,
         halves=halves,
@@ -219,21 +242,26 @@ def _load_rows(buffers: _ModelBuffers, source: _ModelBuffers, index: torch.Tenso
     buffers.logits[target] = source.logits[picked]
 
 
-def _load(buffers: _ModelBuffers, state: Any) -> None:
+def _load(buffers: _ModelBuffers, state: Handover) -> None:
     """Copy an eager model state (dynamic cache after the first step) into ``buffers``; a
-    joint state's rows are its samples' base views, then their aligned views."""
-    columns = state.cache.get_seq_length()
+    joint state's rows are its samples' base views, then their aligned views. Rows are a
+    prefix, so plain slices address them (no index tensor)."""
+    columns = state.columns
     samples = state.mask.shape[0] // buffers.halves
-    target = buffers.rows(torch.arange(samples, device=buffers.mask.device))
+    parts = [slice(h * buffers.bucket, h * buffers.bucket + samples) for h in range(buffers.halves)]
     _clear(buffers)
-    for layer, source in zip(buffers.cache.layers, state.cache.layers, strict=True):
-        layer.keys[target, :, :columns] = source.keys
-        layer.values[target, :, :columns] = source.values
+    for layer, (keys, values) in zip(buffers.cache.layers, state.layers, strict=True):
+        for half, rows in enumerate(parts):
+            own = slice(half * samples, (half + 1) * samples)
+            layer.keys[rows, :, :columns] = keys[own]
+            layer.values[rows, :, :columns] = values[own]
         layer.cumulative_length.fill_(columns)
-    buffers.mask[target, :columns] = state.mask[:, :columns]
-    buffers.position[target] = state.next_position + 1  # position of the step-1 token
+    for half, rows in enumerate(parts):
+        own = slice(half * samples, (half + 1) * samples)
+        buffers.mask[rows, :columns] = state.mask[own, :columns]
+        buffers.position[rows] = state.next_position[own] + 1  # position of the step-1 token
+        buffers.logits[rows] = state.logits[own, : buffers.logits.shape[1]]
     buffers.column.fill_(columns)
-    buffers.logits[target] = state.logits
 
 
 def feed(buffers: _ModelBuffers, tokens: torch.Tensor, cache_arg: str) -> None:
@@ -247,7 +275,8 @@ def feed(buffers: _ModelBuffers, tokens: torch.Tensor, cache_arg: str) -> None:
         use_cache=True,
         **{cache_arg: buffers.cache},
     )
-    buffers.logits.copy_(head_logits(buffers.model, out.last_hidden_state[:, -1, :]))
+    logits = head_logits(buffers.model, out.last_hidden_state[:, -1, :])
+    buffers.logits.copy_(logits[:, : buffers.logits.shape[1]])  # output layers may be wider
     buffers.position.add_(1)
     buffers.column.add_(1)
 
@@ -264,9 +293,9 @@ class GraphState:
     step: torch.Tensor  # [] the step being decoded
     generated: torch.Tensor  # [B] tokens decided so far per row (end tokens included)
     budget: torch.Tensor  # [B] the row's max_new_tokens after the context-window clamp
-    out_token: torch.Tensor  # [B, 2 * sync_every] chosen tokens, a ring of two chunks
-    out_owner: torch.Tensor  # [B, 2 * sync_every]
-    out_broken: torch.Tensor  # [2, B, 2 * sync_every] NaN flags (base, aligned)
+    #: [4, B, 2 * sync_every] per step: chosen token, owner (1 = base), NaN flags of the
+    #: base and the aligned model; a ring of two chunks, chunk k in half k % 2
+    out: torch.Tensor
     base: _ModelBuffers | None = None
     aligned: _ModelBuffers | None = None
     joint: _ModelBuffers | None = None
@@ -288,12 +317,12 @@ def graph_step(rules: StepRules, state: GraphState, cache_arg: str) -> None:
     result = decode_step(
         rules, state.rows, base_logits, aligned_logits, state.step, first_step=False
     )
-    slot = state.step.remainder(state.out_token.shape[1]).view(1)
-    state.out_token.index_copy_(1, slot, result.token.unsqueeze(-1))
-    state.out_owner.index_copy_(1, slot, result.owner.unsqueeze(-1))
+    slot = (state.step - 1).remainder(state.out.shape[2]).view(1)  # graph steps start at 1
+    state.out[0].index_copy_(1, slot, result.token.unsqueeze(-1))
+    state.out[1].index_copy_(1, slot, result.owner.long().unsqueeze(-1))
     for part, flags in enumerate((result.base_broken, result.aligned_broken)):
         if flags is not None:
-            state.out_broken[part].index_copy_(1, slot, flags.unsqueeze(-1))
+            state.out[2 + part].index_copy_(1, slot, flags.long().unsqueeze(-1))
     state.rows.owner.copy_(result.owner)
     state.rows.prev_token.copy_(result.token)
     state.generated.add_(1)
@@ -323,68 +352,54 @@ def _new_state(
         step=zeros(),
         generated=zeros(bucket),
         budget=zeros(bucket),
-        out_token=zeros(bucket, ring),
-        out_owner=zeros(bucket, ring, dtype=torch.bool),
-        out_broken=zeros(2, bucket, ring, dtype=torch.bool),
+        out=zeros(4, bucket, ring),
         **models,
     )
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """A model the graph path feeds: the model, its eager cache layers after the first step
-    (they give heads, head size, dtype and device) and its length bucket."""
-
-    model: Any
-    layers: Sequence[Any]
-    length: int
 
 
 class GraphRunner:
     """Runs :func:`graph_step` for one bucket: compiled, and on CUDA replayed as a CUDA graph.
 
-    Built once per engine and shape key, then reused by later decodes, which copy their state
-    and their γ and sampling knobs into its buffers (:meth:`load`); the compiled step and the
-    captured graph read those buffers at fixed addresses, so decodes whose rules share
-    :meth:`StepRules.structure` share the runner whatever their knobs. ``sources`` maps
+    Built once per engine and shape key (compiled and captured on its own, cleared buffers
+    by :meth:`prepare`, so a build needs no request), then reused by decodes, which copy
+    their state and their γ and sampling knobs into its buffers (:meth:`load`); the compiled
+    step and the captured graph read those buffers at fixed addresses, so decodes whose rules
+    share :meth:`StepRules.structure` share the runner whatever their knobs. ``layouts`` maps
     ``"base"`` and/or ``"aligned"`` (or ``"joint"``: a one-weights pair's shared model, both
-    views in one batch) to the models.
+    views in one batch) to the models. The per-chunk transfers use buffers allocated here
+    (pinned, with an event per ring half, on CUDA): the chunk loop allocates nothing, copies
+    nothing host-to-device synchronously and reads no device value.
     """
 
     def __init__(
         self,
         rules: StepRules,
-        sources: dict[str, ModelSource],
+        layouts: dict[str, ModelLayout],
         *,
         bucket: int,
         vocab_width: int,
         sync_every: int,
         backend: str,
         device: torch.device,
+        pool: Any = None,
     ) -> None:
         self.inputs = StepInputs.allocate(device)
+        self.inputs.fill(rules)
         self.rules = rules = rules.for_graph(self.inputs)
         self.bucket = bucket
         self.sync_every = sync_every
         models = {
-            name: _allocate(
-                source.model,
-                source.layers,
-                bucket,
-                2 if name == "joint" else 1,
-                source.length,
-                vocab_width,
-            )
-            for name, source in sources.items()
+            name: _allocate(layout, bucket, 2 if name == "joint" else 1, vocab_width)
+            for name, layout in layouts.items()
         }
         self.state = _new_state(bucket, sync_every, models, device)
-        self._split = RowSplit(sources["joint"].model) if "joint" in sources else None
+        self._split = RowSplit(layouts["joint"].model) if "joint" in layouts else None
         # the base view of a one-weights pair runs with the adapter disabled
         self._views = [
-            s.model.adapter_context for s in sources.values() if hasattr(s.model, "adapter_context")
+            m.model.adapter_context for m in layouts.values() if hasattr(m.model, "adapter_context")
         ]
-        self._configs = [_unwrap(s.model).config for s in sources.values()]
-        model = next(iter(sources.values())).model
+        self._configs = [_unwrap(m.model).config for m in layouts.values()]
+        model = next(iter(layouts.values())).model
         self.cache_arg = _cache_argument(type(_unwrap(model).get_decoder()).forward)
         state, cache_arg = self.state, self.cache_arg
 
@@ -395,8 +410,20 @@ class GraphRunner:
         if backend != "eager":
             self._step = torch.compile(self._step, fullgraph=True, dynamic=False, backend=backend)
         self._cuda = device.type == "cuda"
+        self._pool = pool
         self._graph: Any = None
         self._ready = False
+        pinned = {"dtype": torch.long, "pin_memory": self._cuda}
+        self._out_host = [torch.zeros((4, bucket, sync_every), **pinned) for _ in range(2)]
+        self._out_done = [torch.cuda.Event() if self._cuda else None for _ in range(2)]
+        self._send_host = torch.zeros(bucket, **pinned)
+        self._send_device = torch.zeros(bucket, dtype=torch.long, device=device)
+        self._sent = torch.cuda.Event() if self._cuda else None
+
+    @property
+    def nbytes(self) -> int:
+        """Device memory held by the runner's buffers (static caches included)."""
+        return sum(t.numel() * t.element_size() for t in _tensors(self.state))
 
     @contextmanager
     def _model_context(self) -> Iterator[None]:
@@ -415,13 +442,13 @@ class GraphRunner:
         self,
         rules: StepRules,
         rows: RowState,
-        budget: torch.Tensor,
+        budget: Sequence[int],
         generated: int,
-        model_states: dict[str, Any],
+        handovers: dict[str, Handover],
     ) -> None:
         """Copy a decode's knobs (from ``rules``) and its state after the first step into
-        the buffers (``model_states``: the eager model states under the names of
-        ``sources``); padding rows are finished from the start."""
+        the buffers (``handovers``: the eager model states under the names of ``layouts``);
+        padding rows are finished from the start."""
         self.inputs.fill(rules)
         state, count = self.state, rows.seeds.shape[0]
         for target, source in zip(state.rows.tensors(), rows.tensors(), strict=True):
@@ -432,15 +459,15 @@ class GraphRunner:
         state.generated.zero_()
         state.generated[:count] = generated
         state.budget.zero_()
-        state.budget[:count] = budget
-        for name, model_state in model_states.items():
-            _load(getattr(state, name), model_state)
+        state.budget[:count] = self._send(budget)
+        for name, handover in handovers.items():
+            _load(getattr(state, name), handover)
 
     def load_rows(self, other: GraphRunner, positions: Sequence[int]) -> None:
         """Continue ``other``'s decode with only its rows at ``positions`` (the live ones)."""
         state, source = self.state, other.state
         self.inputs.copy_(other.inputs)
-        index = torch.tensor(list(positions), device=state.step.device)
+        index = self._send(positions)
         count = index.shape[0]
         for target, values in zip(state.rows.tensors(), source.rows.tensors(), strict=True):
             target.zero_()
@@ -453,14 +480,29 @@ class GraphRunner:
         for buffers, other_buffers in zip(state.models(), source.models(), strict=True):
             _load_rows(buffers, other_buffers, index)
 
+    def _send(self, values: Sequence[int]) -> torch.Tensor:
+        """``values`` as a device tensor, through the runner's fixed (pinned) buffers: an
+        asynchronous copy, no allocation. The previous send must have left the host buffer,
+        which the stream order makes all but certain by the time the host sends again."""
+        if self._sent is not None:
+            self._sent.synchronize()
+        count = len(values)
+        self._send_host.numpy()[:count] = values
+        target = self._send_device[:count]
+        target.copy_(self._send_host[:count], non_blocking=True)
+        if self._sent is not None:
+            self._sent.record()
+        return target
+
     def prepare(self) -> None:
-        """Compile the step and, on CUDA, capture it as a graph, by running it on the loaded
-        buffers (three times on a side stream before the capture on CUDA, once elsewhere);
-        the buffers are restored afterwards, so preparing changes no output. A failure here
-        (an unsupported operator, a capture error) leaves the decode's state untouched."""
+        """Compile the step and, on CUDA, capture it as a graph (in the shared memory pool,
+        with thread-local capture errors, so other threads' device work goes on), by running
+        it on the runner's own cleared buffers: no decode's state is needed or touched."""
         if self._ready:
             return
-        saved = [t.clone() for t in _tensors(self.state)]
+        for buffers in self.state.models():
+            _clear(buffers)
+        self.state.rows.finished.fill_(True)
         with self._model_context():
             if self._cuda:
                 stream = torch.cuda.Stream()
@@ -470,13 +512,11 @@ class GraphRunner:
                         self._step()
                 torch.cuda.current_stream().wait_stream(stream)
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
+                with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
                     self._step()
                 self._graph = graph
             else:
                 self._step()
-        for target, value in zip(_tensors(self.state), saved, strict=True):
-            target.copy_(value)
         self._ready = True
 
     def run(self, steps: int) -> None:
@@ -489,41 +529,34 @@ class GraphRunner:
             for _ in range(steps):
                 self._step()
 
-    def read(self, first_step: int, steps: int) -> Any:
-        """Start copying the results of steps ``first_step …`` to the host; returns a
-        callable giving ``(tokens, owners, base_broken, aligned_broken)`` as nested lists
-        ``[row][step]`` once the copy is done."""
-        ring = self.state.out_token.shape[1]
-        slots = [(first_step + i) % ring for i in range(steps)]
-        index = torch.tensor(slots, device=self.state.out_token.device)
-        packed = torch.cat(
-            [
-                self.state.out_token.index_select(1, index),
-                self.state.out_owner.index_select(1, index).long(),
-                self.state.out_broken[0].index_select(1, index).long(),
-                self.state.out_broken[1].index_select(1, index).long(),
-            ],
-            dim=1,
-        )
-        if not self._cuda:
-            host = packed.tolist()
-            return lambda: _unpack(host, steps)
-        pinned = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
-        pinned.copy_(packed, non_blocking=True)
-        done = torch.cuda.Event()
+    def read(self, first_step: int, steps: int) -> Callable[[], list[list[list[int]]]]:
+        """Start copying the results of the chunk of steps ``first_step …`` (chunks start at
+        steps ``1 + k · sync_every``) to the host; returns a callable giving ``[4][row][step]``
+        (tokens, owners, base NaN flags, aligned NaN flags) once the copy is done."""
+        chunk, offset = divmod(first_step - 1, self.sync_every)
+        if offset or not 0 < steps <= self.sync_every:
+            raise ValueError(f"steps {first_step}+{steps} are not one chunk of the ring")
+        half = chunk % 2
+        start = half * self.sync_every
+        source = self.state.out[:, :, start : start + steps]
+        done = self._out_done[half]
+        if done is None:
+            host = source.tolist()
+            return lambda: host
+        target = self._out_host[half][:, :, :steps]
+        target.copy_(source, non_blocking=True)
         done.record()
 
-        def wait() -> Any:
+        def wait() -> list[list[list[int]]]:
             done.synchronize()
-            return _unpack(pinned.tolist(), steps)
+            return target.tolist()
 
         return wait
 
     def finish(self, positions: Sequence[int]) -> None:
         """Mark rows the host found finished (stop strings): they decode padding from now."""
         if positions:
-            index = torch.tensor(list(positions), device=self.state.rows.finished.device)
-            self.state.rows.finished.index_fill_(0, index, True)
+            self.state.rows.finished.index_fill_(0, self._send(positions), True)
 
 
 def _with_own_code(function: Callable[[], None]) -> Callable[[], None]:
@@ -540,13 +573,8 @@ def _with_own_code(function: Callable[[], None]) -> Callable[[], None]:
     )
 
 
-def _unpack(host: list[list[int]], steps: int) -> tuple[list[list[int]], ...]:
-    return tuple([row[i * steps : (i + 1) * steps] for row in host] for i in range(4))
-
-
 def _tensors(state: GraphState) -> list[torch.Tensor]:
-    out = [*state.rows.tensors(), state.step, state.generated, state.budget]
-    out += [state.out_token, state.out_owner, state.out_broken]
+    out = [*state.rows.tensors(), state.step, state.generated, state.budget, state.out]
     for buffers in state.models():
         out += [buffers.mask, buffers.position, buffers.column, buffers.logits]
         for layer in buffers.cache.layers:
@@ -556,15 +584,35 @@ def _tensors(state: GraphState) -> list[torch.Tensor]:
 
 class GraphCache:
     """Graph runners kept by an engine, keyed by settings and shapes; one decode at a time
-    each. At most ``max_free`` idle runners are kept (least recently used go first), since
-    each holds static KV caches. Keys whose runner failed to compile or capture are
-    remembered, so later decodes take the eager loop at once."""
+    each.
+
+    A key's first runner is built (compiled, and captured on CUDA) by :meth:`get`: on a
+    background thread while that decode goes on in the eager loop, or in the caller with
+    ``wait=True``; either way outside the engine's lock, so decodes on built shapes keep
+    going. At most ``max_free`` idle runners are kept (least recently used go first; each
+    holds static KV caches); :meth:`release_idle` frees them under memory pressure. Keys
+    whose build failed are remembered, so later decodes take the eager loop at once; an
+    out-of-memory is not remembered (the build is tried again later).
+    """
 
     def __init__(self, max_free: int = 4) -> None:
         self._lock = threading.Lock()
         self._free: OrderedDict[Any, list[GraphRunner]] = OrderedDict()
         self._failed: dict[Any, str] = {}
+        self._building: dict[Any, threading.Event] = {}
+        self._pool: Any = None
         self.max_free = max_free
+        #: runners built so far (each compiled, and captured on CUDA, once)
+        self.builds = 0
+
+    def pool(self, device: torch.device) -> Any:
+        """The CUDA graph memory pool every runner of this cache captures into."""
+        if device.type != "cuda":
+            return None
+        with self._lock:
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            return self._pool
 
     def failure(self, key: Any) -> str | None:
         """Why runners for ``key`` could not be built (``None``: no failure recorded)."""
@@ -577,15 +625,86 @@ class GraphCache:
             self._failed[key] = reason
         return reason
 
+    def building(self, key: Any) -> bool:
+        return key in self._building
+
+    def get(self, key: Any, build: Callable[[], GraphRunner], *, wait: bool) -> GraphRunner | None:
+        """An idle runner for ``key``, or a new one from ``build``: built here when ``wait``,
+        else on the background builder (``None`` is returned meanwhile). ``None`` also when
+        the key's build failed (the reason is logged once)."""
+        with self._lock:
+            runner = self._take(key)
+            if runner is not None or key in self._failed:
+                return runner
+            pending = self._building.get(key)
+            mine = pending is None
+            if mine:
+                pending = self._building[key] = threading.Event()
+        if mine and wait:
+            runner = self._build(key, build)
+            self._done_building(key, pending)
+            return runner
+        if mine:
+            # a daemon thread: a compile still running when the process exits is abandoned
+            threading.Thread(
+                target=self._build_in_background,
+                args=(key, build, pending),
+                name="baco-graph-build",
+                daemon=True,
+            ).start()
+            return None
+        if not wait:
+            return None
+        pending.wait()
+        return self.acquire(key)
+
+    def _build_in_background(
+        self, key: Any, build: Callable[[], GraphRunner], pending: threading.Event
+    ) -> None:
+        runner = self._build(key, build)
+        if runner is not None:
+            self.release(key, runner)
+        self._done_building(key, pending)
+
+    def _build(self, key: Any, build: Callable[[], GraphRunner]) -> GraphRunner | None:
+        try:
+            runner = build()
+        except torch.OutOfMemoryError as error:
+            logger.warning(
+                "baco: out of memory while preparing a graph step (%s); this decode stays on "
+                "the eager loop and the shape is tried again later",
+                error,
+            )
+            return None
+        except Exception as error:  # any compiler or capture failure
+            reason = self.record_failure(key, error)
+            logger.warning(
+                "baco: the graph path could not compile or capture a step (%s); the eager "
+                "loop runs this shape from now on",
+                reason,
+            )
+            return None
+        with self._lock:
+            self.builds += 1
+        return runner
+
+    def _done_building(self, key: Any, pending: threading.Event) -> None:
+        with self._lock:
+            self._building.pop(key, None)
+        pending.set()
+
+    def _take(self, key: Any) -> GraphRunner | None:
+        runners = self._free.get(key)
+        if not runners:
+            return None
+        runner = runners.pop()
+        if not runners:
+            del self._free[key]
+        return runner
+
     def acquire(self, key: Any) -> GraphRunner | None:
         with self._lock:
-            runners = self._free.get(key)
-            if not runners:
-                return None
-            runner = runners.pop()
-            if not runners:
-                del self._free[key]
-            return runner
+            return self._take(key)
 
     def release(self, key: Any, runner: GraphRunner) -> None:
         with self._lock:
@@ -596,3 +715,17 @@ class GraphCache:
                 self._free[oldest].pop(0)
                 if not self._free[oldest]:
                     del self._free[oldest]
+
+    def idle_bytes(self) -> int:
+        """Memory held by idle runners (freed by :meth:`release_idle`)."""
+        with self._lock:
+            return sum(r.nbytes for runners in self._free.values() for r in runners)
+
+    def release_idle(self) -> int:
+        """Drop every idle runner (their shapes rebuild on next use); returns bytes freed."""
+        with self._lock:
+            freed = sum(r.nbytes for runners in self._free.values() for r in runners)
+            self._free.clear()
+        if freed and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return freed

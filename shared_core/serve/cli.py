@@ -54,6 +54,22 @@ def add_serve_parser(
         default=30.0,
         help="on SIGTERM/SIGINT, seconds to let in-flight requests finish before cancelling",
     )
+    serve.add_argument(
+        "--warmup",
+        nargs="?",
+        const="1,2,4,8",
+        default=None,
+        metavar="ROWS",
+        help="before listening (so /health answers only when ready), compile the GPU graph "
+        "path's step for these row counts (prompts x n; default 1,2,4,8) and each "
+        "--warmup-lengths, with the default router and sampling settings; nothing to do on CPU",
+    )
+    serve.add_argument(
+        "--warmup-lengths",
+        default="256,1024",
+        metavar="TOKENS",
+        help="cache lengths (prompt + max_tokens) to compile with --warmup (default 256,1024)",
+    )
     limits = serve.add_argument_group("request limits (checked before a body is parsed)")
     defaults = ServeLimits()
     for flag, name, what in _LIMIT_FLAGS:
@@ -112,6 +128,22 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError("--gpus-per-replica and --cpus-per-replica must be >= 0")
     check_pair_args(args.base, args.aligned, args.aligned_adapter, names=PAIR_FLAGS)
     serve_limits(args)
+    if args.warmup is not None:
+        warmup_shapes(args)
+
+
+def warmup_shapes(args: argparse.Namespace) -> tuple[list[int], list[int]]:
+    """The ``--warmup`` row counts and ``--warmup-lengths``, checked."""
+    shapes = []
+    for flag, text in (("--warmup", args.warmup), ("--warmup-lengths", args.warmup_lengths)):
+        try:
+            values = [int(v) for v in str(text).split(",") if v.strip()]
+        except ValueError:
+            values = []
+        if not values or min(values) < 1:
+            raise ValueError(f"{flag} takes comma-separated positive integers, got {text!r}")
+        shapes.append(values)
+    return shapes[0], shapes[1]
 
 
 def model_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -151,6 +183,10 @@ def run_serve_command(args: argparse.Namespace, load_pair: Callable[[Any], Any])
     set_torch_threads(args.threads)
     print("loading the model pair...", file=sys.stderr, flush=True)
     engine = BacoEngine(load_pair(args))
+    if args.warmup is not None:
+        rows, lengths = warmup_shapes(args)
+        built = engine.warmup(rows=rows, lengths=lengths)
+        print(f"warm-up: {built} graph step(s) compiled", file=sys.stderr, flush=True)
     app = create_app(engine, **app_options(args))
     return serve_uvicorn(app, args.host, args.port, args.shutdown_timeout, args.log_level)
 

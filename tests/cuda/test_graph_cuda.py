@@ -30,6 +30,7 @@ def _engine(pair, **options):
     from shared_core import BacoEngine
     from shared_core.engine import DecodeOptions
 
+    options.setdefault("graph_wait", True)
     return BacoEngine(pair, options=DecodeOptions(batch_requests=False, **options))
 
 
@@ -120,3 +121,67 @@ def test_cuda_sliding_window_model_graph_gives_the_eager_samples():
     )
     runners = [r for rs in graph._graphs._free.values() for r in rs]
     assert runners and all(r._graph is not None for r in runners)
+
+
+def test_the_steady_state_chunk_loop_never_synchronises_the_device(cuda_pair, monkeypatch):
+    """Once a decode runs on its runner, the chunk loop (launch t + 1, read t, mark
+    finished rows) makes no blocking call: sync-debug mode turns any into an error."""
+    from shared_core.graph import GraphRunner
+
+    graph = _engine(cuda_pair, graph_sync_every=4)
+    options = {"router": "rand", "n": 4, "max_new_tokens": 48, "seed": 1, "stop": ["a"]}
+    graph.generate(PROMPTS, **options)  # builds every bucket's runner
+    graph._graphs.max_free = 16
+    graph.generate(PROMPTS, **options)
+    load, seen = GraphRunner.load, []
+
+    def load_then_strict(runner, *args, **kwargs):
+        load(runner, *args, **kwargs)
+        torch.cuda.synchronize()  # the handover's copies are done: steady state from here
+        torch.cuda.set_sync_debug_mode("error")
+        seen.append(runner.bucket)
+
+    monkeypatch.setattr(GraphRunner, "load", load_then_strict)
+    try:
+        expected = _engine(cuda_pair, graph=False).generate(PROMPTS, **options)
+        torch.cuda.set_sync_debug_mode("default")
+        assert _summary(graph.generate(PROMPTS, **options)) == _summary(expected)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert seen
+
+
+def test_a_capture_while_eight_threads_decode_eagerly_and_with_grammars(cuda_pair):
+    """Captures use thread-local capture errors: other threads' device work (eager decodes,
+    grammar masks copied to the device) neither breaks a capture nor is broken by it."""
+    pytest.importorskip("llguidance", reason="grammar requests need llguidance")
+    graph = _engine(cuda_pair, graph_wait=False)
+    eager = _engine(cuda_pair, graph=False)
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    options = {"router": "p-punc", "n": 2, "max_new_tokens": 24}
+    expected = {
+        i: eager.generate(PROMPTS[i % 3], seed=i, **options, json_schema=schema if i % 2 else None)
+        for i in range(8)
+    }
+    errors: list[BaseException] = []
+    results: dict[int, list] = {}
+
+    def call(i: int) -> None:
+        try:
+            for _ in range(3):
+                results[i] = graph.generate(
+                    PROMPTS[i % 3], seed=i, **options, json_schema=schema if i % 2 else None
+                )
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors
+    assert {i: _summary(r) for i, r in results.items()} == {
+        i: _summary(r) for i, r in expected.items()
+    }
+    assert graph._graphs.builds >= 1 and not graph._graphs._failed

@@ -28,9 +28,7 @@ def _inputs(query_length: int = 1):
 
 def test_one_token_attention_equals_attention_on_repeated_heads():
     query, key, value, mask = _inputs()
-    out, _ = decode_attention.one_token_attention(
-        _Attention(), query, key, value, mask, scaling=0.25
-    )
+    out, _ = decode_attention.grouped_one_token_attention(query, key, value, mask, 4, 0.25)
     expected = torch.nn.functional.scaled_dot_product_attention(
         query, repeat_kv(key, 4), repeat_kv(value, 4), attn_mask=mask, scale=0.25
     )
@@ -38,12 +36,36 @@ def test_one_token_attention_equals_attention_on_repeated_heads():
     torch.testing.assert_close(out, expected.transpose(1, 2))
 
 
-def test_prompts_and_ungrouped_models_take_transformers_sdpa():
-    query, key, value, mask = _inputs(query_length=3)
+@pytest.mark.parametrize("query_length", [1, 3])
+def test_outside_compilation_it_is_exactly_transformers_sdpa(query_length):
+    """Other threads' eager forwards run while the switch is on: they must not change."""
+    query, key, value, mask = _inputs(query_length=query_length)
     module = _Attention()
     got, _ = decode_attention.one_token_attention(module, query, key, value, mask, scaling=0.25)
     expected, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.25)
     assert torch.equal(got, expected)
+
+
+def test_inside_compilation_one_grouped_token_takes_the_packed_path(monkeypatch):
+    query, key, value, mask = _inputs()
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    got, _ = decode_attention.one_token_attention(
+        _Attention(), query, key, value, mask, scaling=0.25
+    )
+    expected, _ = decode_attention.grouped_one_token_attention(query, key, value, mask, 4, 0.25)
+    assert torch.equal(got, expected)
+
+
+def test_overlapping_switches_restore_sdpa_when_the_last_ends():
+    config = build_tiny_model(50, 0).config
+    first = decode_attention.decode_attention([config])
+    second = decode_attention.decode_attention([config])
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert config._attn_implementation == decode_attention.ATTENTION_NAME  # one still runs
+    second.__exit__(None, None, None)
+    assert config._attn_implementation == "sdpa"
 
 
 def test_the_context_switches_sdpa_models_only_and_restores_them():

@@ -307,16 +307,16 @@ def test_speed_options_do_not_change_outputs(tiny_engine):
 
 
 def _lazy_states(monkeypatch) -> list:
-    from shared_core import engine
+    from shared_core import model_state
 
     created = []
-    original = engine._LazyState.__init__
+    original = model_state.LazyState.__init__
 
     def spy(self, *args, **kwargs):
         original(self, *args, **kwargs)
         created.append(self)
 
-    monkeypatch.setattr(engine._LazyState, "__init__", spy)
+    monkeypatch.setattr(model_state.LazyState, "__init__", spy)
     return created
 
 
@@ -372,7 +372,7 @@ def _forced_pair(pair: ModelPair, token_id: int) -> ModelPair:
 
 def _base_contexts(monkeypatch, pair: ModelPair) -> list[list[int]]:
     """Record, per base-model row, every token the base model attends to (mask = 1)."""
-    import shared_core.engine as engine_module
+    import shared_core.model_state as engine_module
 
     calls = []
     original = engine_module.forward_last_logits
@@ -417,7 +417,7 @@ def test_base_model_reads_a_space_after_its_assistant_cue(tiny_pair, monkeypatch
 
 def test_space_slot_rows_match_a_plain_forward_of_the_spaced_text(tiny_pair):
     """Rows with and without a space slot in one batch each equal an unbatched forward."""
-    from shared_core.engine import _ModelState
+    from shared_core.model_state import ModelState as _ModelState
 
     tokenizer = tiny_pair.tokenizer
     space_id = tiny_pair.vocab.space_id

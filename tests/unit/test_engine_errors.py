@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-import shared_core.engine as engine_module
+import shared_core.model_state as engine_module
 
 BAD_CALLS = [
     ({"router": "judge"}, ValueError, "valid routers: aligned, base, rand, p, h"),

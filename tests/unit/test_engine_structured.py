@@ -313,7 +313,7 @@ def test_params_normalise_the_schema() -> None:
 
 def test_joint_forward_of_a_one_weights_pair_stays_valid(tiny_pair_paths, tmp_path, monkeypatch):
     pytest.importorskip("peft", reason="peft is in the dev extra")
-    from shared_core import engine as engine_module
+    from shared_core import model_state as engine_module
     from shared_core.testing import save_tiny_adapter
 
     base_path, _ = tiny_pair_paths
@@ -322,13 +322,13 @@ def test_joint_forward_of_a_one_weights_pair_stays_valid(tiny_pair_paths, tmp_pa
     )
     pair = ModelPair.from_pretrained(base_path, aligned_adapter=adapter)
     joints = []
-    original = engine_module._JointState.__init__
+    original = engine_module.JointState.__init__
 
     def spy(self, *args, **kwargs):
         original(self, *args, **kwargs)
         joints.append(self)
 
-    monkeypatch.setattr(engine_module._JointState, "__init__", spy)
+    monkeypatch.setattr(engine_module.JointState, "__init__", spy)
     out = BacoEngine(pair).generate(
         PROMPT, json_schema=SCHEMA, n=3, max_new_tokens=120, seed=0, router="rand"
     )

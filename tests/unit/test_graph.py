@@ -30,6 +30,9 @@ CASES = [
 
 
 def _engine(pair, **options) -> BacoEngine:
+    """An engine whose decodes wait for their shape's compile (the tests compare the graph
+    path's samples, so it must run); background builds are tested on their own."""
+    options.setdefault("graph_wait", True)
     return BacoEngine(pair, options=DecodeOptions(batch_requests=False, **options))
 
 
@@ -203,7 +206,7 @@ def test_one_view_of_a_one_weights_pair_gives_the_eager_samples(tiny_one_weights
 def test_two_views_without_the_joint_forward_fall_back(tiny_one_weights_pair, caplog):
     pair = tiny_one_weights_pair
     graph = _engine(pair, graph=True, graph_backend="eager", joint_forward=False)
-    with caplog.at_level(logging.DEBUG, logger="shared_core.engine"):
+    with caplog.at_level(logging.DEBUG, logger="shared_core"):
         graph.generate(PROMPTS[1], router="p-punc", max_new_tokens=8, seed=1)
     assert "joint_forward is off" in caplog.text
     assert not graph._graphs._free
@@ -219,7 +222,7 @@ def test_unsupported_adapters_fall_back_with_a_reason(tiny_pair_paths, tmp_path,
     pair = ModelPair.from_pretrained(base, aligned_adapter=dora)
     graph = _engine(pair, graph=True, graph_backend="eager")
     options = {"router": "p-punc", "max_new_tokens": 8, "seed": 1}
-    with caplog.at_level(logging.DEBUG, logger="shared_core.engine"):
+    with caplog.at_level(logging.DEBUG, logger="shared_core"):
         out = graph.generate(PROMPTS[1], **options)
     assert "a LoRA variant" in caplog.text
     assert _summary(out) == _summary(_engine(pair, graph=False).generate(PROMPTS[1], **options))
@@ -251,7 +254,7 @@ def test_sliding_window_models_run_while_the_decode_fits_the_window(
     assert dict(key[3][1]) == {"base": 95, "aligned": 95}  # capped below the window
     # a decode longer than the window stays on the eager loop, with the reason
     longer = {**options, "max_new_tokens": 90}
-    with caplog.at_level(logging.DEBUG, logger="shared_core.engine"):
+    with caplog.at_level(logging.DEBUG, logger="shared_core"):
         out = graph.generate(PROMPTS[1], **longer)
     assert "sliding window (96)" in caplog.text
     assert _summary(out) == _summary(eager.generate(PROMPTS[1], **longer))
@@ -266,7 +269,7 @@ def test_requests_the_graph_cannot_hold_fall_back_with_a_reason(tiny_pair, caplo
         return signals.p_base < 0.5
 
     options = {"router": mine, "max_new_tokens": 8, "seed": 1}
-    with caplog.at_level(logging.DEBUG, logger="shared_core.engine"):
+    with caplog.at_level(logging.DEBUG, logger="shared_core"):
         out = graph.generate(PROMPTS[1], **options)
     assert "custom router callable" in caplog.text
     assert _summary(out) == _summary(eager.generate(PROMPTS[1], **options))
@@ -276,7 +279,7 @@ def test_requests_the_graph_cannot_hold_fall_back_with_a_reason(tiny_pair, caplo
 def test_lazy_decodes_stay_on_the_eager_loop(tiny_pair, caplog):
     graph = _engine(tiny_pair, graph=True, graph_backend="eager", lazy_aligned=True)
     options = {"router": "p-punc", "max_new_tokens": 12, "seed": 2}
-    with caplog.at_level(logging.DEBUG, logger="shared_core.engine"):
+    with caplog.at_level(logging.DEBUG, logger="shared_core"):
         out = graph.generate(PROMPTS[0], **options)
     assert "lazy aligned catch-up" in caplog.text
     expected = _engine(tiny_pair, graph=False, lazy_aligned=True).generate(PROMPTS[0], **options)
@@ -352,7 +355,7 @@ def test_a_step_that_fails_to_compile_leaves_the_decode_to_the_eager_loop(
     graph = _engine(tiny_pair, graph=True, graph_backend="eager")
     options = {"router": "p-punc", "n": 2, "max_new_tokens": 12, "seed": 6, "top_p": 0.9}
     expected = _engine(tiny_pair, graph=False).generate(PROMPTS[:2], **options)
-    with caplog.at_level(logging.WARNING, logger="shared_core.engine"):
+    with caplog.at_level(logging.WARNING, logger="shared_core"):
         assert _summary(graph.generate(PROMPTS[:2], **options)) == _summary(expected)
     assert "no kernel for this operator" in caplog.text
     assert _summary(graph.generate(PROMPTS[:2], **options)) == _summary(expected)

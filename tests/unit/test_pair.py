@@ -70,20 +70,20 @@ def test_joint_forward_of_one_weights_pair_changes_no_output(
     tiny_pair_paths, tmp_path, monkeypatch, router
 ):
     """Both views in one mixed-adapter batch give the same tokens as two forwards per step."""
-    from shared_core import BacoEngine, engine
+    from shared_core import BacoEngine, model_state
     from shared_core.engine import DecodeOptions
 
     base_path, _ = tiny_pair_paths
     _save_random_lora(base_path, tmp_path / "adapter")
     pair = ModelPair.from_pretrained(base_path, aligned_adapter=tmp_path / "adapter")
     states = []
-    original = engine._ModelState.__init__
+    original = model_state.ModelState.__init__
 
     def counting(self, *args, **kwargs):
         states.append(kwargs.get("adapters"))
         original(self, *args, **kwargs)
 
-    monkeypatch.setattr(engine._ModelState, "__init__", counting)
+    monkeypatch.setattr(model_state.ModelState, "__init__", counting)
     prompts = ["Tell me a story.", "Name a color.", "x"]
     # a stop string ends rows at different steps, so compaction is exercised too
     options = {"n": 3, "max_new_tokens": 40, "seed": 5, "router": router, "stop": ["e"]}

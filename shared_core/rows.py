@@ -1,0 +1,156 @@
+"""Host-side bookkeeping of a decode's samples, shared by the eager and the graph loop.
+
+The loops decide tokens on the device; :class:`RowBook` turns each decided token into text,
+stop-string and grammar checks, a finish reason and a :class:`~shared_core.types.StreamEvent`.
+A *row* is one sample (``row_id = prompt_index * n + sample_index``); the loops keep a list
+of the row ids still in their batch, in batch order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .streaming import ResponseText
+from .structured import RowMatchers
+from .types import Generation, StreamEvent, Usage
+
+
+@dataclass
+class Row:
+    """Progress of one sample."""
+
+    text: ResponseText
+    budget: int  # max_new_tokens after the context-window clamp
+    prompt_tokens: int
+    tokens: list[int] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    completion: int = 0  # tokens decided, end token included
+    finished: bool = False
+
+
+class RowBook:
+    """Every row of one decode: its tokens, text, stop strings, finish and events.
+
+    ``model_names`` are the names of the models the decode runs (for NaN errors), in the
+    order the loops report their NaN flags (base first).
+    """
+
+    def __init__(
+        self,
+        rows: list[Row],
+        *,
+        n: int,
+        end_ids: frozenset[int] | set[int] | Sequence[int],
+        router: str,
+        gamma: float | None,
+        model_names: Sequence[str],
+        matchers: RowMatchers | None = None,
+    ) -> None:
+        self.rows = rows
+        self.n = n
+        self.end_ids = set(end_ids)
+        self.router = router
+        self.gamma = gamma
+        self.model_names = list(model_names)
+        self.matchers = matchers
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def max_budget(self) -> int:
+        return max(row.budget for row in self.rows)
+
+    def finished(self, row_id: int) -> bool:
+        return self.rows[row_id].finished
+
+    def live(self, active: Sequence[int]) -> list[int]:
+        """Positions in ``active`` (row ids in batch order) of the rows still decoding."""
+        return [position for position, row_id in enumerate(active) if not self.finished(row_id)]
+
+    def check_finite(self, broken: Sequence[Sequence[Any]], active: Sequence[int]) -> None:
+        """Raise if a model's distribution became NaN for a row still decoding; ``broken``
+        holds one flag list per model (batch order; padding rows past ``active`` ignored)."""
+        for name, flags in zip(self.model_names, broken, strict=True):
+            pairs = enumerate(zip(active, flags, strict=False))
+            bad = [p for p, (row_id, flag) in pairs if flag and not self.finished(row_id)]
+            if bad:
+                raise FloatingPointError(
+                    f"model {name!r} produced NaN/inf logits (rows {bad[:8]}); check its "
+                    "weights and dtype (float16 overflow is a common cause; try bfloat16)"
+                )
+
+    def advance(self, row_id: int, token_id: int, from_base: bool) -> StreamEvent:
+        """Record one decided token of a row and return its stream event."""
+        row, matchers = self.rows[row_id], self.matchers
+        if matchers is not None and matchers.error(row_id) is not None:
+            # The grammar allowed no token at this step: the token is not used.
+            return self._finish(row_id, "error", "", None, None)
+        row.completion += 1
+        if token_id in self.end_ids:
+            return self._finish(row_id, "stop", "", None, None)
+        row.tokens.append(token_id)
+        row.sources.append("base" if from_base else "aligned")
+        delta = row.text.push(token_id)
+        complete = matchers is not None and matchers.advance(row_id, token_id)
+        reason = None
+        if matchers is not None and matchers.error(row_id) is not None:
+            reason = "error"
+        elif row.text.stopped or complete:
+            reason = "stop"
+        elif len(row.tokens) >= row.budget:
+            reason = "length"
+        if reason is None:
+            return self._event(row_id, delta, token_id, from_base)
+        return self._finish(row_id, reason, delta, token_id, from_base)
+
+    def _finish(
+        self,
+        row_id: int,
+        reason: str,
+        delta: str,
+        token_id: int | None,
+        from_base: bool | None,
+    ) -> StreamEvent:
+        """End a row: flush its text and return its final event."""
+        row = self.rows[row_id]
+        row.finished = True
+        error = None
+        if self.matchers is not None:
+            self.matchers.done.add(row_id)
+            error = self.matchers.error(row_id)
+        delta += row.text.finish()
+        generation = Generation(
+            text=row.text.text,
+            token_ids=list(row.tokens),
+            sources=list(row.sources),  # type: ignore[arg-type]
+            finish_reason=reason,  # type: ignore[arg-type]
+            usage=Usage(prompt_tokens=row.prompt_tokens, completion_tokens=row.completion),
+            router=self.router,
+            gamma=self.gamma,
+            prompt_index=row_id // self.n,
+            sample_index=row_id % self.n,
+            error=error,
+        )
+        return self._event(row_id, delta, token_id, from_base, generation)
+
+    def _event(
+        self,
+        row_id: int,
+        delta: str,
+        token_id: int | None,
+        from_base: bool | None,
+        generation: Generation | None = None,
+    ) -> StreamEvent:
+        source = None if from_base is None else ("base" if from_base else "aligned")
+        return StreamEvent(
+            row=row_id,
+            text_delta=delta,
+            token_id=token_id,
+            source=source,
+            prompt_index=row_id // self.n,
+            sample_index=row_id % self.n,
+            generation=generation,
+        )

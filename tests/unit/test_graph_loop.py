@@ -1,0 +1,248 @@
+"""The graph loop as a server needs it (shared_core/graph_loop.py, GraphCache builds): compiles
+outside the engine lock, few of them, freed prefill caches, nothing built per chunk."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+import weakref
+
+import pytest
+import torch
+
+from shared_core import BacoEngine, ModelPair
+from shared_core.engine import DecodeOptions
+from shared_core.graph import GraphRunner
+from shared_core.model_state import ModelState
+
+PROMPTS = ["Tell me a story about a girl and her dog.", "Name a color.", "Write a haiku."]
+
+
+def _engine(pair, **options) -> BacoEngine:
+    options = {"batch_requests": False, "graph": True, "graph_backend": "eager", **options}
+    return BacoEngine(pair, options=DecodeOptions(**options))
+
+
+def _summary(result) -> list:
+    return [[(g.token_ids, g.sources, g.finish_reason, g.text) for g in row] for row in result]
+
+
+def _runs(monkeypatch) -> list[int]:
+    """Buckets of every GraphRunner.run call (the graph path decoding)."""
+    calls: list[int] = []
+    run = GraphRunner.run
+
+    def spy(runner, steps):
+        calls.append(runner.bucket)
+        run(runner, steps)
+
+    monkeypatch.setattr(GraphRunner, "run", spy)
+    return calls
+
+
+def _wait_for(condition, seconds: float = 60.0) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_decode_on_a_compiled_shape_finishes_while_another_shape_compiles(tiny_pair, monkeypatch):
+    engine = _engine(tiny_pair)  # graph_wait off: new shapes build in the background
+    eager = _engine(tiny_pair, graph=False)
+    options = {"router": "p-punc", "n": 2, "max_new_tokens": 20}
+    assert engine.warmup(rows=[2], **options) == 1
+    runs = _runs(monkeypatch)
+    compiling, release = threading.Event(), threading.Event()
+    prepare = GraphRunner.prepare
+
+    def slow_prepare(runner):  # a compile that takes as long as the test wants
+        compiling.set()
+        assert release.wait(120)
+        prepare(runner)
+
+    monkeypatch.setattr(GraphRunner, "prepare", slow_prepare)
+    try:
+        # a new shape (8 rows): its build starts and blocks; the decode goes on eagerly
+        wide = {**options, "n": 8, "seed": 5}
+        assert _summary(engine.generate(PROMPTS[0], **wide)) == _summary(
+            eager.generate(PROMPTS[0], **wide)
+        )
+        assert compiling.wait(30) and engine._graphs.builds == 1  # still compiling
+        assert runs == []  # that decode ran on the eager loop
+        # a decode on the compiled shape runs on the graph path and finishes meanwhile
+        result: list = []
+        worker = threading.Thread(
+            target=lambda: result.append(engine.generate(PROMPTS[1], seed=2, **options))
+        )
+        worker.start()
+        worker.join(120)
+        assert not worker.is_alive() and not release.is_set()
+        assert _summary(result[0]) == _summary(eager.generate(PROMPTS[1], seed=2, **options))
+        assert runs and set(runs) == {2}
+    finally:
+        release.set()
+    assert _wait_for(lambda: engine._graphs.builds == 2)
+    runs.clear()
+    assert _summary(engine.generate(PROMPTS[0], **wide)) == _summary(
+        eager.generate(PROMPTS[0], **wide)
+    )
+    assert runs and runs[0] == 8  # the new shape's runner, once built
+
+
+def test_varied_max_new_tokens_reuse_one_compiled_step_per_length_bucket(tiny_pair):
+    import torch._dynamo.utils
+
+    engine = _engine(tiny_pair, graph_backend="aot_eager", graph_wait=True)
+    eager = _engine(tiny_pair, graph=False)
+    counters = torch._dynamo.utils.counters["stats"]
+    before = counters["unique_graphs"]
+    for max_new_tokens in (20, 45, 70, 100):  # prompt + new tokens all within 128 columns
+        options = {"n": 2, "max_new_tokens": max_new_tokens, "seed": max_new_tokens}
+        assert _summary(engine.generate(PROMPTS[1], **options)) == _summary(
+            eager.generate(PROMPTS[1], **options)
+        )
+    assert engine._graphs.builds == 1
+    assert counters["unique_graphs"] - before == 1  # one compile served every length
+    engine.generate(PROMPTS[1], n=2, max_new_tokens=200, seed=0)  # the 256 bucket
+    assert engine._graphs.builds == 2
+
+
+def test_the_prefill_cache_is_freed_once_the_static_caches_hold_it(tiny_pair, monkeypatch):
+    caches: list[weakref.ref] = []
+    hand_over = ModelState.hand_over
+
+    def spy(state):
+        caches.append(weakref.ref(state.cache))
+        return hand_over(state)
+
+    monkeypatch.setattr(ModelState, "hand_over", spy)
+    runs = _runs(monkeypatch)
+    engine = _engine(tiny_pair, graph_wait=True, graph_sync_every=2)
+    stream = engine.stream(PROMPTS[0], n=2, max_new_tokens=40, seed=1, min_new_tokens=30)
+    for _ in range(12):  # step 0 and a few graph chunks: the decode is still running
+        next(stream)
+    assert runs and len(caches) == 2  # both models handed over, on the graph path
+    gc.collect()
+    assert all(ref() is None for ref in caches)
+    stream.close()
+
+
+def test_an_out_of_memory_while_preparing_falls_back_for_that_decode_only(tiny_pair, monkeypatch):
+    prepare, calls = GraphRunner.prepare, []
+
+    def out_of_memory_once(runner):
+        calls.append(runner.bucket)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        prepare(runner)
+
+    monkeypatch.setattr(GraphRunner, "prepare", out_of_memory_once)
+    runs = _runs(monkeypatch)
+    engine = _engine(tiny_pair, graph_wait=True)
+    expected = _engine(tiny_pair, graph=False).generate(PROMPTS[:2], n=2, seed=3)
+    assert _summary(engine.generate(PROMPTS[:2], n=2, seed=3)) == _summary(expected)
+    assert runs == [] and not engine._graphs._failed  # eager, and not marked as failed
+    assert _summary(engine.generate(PROMPTS[:2], n=2, seed=3)) == _summary(expected)
+    assert calls == [4, 4] and runs  # tried again: the graph path ran
+
+
+def test_top_k_values_in_one_bucket_share_a_compiled_step(tiny_pair):
+    engine = _engine(tiny_pair, graph_wait=True)
+    eager = _engine(tiny_pair, graph=False)
+    for top_k in (5, 20, 40):  # all read from one 64-wide topk
+        options = {"n": 2, "max_new_tokens": 16, "seed": top_k, "top_k": top_k}
+        assert _summary(engine.generate(PROMPTS[:2], **options)) == _summary(
+            eager.generate(PROMPTS[:2], **options)
+        )
+    assert engine._graphs.builds == 1
+
+
+def test_pairs_whose_output_layers_differ_in_width_use_the_graph_path(tiny_pair, monkeypatch):
+    from shared_core.testing import build_tiny_model
+
+    tokenizer = tiny_pair.tokenizer
+    wider = build_tiny_model(len(tokenizer) + 24, 2)  # a padded output layer
+    pair = ModelPair(tiny_pair.base, wider, tokenizer)
+    runs = _runs(monkeypatch)
+    options = {"router": "p-punc", "n": 2, "max_new_tokens": 20, "seed": 7}
+    expected = _engine(pair, graph=False).generate(PROMPTS, **options)
+    assert _summary(_engine(pair, graph_wait=True).generate(PROMPTS, **options)) == _summary(
+        expected
+    )
+    assert runs
+
+
+def test_the_chunk_loop_builds_no_tensor_from_host_values(tiny_pair, monkeypatch):
+    """A CPU proxy of "no host-to-device copy per chunk": after the handover the host side
+    of the loop never calls ``torch.tensor`` (row positions and finished flags go through
+    the runner's fixed buffers). The step itself is left out (uncompiled here; compiled and
+    captured on a GPU). The CUDA module checks the real thing with sync-debug mode."""
+    load, run, tensor = GraphRunner.load, GraphRunner.run, torch.tensor
+    made, in_step, runs = [], [False], []
+
+    def counting_tensor(*args, **kwargs):
+        if not in_step[0]:
+            made.append(args[0] if args else None)
+        return tensor(*args, **kwargs)
+
+    def load_then_count(runner, *args, **kwargs):
+        load(runner, *args, **kwargs)
+        monkeypatch.setattr(torch, "tensor", counting_tensor)
+
+    def run_uncounted(runner, steps):
+        runs.append(runner.bucket)
+        in_step[0] = True
+        try:
+            run(runner, steps)
+        finally:
+            in_step[0] = False
+
+    engine = _engine(tiny_pair, graph_wait=True, graph_sync_every=2)
+    engine._graphs.max_free = 16
+    # stop strings end rows at different steps: finished rows are sent to the device, and
+    # live rows move to smaller buckets
+    options = {"router": "rand", "n": 3, "max_new_tokens": 30, "seed": 2, "stop": ["a", "o"]}
+    expected = _engine(tiny_pair, graph=False).generate(PROMPTS, **options)
+    engine.generate(PROMPTS, **options)  # builds every bucket's runner (builds allocate)
+    monkeypatch.setattr(GraphRunner, "load", load_then_count)
+    monkeypatch.setattr(GraphRunner, "run", run_uncounted)
+    assert _summary(engine.generate(PROMPTS, **options)) == _summary(expected)
+    assert len(set(runs)) > 1 and made == []
+
+
+def test_idle_runners_are_released_when_a_request_needs_their_memory(tiny_pair, monkeypatch):
+    import shared_core.engine as engine_module
+
+    engine = _engine(tiny_pair, graph_wait=True)
+    engine.generate(PROMPTS[1], n=2, max_new_tokens=8, seed=0)
+    held = engine._graphs.idle_bytes()
+    assert held > 0
+    check_fits, calls = engine_module.check_fits, []
+
+    def tight(*args):
+        calls.append(engine._graphs.idle_bytes())
+        if engine._graphs.idle_bytes():
+            raise ValueError("this request needs about 1 GiB ... (simulated)")
+        return check_fits(*args)
+
+    monkeypatch.setattr(engine_module, "check_fits", tight)
+    engine.generate(PROMPTS[0], n=2, max_new_tokens=8, seed=0)
+    assert calls[:2] == [held, 0]  # refused with idle runners, fits once they are freed
+
+    def refuse(*args):
+        raise ValueError("too big")
+
+    monkeypatch.setattr(engine_module, "check_fits", refuse)
+    with pytest.raises(ValueError, match="too big"):  # nothing idle left to free: refused
+        engine.generate(PROMPTS[0], n=2, max_new_tokens=8, seed=0)
+
+
+def test_warmup_builds_shapes_ahead_and_is_a_no_op_without_the_graph_path(tiny_pair):
+    engine = _engine(tiny_pair)
+    assert engine.warmup(rows=[1, 3], lengths=[100, 200]) == 4  # 2 row × 2 length buckets
+    assert engine.warmup(rows=[1], lengths=[100]) == 0  # already built
+    assert _engine(tiny_pair, graph=False).warmup(rows=[1]) == 0
