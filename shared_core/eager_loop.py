@@ -155,15 +155,15 @@ class EagerDecode:
         aligned = joint.aligned if joint is not None else models.get("aligned")
         active = list(range(len(book)))  # batch position -> row id
         rules = StepRules.from_params(self.params, self.vocab, self.pad_id)
-        state = RowState.start(self.seeds, self.sample_index, self.pad_id)
+        row_state = RowState.start(self.seeds, self.sample_index, self.pad_id)
         for step in range(book.max_budget):
             allowed = None
             if book.matchers is not None:  # host work, outside the engine lock
                 ban_ends = step < self.params.min_new_tokens
                 allowed = book.matchers.allowed(active, self.device, ban_ends=ban_ends)
             with compute():
-                result = self._step(rules, state, base, aligned, step, allowed)
-                state.owner, state.prev_token = result.owner, result.token
+                result = self._step(rules, row_state, base, aligned, step, allowed)
+                row_state.owner, row_state.prev_token = result.owner, result.token
                 flags = [
                     f.long() for f in (result.base_broken, result.aligned_broken) if f is not None
                 ]
@@ -181,24 +181,26 @@ class EagerDecode:
                 if len(keep) < len(active):
                     if self.context.options.compact_finished:
                         index = torch.tensor(keep, device=self.device)
-                        for model_state in models.values():
-                            model_state.select(index)
-                        state = state.select(index)
+                        for model in models.values():
+                            model.select(index)
+                        row_state = row_state.select(index)
                         active = [active[i] for i in keep]
                     finished = [book.finished(r) for r in active]
-                    state.finished = torch.tensor(finished, dtype=torch.bool, device=self.device)
-                self._feed(models, state, step)
+                    row_state.finished = torch.tensor(
+                        finished, dtype=torch.bool, device=self.device
+                    )
+                self._feed(models, row_state, step)
             if step == 0 and book.max_budget > 1:
                 states = {name: m.state if name == "joint" else m for name, m in models.items()}
                 if self._use_graph(len(active), states) and (
-                    yield from run_graph(self.context, book, rules, state, active, states)
+                    yield from run_graph(self.context, book, rules, row_state, active, states)
                 ):
                     return
 
     def _step(
         self,
         rules: StepRules,
-        state: RowState,
+        row_state: RowState,
         base: Any,
         aligned: Any,
         step: int,
@@ -209,19 +211,19 @@ class EagerDecode:
         token then, except through the ``aligned_can_stop`` guard, which is skipped on those
         steps: the trade-off of this mode)."""
         base_logits = None if base is None else base.logits
-        if self.lazy and step > 0 and bool(state.owner[0]):
+        if self.lazy and step > 0 and bool(row_state.owner[0]):
             cleaned = clean_logits(rules, base_logits, step, allowed)
             probs = torch.softmax(cleaned, -1)
-            if bool(route_rows(rules, state, cleaned, None, probs, None, step)[0]):
+            if bool(route_rows(rules, row_state, cleaned, None, probs, None, step)[0]):
                 base_only = replace(rules, spec=resolve_router("base"))
                 result = decode_step(
-                    base_only, state, base_logits, None, step, first_step=False, allowed=allowed
+                    base_only, row_state, base_logits, None, step, first_step=False, allowed=allowed
                 )
                 result.aligned_broken = torch.zeros_like(result.base_broken)
                 return result
         return decode_step(
             rules,
-            state,
+            row_state,
             base_logits,
             None if aligned is None else aligned.logits,
             step,
@@ -229,10 +231,10 @@ class EagerDecode:
             allowed=allowed,
         )
 
-    def _feed(self, models: dict[str, Any], state: RowState, step: int) -> None:
+    def _feed(self, models: dict[str, Any], row_state: RowState, step: int) -> None:
         """Append the chosen tokens to every model's context."""
-        token = state.prev_token
-        base_token, space = self._base_input(token, state.owner, step)
+        token = row_state.prev_token
+        base_token, space = self._base_input(token, row_state.owner, step)
         if "joint" in models:
             models["joint"].step(token, step, base_token, space)
             return

@@ -40,7 +40,7 @@ def run_graph(
     context: DecodeContext,
     book: RowBook,
     rules: StepRules,
-    rows: RowState,
+    row_state: RowState,
     active: list[int],
     states: dict[str, Any],
 ) -> Generator[StreamEvent, None, bool]:
@@ -58,7 +58,7 @@ def run_graph(
         with loop.work():
             handovers = {name: state.hand_over() for name, state in states.items()}
             budget = [book.rows[r].budget for r in active]
-            runner.load(rules, rows, budget, 1, handovers)
+            runner.load(rules, row_state, budget, 1, handovers)
             del handovers  # the eager caches are freed here
         yield from loop.chunks(runner, active)
         return True
