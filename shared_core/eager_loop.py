@@ -24,8 +24,16 @@ from .graph_loop import run_graph
 from .model_state import JointState, LazyState, ModelState
 from .params import GenerationParams
 from .routers import resolve_router
-from .rows import Row, RowBook
-from .step import RowState, StepResult, StepRules, clean_logits, decode_step, route_rows
+from .rows import Row, RowBook, Scores
+from .step import (
+    RowState,
+    StepResult,
+    StepRules,
+    clean_logits,
+    decode_step,
+    route_rows,
+    token_logprobs,
+)
 from .streaming import ResponseText
 from .structured import RowMatchers
 from .types import StreamEvent
@@ -59,7 +67,12 @@ class EagerDecode:
         rows = len(prompts) * self.n
         # The base prompt ends ``Assistant:``; an aligned first token reads after a space.
         self.seam = spec.uses_base and spec.uses_aligned and pair.base_template.cue_space
-        self.lazy = options.lazy_aligned and rows == 1 and spec.reads_only_base
+        self.lazy = (
+            options.lazy_aligned
+            and rows == 1
+            and spec.reads_only_base
+            and params.logprobs is None  # log-probabilities read the aligned model too
+        )
         self.joint = (
             options.joint_forward
             and not self.lazy
@@ -116,6 +129,8 @@ class EagerDecode:
             gamma=spec.gamma,
             model_names=names,
             matchers=matchers,
+            logprobs=params.logprobs,
+            tokenizer=pair.tokenizer,
         )
 
     def _prefill(self) -> dict[str, Any]:
@@ -164,13 +179,19 @@ class EagerDecode:
             with compute():
                 result = self._step(rules, row_state, base, aligned, step, allowed)
                 row_state.owner, row_state.prev_token = result.owner, result.token
+                scores = self._scores(rules, base, aligned, result, step, allowed)
                 flags = [
                     f.long() for f in (result.base_broken, result.aligned_broken) if f is not None
                 ]
                 host = torch.stack([result.token, result.owner.long(), *flags]).tolist()
             book.check_finite(host[2:], active)
             yield from [
-                book.advance(row_id, host[0][position], bool(host[1][position]))
+                book.advance(
+                    row_id,
+                    host[0][position],
+                    bool(host[1][position]),
+                    None if scores is None else scores[position],
+                )
                 for position, row_id in enumerate(active)
                 if not book.finished(row_id)
             ]
@@ -230,6 +251,34 @@ class EagerDecode:
             first_step=step == 0,
             allowed=allowed,
         )
+
+    def _scores(
+        self,
+        rules: StepRules,
+        base: Any,
+        aligned: Any,
+        result: StepResult,
+        step: int,
+        allowed: torch.Tensor | None,
+    ) -> list[Scores] | None:
+        """Per row, the chosen token's log-probability and top alternatives (when asked)."""
+        top = self.params.logprobs
+        if top is None:
+            return None
+        chosen, best, ids = token_logprobs(
+            rules,
+            None if base is None else base.logits,
+            None if aligned is None else aligned.logits,
+            result,
+            step,
+            top,
+            allowed,
+        )
+        pairs = zip(ids.tolist(), best.tolist(), strict=True)
+        return [
+            (lp, list(zip(i, b, strict=True)))
+            for lp, (i, b) in zip(chosen.tolist(), pairs, strict=True)
+        ]
 
     def _feed(self, models: dict[str, Any], row_state: RowState, step: int) -> None:
         """Append the chosen tokens to every model's context."""

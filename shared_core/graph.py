@@ -123,6 +123,8 @@ def graph_fallback_reason(
         return "a custom router callable (it may branch on tensors or run host code)"
     if constrained:
         return "grammar-constrained decoding (its token mask is filled on the host every step)"
+    if getattr(params, "logprobs", None) is not None:
+        return "log-probabilities requested (read on the host every step)"
     if joint:
         reason = row_split_unsupported(pair.aligned)
         if reason is not None:

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 #: Upper bounds that turn an accidental huge request into a clear error instead of an OOM.
 MAX_SAMPLES = 4096
 MAX_NEW_TOKENS = 131072
+#: OpenAI's limit on ``top_logprobs``.
+MAX_TOP_LOGPROBS = 20
 
 
 def _check_number(name: str, value: Any, *, low: float, high: float = math.inf) -> float:
@@ -61,6 +63,9 @@ class GenerationParams:
     constrains the response with a grammar: a JSON-schema dict (or its JSON text), ``True``
     for any JSON object, or a :class:`~shared_core.structured.Constraint` (e.g. tool calls);
     it is compiled (and an unsupported schema rejected) here, before any model work.
+    ``logprobs`` (``None``: off; 0 … 20) records each generated token's log-probability under
+    the model that produced it and that many top alternatives of that model's distribution
+    (:class:`~shared_core.types.TokenLogprob`).
     """
 
     router: str | RouterSpec | Any = "p-punc"
@@ -78,6 +83,7 @@ class GenerationParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     json_schema: Any = None
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         spec = resolve_router(self.router, self.gamma, content_source=self.content_source)
@@ -100,6 +106,8 @@ class GenerationParams:
         object.__setattr__(self, "stop", normalise_stop(self.stop))
         if self.seed is not None:
             _check_int("seed", self.seed, low=0, high=2**63 - 1)
+        if self.logprobs is not None:
+            _check_int("logprobs", self.logprobs, low=0, high=MAX_TOP_LOGPROBS)
         if self.json_schema is not None:
             from .structured import as_constraint
 

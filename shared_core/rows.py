@@ -14,7 +14,11 @@ from typing import Any
 
 from .streaming import ResponseText
 from .structured import RowMatchers
-from .types import Generation, StreamEvent, Usage
+from .types import Generation, StreamEvent, TokenLogprob, TopLogprob, Usage
+
+#: What a loop reports per token when log-probabilities are asked for: the token's
+#: log-probability and its ``(token id, log-probability)`` alternatives, most likely first.
+Scores = tuple[float, list[tuple[int, float]]]
 
 
 @dataclass
@@ -28,13 +32,20 @@ class Row:
     sources: list[str] = field(default_factory=list)
     completion: int = 0  # tokens decided, end token included
     finished: bool = False
+    logprobs: list[TokenLogprob] | None = None  # entries spelled so far (when asked)
+    #: tokens whose text is not yet visible: (index in text.pieces, id, from base, scores)
+    pending: list[tuple[int, int, bool, Scores]] = field(default_factory=list)
+    spelled: int = 0  # characters of the visible text the entries spell
 
 
 class RowBook:
     """Every row of one decode: its tokens, text, stop strings, finish and events.
 
     ``model_names`` are the names of the models the decode runs (for NaN errors), in the
-    order the loops report their NaN flags (base first).
+    order the loops report their NaN flags (base first). With ``logprobs`` the loops pass
+    each token's :data:`Scores`, and every event and generation carries the
+    :class:`~shared_core.types.TokenLogprob` s of the tokens whose text it made visible, so
+    their ``token`` strings spell the returned text exactly.
     """
 
     def __init__(
@@ -47,6 +58,8 @@ class RowBook:
         gamma: float | None,
         model_names: Sequence[str],
         matchers: RowMatchers | None = None,
+        logprobs: int | None = None,
+        tokenizer: Any = None,
     ) -> None:
         self.rows = rows
         self.n = n
@@ -55,6 +68,12 @@ class RowBook:
         self.gamma = gamma
         self.model_names = list(model_names)
         self.matchers = matchers
+        self.logprobs = logprobs
+        self.tokenizer = tokenizer
+        self._texts: dict[int, str] = {}
+        if logprobs is not None:
+            for row in rows:
+                row.logprobs = []
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -82,7 +101,9 @@ class RowBook:
                     "weights and dtype (float16 overflow is a common cause; try bfloat16)"
                 )
 
-    def advance(self, row_id: int, token_id: int, from_base: bool) -> StreamEvent:
+    def advance(
+        self, row_id: int, token_id: int, from_base: bool, scores: Scores | None = None
+    ) -> StreamEvent:
         """Record one decided token of a row and return its stream event."""
         row, matchers = self.rows[row_id], self.matchers
         if matchers is not None and matchers.error(row_id) is not None:
@@ -94,6 +115,8 @@ class RowBook:
         row.tokens.append(token_id)
         row.sources.append("base" if from_base else "aligned")
         delta = row.text.push(token_id)
+        if scores is not None and row.logprobs is not None:
+            row.pending.append((len(row.text.pieces) - 1, token_id, from_base, scores))
         complete = matchers is not None and matchers.advance(row_id, token_id)
         reason = None
         if matchers is not None and matchers.error(row_id) is not None:
@@ -103,7 +126,7 @@ class RowBook:
         elif len(row.tokens) >= row.budget:
             reason = "length"
         if reason is None:
-            return self._event(row_id, delta, token_id, from_base)
+            return self._event(row_id, delta, token_id, from_base, spelled=self._spell(row))
         return self._finish(row_id, reason, delta, token_id, from_base)
 
     def _finish(
@@ -122,6 +145,7 @@ class RowBook:
             self.matchers.done.add(row_id)
             error = self.matchers.error(row_id)
         delta += row.text.finish()
+        spelled = self._spell(row, final=True)
         generation = Generation(
             text=row.text.text,
             token_ids=list(row.tokens),
@@ -133,8 +157,53 @@ class RowBook:
             prompt_index=row_id // self.n,
             sample_index=row_id % self.n,
             error=error,
+            logprobs=None if row.logprobs is None else list(row.logprobs),
         )
-        return self._event(row_id, delta, token_id, from_base, generation)
+        return self._event(row_id, delta, token_id, from_base, generation, spelled)
+
+    def _spell(self, row: Row, *, final: bool = False) -> list[TokenLogprob] | None:
+        """Entries of the pending tokens whose text is now visible (at the end: the rest,
+        cut to the visible text; tokens past it, e.g. of a stop string, are dropped)."""
+        if row.logprobs is None:
+            return None
+        out: list[TokenLogprob] = []
+        visible = len(row.text.text)
+        while row.pending:
+            piece_index, token_id, from_base, scores = row.pending[0]
+            piece = row.text.pieces[piece_index]
+            if row.spelled + len(piece) > visible:
+                if not final:
+                    break
+                piece = piece[: visible - row.spelled]
+                if not piece:
+                    row.pending.clear()
+                    break
+            row.pending.pop(0)
+            row.spelled += len(piece)
+            out.append(self._entry(piece, token_id, from_base, scores))
+        row.logprobs.extend(out)
+        return out
+
+    def _entry(self, piece: str, token_id: int, from_base: bool, scores: Scores) -> TokenLogprob:
+        logprob, alternatives = scores
+        return TokenLogprob(
+            token=piece,
+            token_id=token_id,
+            logprob=logprob,
+            bytes=list(self._text(token_id).encode("utf-8")),
+            source="base" if from_base else "aligned",
+            top_logprobs=[
+                TopLogprob(self._text(i), i, lp, list(self._text(i).encode("utf-8")))
+                for i, lp in alternatives
+            ],
+        )
+
+    def _text(self, token_id: int) -> str:
+        """A token decoded on its own (cached)."""
+        text = self._texts.get(token_id)
+        if text is None:
+            text = self._texts[token_id] = self.tokenizer.decode([token_id])
+        return text
 
     def _event(
         self,
@@ -143,6 +212,7 @@ class RowBook:
         token_id: int | None,
         from_base: bool | None,
         generation: Generation | None = None,
+        spelled: list[TokenLogprob] | None = None,
     ) -> StreamEvent:
         source = None if from_base is None else ("base" if from_base else "aligned")
         return StreamEvent(
@@ -153,4 +223,5 @@ class RowBook:
             prompt_index=row_id // self.n,
             sample_index=row_id % self.n,
             generation=generation,
+            logprobs=spelled,
         )

@@ -327,3 +327,30 @@ def draw_candidate(
     return sample_tokens(
         probs, streams, top_p=rules.knob("top_p"), static_shapes=rules.static_shapes
     )
+
+
+def token_logprobs(
+    rules: StepRules,
+    base_logits: torch.Tensor | None,
+    aligned_logits: torch.Tensor | None,
+    result: StepResult,
+    step: Step,
+    top: int,
+    allowed: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each row's chosen-token log-probability under the model that produced it (its
+    distribution after temperature, before top-k/top-p/min-p truncation; temperature 1 for
+    greedy decoding) and that model's ``top`` most likely tokens: ``([rows], [rows, top]
+    log-probabilities, [rows, top] ids)``. Masked tokens (never generated, grammar) count
+    as impossible, as they were for the draw."""
+    base = clean_logits(rules, base_logits, step, allowed)
+    aligned = clean_logits(rules, aligned_logits, step, allowed)
+    if base is None or aligned is None:
+        logits = base if aligned is None else aligned
+    else:
+        logits = torch.where(result.owner.unsqueeze(-1), base, aligned)
+    temperature = rules.temperature if rules.temperature > 0 else 1.0
+    logprobs = torch.log_softmax(logits / temperature, dim=-1)
+    chosen = logprobs.gather(1, result.token.clamp(max=logits.shape[1] - 1).unsqueeze(-1))
+    best, ids = logprobs.topk(min(top, logprobs.shape[1]), dim=-1)
+    return chosen.squeeze(-1), best, ids

@@ -62,6 +62,9 @@ class ResponseText:
         self._protect = protect if stops else None
         self._inside = False
         self._recent = ""
+        #: per pushed token, the decoded text it completed (leading whitespace trimmed); the
+        #: visible text is always a prefix of their concatenation
+        self.pieces: list[str] = []
 
     @property
     def stopped(self) -> bool:
@@ -69,11 +72,16 @@ class ResponseText:
 
     def push(self, token_id: int) -> str:
         """Add a generated token; return the newly visible text."""
-        return self._emit(self._feed(self._trim(self.decoder.push(token_id))))
+        piece = self._trim(self.decoder.push(token_id))
+        self.pieces.append(piece)
+        return self._emit(self._feed(piece))
 
     def finish(self) -> str:
         """Flush everything held back; return the last visible text."""
-        tail = self._feed(self._trim(self.decoder.flush()))
+        piece = self._trim(self.decoder.flush())
+        if self.pieces:
+            self.pieces[-1] += piece
+        tail = self._feed(piece)
         return self._emit(tail + self.matcher.flush())
 
     def _feed(self, delta: str) -> str:

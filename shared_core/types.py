@@ -22,6 +22,33 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class TopLogprob:
+    """One of the most likely tokens at a position, under the model that produced it."""
+
+    token: str
+    token_id: int
+    logprob: float
+    bytes: list[int]
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability under the model that produced it (``source``),
+    from that model's distribution after temperature (before top-k/top-p/min-p truncation),
+    with its ``top_logprobs`` alternatives. ``token`` is the part of the returned text this
+    token contributes: the tokens of a sample spell its text exactly (``""`` for a token
+    that only starts a multi-byte character or is leading whitespace the text drops);
+    ``bytes`` are the UTF-8 bytes of the token itself."""
+
+    token: str
+    token_id: int
+    logprob: float
+    bytes: list[int]
+    source: Source
+    top_logprobs: list[TopLogprob] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class Generation:
     """One finished sample.
 
@@ -42,6 +69,7 @@ class Generation:
     prompt_index: int = 0
     sample_index: int = 0
     error: str | None = None
+    logprobs: list[TokenLogprob] | None = None
 
     @property
     def base_share(self) -> float:
@@ -82,6 +110,8 @@ class StreamEvent:
     prompt_index: int = 0
     sample_index: int = 0
     generation: Generation | None = field(default=None, repr=False)
+    #: log-probabilities of the tokens whose text became visible with this event (when asked)
+    logprobs: list[TokenLogprob] | None = None
 
     @property
     def is_final(self) -> bool:

@@ -438,3 +438,57 @@ def test_space_slot_rows_match_a_plain_forward_of_the_spaced_text(tiny_pair):
             torch.testing.assert_close(
                 state.logits[row, : tiny_pair.vocab_size], expected, rtol=1e-4, atol=1e-4
             )
+
+
+@pytest.mark.parametrize(
+    ("router", "extra"),
+    [("p-punc", {}), ("aligned", {"temperature": 0.7}), ("rand", {"stop": ["e"]})],
+)
+def test_logprobs_spell_the_text_and_name_their_model(tiny_pair, router, extra):
+    engine = BacoEngine(tiny_pair)
+    options = {"router": router, "n": 3, "max_new_tokens": 24, "seed": 4, "logprobs": 3, **extra}
+    for generation in engine.generate(PROMPTS[0], **options)[0]:
+        entries = generation.logprobs
+        assert "".join(e.token for e in entries) == generation.text
+        assert len(entries) <= len(generation.token_ids)
+        assert [e.token_id for e in entries] == generation.token_ids[: len(entries)]
+        assert [e.source for e in entries] == generation.sources[: len(entries)]
+        for entry in entries:
+            assert entry.logprob <= 0 and len(entry.top_logprobs) == 3
+            best = [t.logprob for t in entry.top_logprobs]
+            assert best == sorted(best, reverse=True) and entry.logprob <= best[0] + 1e-6
+    streamed: dict[int, list] = {}
+    for event in engine.stream(PROMPTS[0], **options):
+        streamed.setdefault(event.row, []).extend(event.logprobs or [])
+        if event.generation is not None:
+            assert streamed[event.row] == event.generation.logprobs
+
+
+def test_a_logprob_is_the_producing_models_tempered_log_softmax(tiny_pair):
+    """Aligned-only sampling at temperature 0.8: each entry equals a plain forward of the
+    aligned model over prompt + prefix, divided by the temperature (never-generated tokens
+    masked out, as for the draw)."""
+    from shared_core.prompts import aligned_prompt_ids
+
+    engine = BacoEngine(tiny_pair)
+    generation = engine.generate(
+        PROMPTS[1], router="aligned", temperature=0.8, max_new_tokens=8, seed=1, logprobs=2
+    )[0][0]
+    prompt = aligned_prompt_ids(
+        tiny_pair.tokenizer, PROMPTS[1], [{"role": "user", "content": PROMPTS[1]}]
+    )
+    ids = list(prompt)
+    with torch.inference_mode():
+        for entry in generation.logprobs:
+            logits = tiny_pair.aligned(torch.tensor([ids])).logits[0, -1, : tiny_pair.vocab_size]
+            logits = logits.float().masked_fill(tiny_pair.vocab.never_generate, float("-inf"))
+            expected = torch.log_softmax(logits / 0.8, -1)[entry.token_id]
+            assert entry.logprob == pytest.approx(float(expected), abs=1e-4)
+            ids.append(entry.token_id)
+
+
+def test_logprobs_are_checked(tiny_pair):
+    engine = BacoEngine(tiny_pair)
+    with pytest.raises(ValueError, match="logprobs"):
+        engine.generate(PROMPTS[0], logprobs=21)
+    assert engine.generate(PROMPTS[0], max_new_tokens=4, seed=0)[0][0].logprobs is None
