@@ -190,7 +190,7 @@ class RowBook:
             token=piece,
             token_id=token_id,
             logprob=logprob,
-            bytes=list(self._text(token_id).encode("utf-8")),
+            bytes=list(piece.encode("utf-8")),
             source="base" if from_base else "aligned",
             top_logprobs=[
                 TopLogprob(self._text(i), i, lp, list(self._text(i).encode("utf-8")))

@@ -38,7 +38,7 @@ class TokenLogprob:
     with its ``top_logprobs`` alternatives. ``token`` is the part of the returned text this
     token contributes: the tokens of a sample spell its text exactly (``""`` for a token
     that only starts a multi-byte character or is leading whitespace the text drops);
-    ``bytes`` are the UTF-8 bytes of the token itself."""
+    ``bytes`` are its UTF-8 bytes. Alternatives are tokens decoded on their own."""
 
     token: str
     token_id: int

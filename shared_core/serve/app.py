@@ -33,6 +33,7 @@ from .openai_schema import (
     bad_request,
     choice_statistics,
     chunk_body,
+    logprobs_body,
     new_id,
     now,
     parse_chat_request,
@@ -326,16 +327,27 @@ class _StreamChoices:
         self.splitters: dict[int, ToolCallStream] = {}
         self.calls: dict[int, int] = {}
         self.valid_calls: dict[int, int] = {}
+        self.offsets: dict[int, int] = {}  # text offset of each choice's next logprob entry
+
+    def _logprobs(self, row: int, event: StreamEvent) -> Any:
+        body = logprobs_body(self.parsed, event.logprobs, self.offsets.get(row, 0))
+        self.offsets[row] = self.offsets.get(row, 0) + sum(
+            len(e.token) for e in event.logprobs or ()
+        )
+        return body
 
     def _chunk(self, row: int, **fields: Any) -> dict[str, Any]:
         return chunk_body(self.parsed, **self.common, index=row, **fields)
 
     def event(self, event: StreamEvent) -> list[dict[str, Any]]:
         row, out = event.row, []
+        logprobs = self._logprobs(row, event) if event.logprobs else None
         if self.parsed.tools is None:
-            if event.text_delta:
-                out.append(self._chunk(row, text=event.text_delta))
+            if event.text_delta or logprobs is not None:
+                out.append(self._chunk(row, text=event.text_delta, logprobs=logprobs))
         else:
+            if logprobs is not None:
+                out.append(self._chunk(row, logprobs=logprobs))
             splitter = self.splitters.setdefault(row, ToolCallStream())
             items = splitter.feed(event.text_delta) if event.text_delta else []
             if event.generation is not None:

@@ -111,8 +111,6 @@ NEUTRAL_FIELDS: dict[str, Any] = {
     "presence_penalty": lambda v: v is None or v == 0,
     "frequency_penalty": lambda v: v is None or v == 0,
     "repetition_penalty": lambda v: v is None or v == 1,
-    "logprobs": lambda v: v is None or v is False,
-    "top_logprobs": lambda v: v is None or v == 0,
     "echo": lambda v: v is None or v is False,
     "suffix": lambda v: v is None or v == "",
     "modalities": lambda v: v is None or list(v) == ["text"],
@@ -131,8 +129,6 @@ _NEUTRAL_REASONS = {
     "presence_penalty": "a non-zero presence_penalty",
     "frequency_penalty": "a non-zero frequency_penalty",
     "repetition_penalty": "a repetition_penalty other than 1",
-    "logprobs": "returning logprobs",
-    "top_logprobs": "returning top_logprobs",
     "echo": "echo",
     "suffix": "a suffix (insertion)",
     "modalities": "output modalities other than text",
@@ -365,6 +361,82 @@ def _common(
     return options, names, stream, include_usage, return_sources, model
 
 
+def _logprobs_option(body: Mapping[str, Any], kind: Kind) -> int | None:
+    """The engine's ``logprobs`` (top alternatives, ``None``: off) from the request: chat's
+    ``logprobs`` (bool) + ``top_logprobs``, or the completions API's ``logprobs`` (int)."""
+
+    def top(value: Any, name: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 20:
+            raise bad_request(f"{name} must be an integer in [0, 20], got {value!r}", name)
+        return value
+
+    if kind == "completion":
+        value = body.get("logprobs")
+        return None if value is None else top(value, "logprobs")
+    wanted = body.get("logprobs")
+    if wanted is None:
+        wanted = False
+    if not isinstance(wanted, bool):
+        raise bad_request(f"logprobs must be a boolean, got {wanted!r}", "logprobs")
+    count = body.get("top_logprobs")
+    if count is not None and not wanted:
+        raise bad_request("top_logprobs requires logprobs to be true", "top_logprobs")
+    return (0 if count is None else top(count, "top_logprobs")) if wanted else None
+
+
+def _logprob(value: float) -> float:
+    """A log-probability JSON can carry (OpenAI's floor for impossible tokens)."""
+    return max(value, -9999.0)
+
+
+def chat_logprobs_body(entries: Sequence[Any]) -> dict[str, Any]:
+    """``choices[].logprobs`` of a chat completion; ``source`` (a BACO extension) names the
+    model that produced each token."""
+    return {
+        "content": [
+            {
+                "token": e.token,
+                "logprob": _logprob(e.logprob),
+                "bytes": e.bytes,
+                "top_logprobs": [
+                    {"token": t.token, "logprob": _logprob(t.logprob), "bytes": t.bytes}
+                    for t in e.top_logprobs
+                ],
+                "source": e.source,
+            }
+            for e in entries
+        ],
+        "refusal": None,
+    }
+
+
+def completion_logprobs_body(entries: Sequence[Any], offset: int, top: bool) -> dict[str, Any]:
+    """``choices[].logprobs`` of a (legacy) completion, text offsets from ``offset``; plus
+    ``sources`` (a BACO extension)."""
+    offsets = []
+    for entry in entries:
+        offsets.append(offset)
+        offset += len(entry.token)
+    return {
+        "tokens": [e.token for e in entries],
+        "token_logprobs": [_logprob(e.logprob) for e in entries],
+        "top_logprobs": [{t.token: _logprob(t.logprob) for t in e.top_logprobs} for e in entries]
+        if top
+        else None,
+        "text_offset": offsets,
+        "sources": [e.source for e in entries],
+    }
+
+
+def logprobs_body(request: ParsedRequest, entries: Sequence[Any] | None, offset: int = 0) -> Any:
+    """The logprobs of a choice (or of a streamed chunk), ``None`` when not asked for."""
+    if entries is None or request.options.get("logprobs") is None:
+        return None
+    if request.kind == "chat":
+        return chat_logprobs_body(entries)
+    return completion_logprobs_body(entries, offset, request.options["logprobs"] > 0)
+
+
 def _check_max_string_length(value: Any) -> None:
     """``max_string_length`` is checked whether or not tools are given (400 naming it)."""
     from ..structured import check_max_string_length
@@ -576,6 +648,9 @@ def parse_chat_request(body: Any, *, calibration: str | None = None) -> ParsedRe
     )
     if "messages" not in body:
         raise bad_request("messages is required", "messages")
+    logprobs = _logprobs_option(body, "chat")
+    if logprobs is not None:
+        options["logprobs"] = logprobs
     structured = supports_json_schema()
     messages = parse_messages(body["messages"], allow_tools=structured)
     tools = None
@@ -604,6 +679,9 @@ def parse_completion_request(body: Any, *, calibration: str | None = None) -> Pa
     options, names, stream, include_usage, return_sources, model = _common(
         body, COMPLETION_FIELDS, calibration
     )
+    logprobs = _logprobs_option(body, "completion")
+    if logprobs is not None:
+        options["logprobs"] = logprobs
     best_of = body.get("best_of")
     if best_of is not None and best_of != options.get("n", 1):
         raise unsupported("best_of", "best_of different from n (ranking samples)")
@@ -735,7 +813,7 @@ def response_body(
                 choice["message"] = message
             else:
                 choice["text"] = generation.text
-            choice["logprobs"] = None
+            choice["logprobs"] = logprobs_body(request, generation.logprobs)
             choice["finish_reason"] = finish_reason
             choice.update(choice_statistics(generation, request.return_sources))
             choice.update(extra)
@@ -775,6 +853,7 @@ def chunk_body(
     finish_reason: str | None = None,
     statistics: Mapping[str, Any] | None = None,
     usage: Mapping[str, int] | None = None,
+    logprobs: Any = None,
 ) -> dict[str, Any]:
     """One streamed chunk: a delta of choice ``index``, its finish, or (``index=None``) usage."""
     chunk: dict[str, Any] = {
@@ -797,7 +876,7 @@ def chunk_body(
             choice["delta"] = delta
         else:
             choice["text"] = text or ""
-        choice["logprobs"] = None
+        choice["logprobs"] = logprobs
         choice["finish_reason"] = finish_reason
         if statistics:
             choice.update(statistics)

@@ -177,3 +177,47 @@ def test_metrics_count_requests_tokens_and_batches(server: LiveServer) -> None:
     with server.client() as http:
         text = http.get("/metrics").text
     assert 'baco_requests_total{endpoint="chat",status="200"}' in text
+
+
+def test_chat_logprobs_spell_the_reply_and_name_the_model(
+    server: LiveServer, tiny_engine: Any
+) -> None:
+    client = _client(server)
+    options: dict[str, Any] = {"model": "tiny-baco", "messages": MESSAGES, "max_tokens": 16}
+    options.update(n=2, seed=5, logprobs=True, top_logprobs=3)
+    whole = client.chat.completions.create(**options)
+    expected = tiny_engine.generate(MESSAGES, n=2, max_new_tokens=16, seed=5, logprobs=3)[0]
+    for choice, generation in zip(whole.choices, expected, strict=True):
+        content = choice.logprobs.content
+        assert "".join(t.token for t in content) == choice.message.content
+        assert [t.logprob for t in content] == pytest.approx(
+            [e.logprob for e in generation.logprobs]
+        )
+        assert all(len(t.top_logprobs) == 3 for t in content)
+        assert [t.model_extra["source"] for t in content] == generation.sources[: len(content)]
+        assert all(t.bytes == list(t.token.encode()) for t in content)
+    streamed: dict[int, list] = defaultdict(list)
+    for chunk in client.chat.completions.create(**options, stream=True):
+        for choice in chunk.choices:
+            if choice.logprobs is not None:
+                streamed[choice.index] += choice.logprobs.content
+    for index, choice in enumerate(whole.choices):
+        assert [(t.token, t.logprob) for t in streamed[index]] == [
+            (t.token, t.logprob) for t in choice.logprobs.content
+        ]
+
+
+def test_completion_logprobs_in_the_legacy_shape(server: LiveServer) -> None:
+    client = _client(server)
+    reply = client.completions.create(
+        model="tiny-baco", prompt="Hi", max_tokens=12, seed=4, logprobs=2
+    )
+    choice = reply.choices[0]
+    logprobs = choice.logprobs
+    assert "".join(logprobs.tokens) == choice.text
+    assert len(logprobs.token_logprobs) == len(logprobs.tokens) == len(logprobs.top_logprobs)
+    assert all(len(top) <= 2 for top in logprobs.top_logprobs)
+    offsets = [sum(len(t) for t in logprobs.tokens[:i]) for i in range(len(logprobs.tokens))]
+    assert logprobs.text_offset == offsets
+    plain = client.completions.create(model="tiny-baco", prompt="Hi", max_tokens=12, seed=4)
+    assert plain.choices[0].logprobs is None and plain.choices[0].text == choice.text
