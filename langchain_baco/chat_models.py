@@ -39,6 +39,7 @@ from shared_core.adapter_support import (
     check_call_options,
     combine_stop,
     field_options,
+    logprobs_content,
     merge_options,
     pop_structure,
     statistics_dict,
@@ -267,11 +268,15 @@ class ChatBaco(BaseChatModel, BacoFields):
         return message, metadata
 
     def _metadata(self, sample: Generation, with_sources: bool) -> dict[str, Any]:
-        return {
+        metadata = {
             "model_name": self.model_name,
             "model_provider": "baco",
             **statistics_dict(sample, with_sources=with_sources),
         }
+        content = logprobs_content(sample)
+        if content is not None:  # as ChatOpenAI(logprobs=True) gives them
+            metadata["logprobs"] = {"content": content, "refusal": None}
+        return metadata
 
     # ------------------------------------------------------------------ generation
 

@@ -17,6 +17,7 @@ from llama_index.core.base.llms.types import (
     CompletionResponseAsyncGen,
     CompletionResponseGen,
     LLMMetadata,
+    LogProb,
     MessageRole,
     TextBlock,
     ToolCallBlock,
@@ -34,6 +35,7 @@ from shared_core.adapter_support import (
     check_call_options,
     combine_stop,
     field_options,
+    logprobs_content,
     merge_options,
     pop_structure,
     statistics_dict,
@@ -141,7 +143,7 @@ class Baco(FunctionCallingLLM, CustomLLM, BacoFields):
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         """Complete ``prompt``, sent as one user message (aligned: chat template)."""
         text, raw = self._generate(prompt, self._prepare(kwargs, tools=False)[1])
-        return CompletionResponse(text=text, raw=raw)
+        return CompletionResponse(text=text, raw=raw, logprobs=_logprobs(raw))
 
     @llm_completion_callback()
     def stream_complete(
@@ -165,7 +167,7 @@ class Baco(FunctionCallingLLM, CustomLLM, BacoFields):
         request, options = self._prepare(kwargs)
         prompt = request.messages(to_engine_messages(messages))
         text, raw = self._generate(prompt, options)
-        return ChatResponse(message=_assistant(text, request), raw=raw)
+        return ChatResponse(message=_assistant(text, request), raw=raw, logprobs=_logprobs(raw))
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
@@ -187,7 +189,7 @@ class Baco(FunctionCallingLLM, CustomLLM, BacoFields):
         """Async :meth:`complete`; decoding runs in a worker thread."""
         options = self._prepare(kwargs, tools=False)[1]
         text, raw = await run_in_thread(self._generate, prompt, options)
-        return CompletionResponse(text=text, raw=raw)
+        return CompletionResponse(text=text, raw=raw, logprobs=_logprobs(raw))
 
     @llm_completion_callback()
     async def astream_complete(
@@ -209,7 +211,7 @@ class Baco(FunctionCallingLLM, CustomLLM, BacoFields):
         request, options = self._prepare(kwargs)
         prompt = request.messages(to_engine_messages(messages))
         text, raw = await run_in_thread(self._generate, prompt, options)
-        return ChatResponse(message=_assistant(text, request), raw=raw)
+        return ChatResponse(message=_assistant(text, request), raw=raw, logprobs=_logprobs(raw))
 
     @llm_chat_callback()
     async def astream_chat(
@@ -535,10 +537,29 @@ def _partial(output_cls: type[Model], text: str) -> Model | None:
 
 def _raw(generation: Generation, samples: Sequence[Generation]) -> dict[str, Any]:
     """``raw`` of a finished response: token usage and BACO statistics (with sources)."""
-    return {
+    raw = {
         "usage": usage_dict(samples),
         "baco": statistics_dict(generation, with_sources=True),
     }
+    content = logprobs_content(generation)
+    if content is not None:
+        raw["logprobs"] = content
+    return raw
+
+
+def _logprobs(raw: dict[str, Any]) -> list[list[LogProb]] | None:
+    """``CompletionResponse.logprobs`` from ``raw``: per token, its top alternatives (the
+    token itself when none were asked for), as llama-index-llms-openai fills it."""
+    content = raw.get("logprobs")
+    if content is None:
+        return None
+    return [
+        [
+            LogProb(token=t["token"], logprob=t["logprob"], bytes=t["bytes"])
+            for t in (entry["top_logprobs"] or [entry])
+        ]
+        for entry in content
+    ]
 
 
 Chunk = tuple[str, str, dict[str, Any], list[ToolCall]]

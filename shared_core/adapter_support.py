@@ -64,6 +64,8 @@ ADAPTER_OPTION_FIELDS: tuple[str, ...] = (
     "seed",
     "target_base_share",
     "calibration",
+    "logprobs",
+    "top_logprobs",
 )
 
 
@@ -221,6 +223,17 @@ class BacoFields(BaseModel):
         default=None,
         description="γ calibration JSON written by `baco eval --calibrate` for this pair.",
     )
+    logprobs: bool = Field(
+        default=False,
+        description="Return each token's log-probability under the model that produced it "
+        "(its distribution after temperature) with its source model.",
+    )
+    top_logprobs: int | None = Field(
+        default=None,
+        ge=0,
+        le=20,
+        description="With logprobs: how many most likely alternatives to return per token.",
+    )
     max_string_length: int | None = Field(
         default=None,
         ge=0,
@@ -368,8 +381,22 @@ def merge_options(
         if not isinstance(router, str):
             raise TypeError("target_base_share needs a named router, not a callable")
         options["gamma"] = gamma_for_base_share(router, target, calibration)
+    wanted = overrides.get("logprobs", defaults.get("logprobs"))
+    top = overrides.get("top_logprobs", defaults.get("top_logprobs"))
+    if not isinstance(wanted, bool | None):
+        raise TypeError(f"logprobs must be a bool, got {wanted!r}")
+    if wanted:
+        options["logprobs"] = 0 if top is None else top
     GenerationParams().with_overrides(**options)
     return options
+
+
+def logprobs_content(generation: Generation) -> list[dict[str, Any]] | None:
+    """A sample's log-probabilities as OpenAI's chat ``logprobs.content`` items (each with
+    ``source``), or ``None`` when they were not asked for."""
+    if generation.logprobs is None:
+        return None
+    return [entry.openai() for entry in generation.logprobs]
 
 
 def combine_stop(*stops: str | Sequence[str] | None) -> list[str] | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 Source = Literal["base", "aligned"]
 FinishReason = Literal["stop", "length", "error"]
@@ -46,6 +46,20 @@ class TokenLogprob:
     bytes: list[int]
     source: Source
     top_logprobs: list[TopLogprob] = field(default_factory=list)
+
+    def openai(self) -> dict[str, Any]:
+        """This entry as an item of OpenAI's chat ``logprobs.content``, plus ``source`` (a
+        BACO extension); impossible alternatives at OpenAI's floor of -9999."""
+        return {
+            "token": self.token,
+            "logprob": max(self.logprob, -9999.0),
+            "bytes": self.bytes,
+            "top_logprobs": [
+                {"token": t.token, "logprob": max(t.logprob, -9999.0), "bytes": t.bytes}
+                for t in self.top_logprobs
+            ],
+            "source": self.source,
+        }
 
 
 @dataclass(frozen=True)

@@ -392,22 +392,7 @@ def _logprob(value: float) -> float:
 def chat_logprobs_body(entries: Sequence[Any]) -> dict[str, Any]:
     """``choices[].logprobs`` of a chat completion; ``source`` (a BACO extension) names the
     model that produced each token."""
-    return {
-        "content": [
-            {
-                "token": e.token,
-                "logprob": _logprob(e.logprob),
-                "bytes": e.bytes,
-                "top_logprobs": [
-                    {"token": t.token, "logprob": _logprob(t.logprob), "bytes": t.bytes}
-                    for t in e.top_logprobs
-                ],
-                "source": e.source,
-            }
-            for e in entries
-        ],
-        "refusal": None,
-    }
+    return {"content": [e.openai() for e in entries], "refusal": None}
 
 
 def completion_logprobs_body(entries: Sequence[Any], offset: int, top: bool) -> dict[str, Any]:

@@ -290,3 +290,15 @@ async def test_coroutines_match_serial_calls(llm: ChatBaco) -> None:
     assert list(await asyncio.gather(*(streamed(s) for s in SEEDS))) == serial
     batched = await llm.abatch(["Tell me a story"] * len(SEEDS), config={"max_concurrency": 4})
     assert [r.content for r in batched] == [serial[0]] * len(SEEDS)  # the field seed is 0
+
+
+def test_logprobs_in_response_metadata_as_chat_openai_gives_them(llm: ChatBaco) -> None:
+    reply = llm.invoke("Name a color.", logprobs=True, top_logprobs=2, seed=3, max_tokens=12)
+    content = reply.response_metadata["logprobs"]["content"]
+    assert "".join(t["token"] for t in content) == reply.content
+    assert all(len(t["top_logprobs"]) == 2 and t["logprob"] <= 0 for t in content)
+    assert {t["source"] for t in content} <= {"base", "aligned"}
+    plain = llm.invoke("Name a color.", seed=3, max_tokens=12)
+    assert "logprobs" not in plain.response_metadata and plain.content == reply.content
+    fielded = llm.model_copy(update={"logprobs": True})
+    assert fielded.invoke("Name a color.", seed=3, max_tokens=12).response_metadata["logprobs"]

@@ -129,3 +129,13 @@ def test_token_counting_handler_reads_usage(llm: Baco) -> None:
     response = counted.chat(MESSAGES)
     assert counter.prompt_llm_token_count == response.raw["usage"]["input_tokens"]
     assert counter.completion_llm_token_count == response.raw["usage"]["output_tokens"]
+
+
+def test_logprobs_fill_completion_response_logprobs(llm: Baco) -> None:
+    response = llm.complete("Name a color.", logprobs=True, top_logprobs=3, seed=2)
+    assert response.logprobs is not None and len(response.logprobs) == len(response.raw["logprobs"])
+    assert "".join(t["token"] for t in response.raw["logprobs"]) == response.text
+    assert all(len(alternatives) == 3 for alternatives in response.logprobs)
+    chat = llm.chat([ChatMessage(role="user", content="Name a color.")], logprobs=True, seed=2)
+    assert chat.logprobs and all(len(a) == 1 for a in chat.logprobs)  # the token itself
+    assert llm.complete("Name a color.", seed=2).logprobs is None
