@@ -105,6 +105,7 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--top-p", type=float, default=0.95, help="for every method (default 0.95)")
+    p.add_argument("--min-p", type=float, default=0.0, help="for every method (default 0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-prompts", type=int, default=4, help="prompts per batched decode")
     p.add_argument("--out", default="baco_eval", help="output folder (default ./baco_eval)")
@@ -201,6 +202,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
             "n": args.k,
             "max_new_tokens": args.max_new_tokens,
             "top_p": args.top_p,
+            "min_p": args.min_p,
             "seed": args.seed,
         },
         n_flag="-k",
@@ -249,6 +251,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
             k=args.k,
             max_new_tokens=args.max_new_tokens,
             top_p=args.top_p,
+            min_p=args.min_p,
             seed=args.seed,
             batch_prompts=args.batch_prompts,
             progress=False if args.quiet else None,
@@ -298,6 +301,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
         "k": args.k,
         "max_new_tokens": args.max_new_tokens,
         "top_p": args.top_p,
+        "min_p": args.min_p,
     }
     if "summary" in stages or "plot" in stages:
         from .summary import summarise, write_summary

@@ -73,7 +73,9 @@ ALIGNED_TEMPERATURES = (0.7, 1.0, 1.3, 1.6)
 BASELINE_METHODS = ("aligned", "base", "nudging", "rand")
 
 #: Fields that must agree between a resumed run and the records already in its file.
-RUN_FIELDS = ("k", "max_new_tokens", "top_p", "seed")
+RUN_FIELDS = ("k", "max_new_tokens", "top_p", "min_p", "seed")
+#: Values of run fields that records written before the field existed had.
+_RUN_FIELD_DEFAULTS = {"min_p": 0.0}
 
 
 def _fmt(value: float) -> str:
@@ -332,9 +334,10 @@ def _check_compatible(
 ) -> None:
     for record in records:
         for name, value in run.items():
-            if name in record and record[name] is not None and record[name] != value:
+            recorded = record.get(name, _RUN_FIELD_DEFAULTS.get(name))
+            if recorded is not None and recorded != value:
                 raise ValueError(
-                    f"{path} holds a run with {name}={record[name]!r} but this run has "
+                    f"{path} holds a run with {name}={recorded!r} but this run has "
                     f"{name}={value!r}; use another output folder (or the same settings) "
                     "to resume"
                 )
@@ -364,6 +367,7 @@ def run_generation(
     k: int = 10,
     max_new_tokens: int = 256,
     top_p: float = 0.95,
+    min_p: float = 0.0,
     seed: int | None = 0,
     batch_prompts: int = 4,
     progress: bool | None = None,
@@ -383,7 +387,7 @@ def run_generation(
     path.parent.mkdir(parents=True, exist_ok=True)
     repair_jsonl(path)
     existing = read_jsonl(path)
-    run = {"k": k, "max_new_tokens": max_new_tokens, "top_p": top_p, "seed": seed}
+    run = {"k": k, "max_new_tokens": max_new_tokens, "top_p": top_p, "min_p": min_p, "seed": seed}
     _check_compatible(existing, run, path)
     done = done_keys(existing)
     stats = RunStats(done_before=len(done & {(s.key, p.id) for s in settings for p in prompts}))
@@ -412,6 +416,7 @@ def run_generation(
                         n=k,
                         max_new_tokens=max_new_tokens,
                         top_p=top_p,
+                        min_p=min_p,
                         seed=seed,
                         **setting.options(),
                     )
