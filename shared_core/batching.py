@@ -21,8 +21,21 @@ from .params import GenerationParams
 from .sampling import prompt_seeds
 from .types import Generation
 
-#: ``run(prompts, params, seeds)``: decode ``prompts`` (one seed per prompt) in one batch.
-BatchRunner = Callable[[Sequence[Any], GenerationParams, Sequence[int]], list[list[Generation]]]
+#: ``cancelled()``: positions (in a decode's prompts) of prompts nobody waits for any more.
+Cancelled = Callable[[], set[int]]
+#: ``run(prompts, params, seeds, cancelled)``: decode ``prompts`` (one seed per prompt) in one
+#: batch, dropping the rows of prompts ``cancelled`` names (``None``: none can be).
+BatchRunner = Callable[
+    [Sequence[Any], GenerationParams, Sequence[int], Cancelled | None], list[list[Generation]]
+]
+
+
+def _cancelled(owners: Sequence[_Request]) -> Cancelled | None:
+    """Which prompts of a decode over ``owners``' prompts (one entry per prompt) belong to
+    a cancelled request."""
+    if all(r.cancel is None for r in owners):
+        return None
+    return lambda: {i for i, r in enumerate(owners) if r.cancel is not None and r.cancel.is_set()}
 
 
 def batch_key(params: GenerationParams) -> tuple[Any, ...]:
@@ -41,6 +54,7 @@ class _Request:
     params: GenerationParams
     seed: int
     rows: int
+    cancel: threading.Event | None = None
     result: list[list[Generation]] | None = None
     error: BaseException | None = None
     finished: bool = field(default=False)
@@ -62,10 +76,18 @@ class RequestQueue:
         self.batches_run = 0
         self.requests_run = 0
 
-    def submit(self, prompts: Sequence[Any], params: GenerationParams) -> list[list[Generation]]:
-        """Decode ``prompts`` with ``params``; blocks until this request's samples are ready."""
+    def submit(
+        self,
+        prompts: Sequence[Any],
+        params: GenerationParams,
+        cancel: threading.Event | None = None,
+    ) -> list[list[Generation]]:
+        """Decode ``prompts`` with ``params``; blocks until this request's samples are ready.
+        Once ``cancel`` is set, this request's rows stop at the next step (the others in its
+        batch go on) and its prompts come back with the samples finished so far."""
         seed = params.seed if params.seed is not None else secrets.randbits(63)
-        request = _Request(batch_key(params), prompts, params, seed, rows=len(prompts) * params.n)
+        rows = len(prompts) * params.n
+        request = _Request(batch_key(params), prompts, params, seed, rows=rows, cancel=cancel)
         with self._cond:
             self._pending.append(request)
             while not request.finished and request.key in self._running:
@@ -102,8 +124,9 @@ class RequestQueue:
                 return
             prompts = [p for r in batch for p in r.prompts]
             seeds = [s for r in batch for s in prompt_seeds(r.seed, r.prompts)]
+            owners = [r for r in batch for _ in r.prompts]
             try:
-                results = self._run(prompts, batch[0].params, seeds)
+                results = self._run(prompts, batch[0].params, seeds, _cancelled(owners))
             except Exception:
                 for request in batch:  # isolate the failure: each request on its own
                     self._run_alone(request)
@@ -126,7 +149,10 @@ class RequestQueue:
     def _run_alone(self, request: _Request) -> None:
         try:
             request.result = self._run(
-                request.prompts, request.params, prompt_seeds(request.seed, request.prompts)
+                request.prompts,
+                request.params,
+                prompt_seeds(request.seed, request.prompts),
+                _cancelled([request] * len(request.prompts)),
             )
         except Exception as exc:
             request.error = exc

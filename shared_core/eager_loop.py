@@ -11,7 +11,7 @@ that can hold it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -50,8 +50,10 @@ class EagerDecode:
         prompts: list[PreparedPrompt],
         params: GenerationParams,
         seeds: Sequence[int],
+        cancelled: Callable[[], set[int]] | None = None,
     ) -> None:
         pair, options = context.pair, context.options
+        self.cancelled = cancelled
         self.context = context
         self.pair = pair
         self.prompts = prompts
@@ -185,6 +187,7 @@ class EagerDecode:
                 ]
                 host = torch.stack([result.token, result.owner.long(), *flags]).tolist()
             book.check_finite(host[2:], active)
+            self.drop_cancelled()
             yield from [
                 book.advance(
                     row_id,
@@ -214,9 +217,18 @@ class EagerDecode:
             if step == 0 and book.max_budget > 1:
                 states = {name: m.state if name == "joint" else m for name, m in models.items()}
                 if self._use_graph(len(active), states) and (
-                    yield from run_graph(self.context, book, rules, row_state, active, states)
+                    yield from run_graph(
+                        self.context, book, rules, row_state, active, states, self.drop_cancelled
+                    )
                 ):
                     return
+
+    def drop_cancelled(self) -> None:
+        """Stop the rows of cancelled prompts (no events: nobody reads them)."""
+        if self.cancelled is not None:
+            for prompt in self.cancelled():
+                for row_id in range(prompt * self.n, (prompt + 1) * self.n):
+                    self.book.drop(row_id)
 
     def _step(
         self,

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .batching import RequestQueue
+from .batching import Cancelled, RequestQueue
 from .decode_options import DecodeContext, DecodeOptions, PreparedPrompt
 from .eager_loop import EagerDecode
 from .graph import LENGTH_BUCKET, GraphCache
@@ -132,6 +132,7 @@ class BacoEngine:
         prompts: Prompt | Sequence[Prompt],
         *,
         return_exceptions: bool = False,
+        cancel: threading.Event | None = None,
         **options: Any,
     ) -> list[list[Generation]]:
         """Generate ``n`` samples for each prompt; returns one list of samples per prompt.
@@ -141,15 +142,24 @@ class BacoEngine:
         :class:`GenerationParams` fields. Everything is validated before any model work: a bad
         prompt raises an error naming its index, or, with ``return_exceptions=True``, takes the
         exception's place in the result while the other prompts are still generated.
+        Setting ``cancel`` (e.g. when the client of a server request went away) stops this
+        call's rows at the next step; it then returns the samples finished so far.
         """
         params, prepared, failures = self._prepare_all(prompts, options, return_exceptions)
         results: list[list[Generation]] = []
         if prepared:
             batch = [p for _, p in prepared]
             if self._queue is not None:
-                results = self._queue.submit(batch, params)
+                results = self._queue.submit(batch, params, cancel)
             else:
-                results = self._run_batch(batch, params, prompt_seeds(_seed(params), batch))
+                cancelled = (
+                    None
+                    if cancel is None
+                    else (lambda: set(range(len(batch))) if cancel.is_set() else set())
+                )
+                results = self._run_batch(
+                    batch, params, prompt_seeds(_seed(params), batch), cancelled
+                )
         out: list[Any] = [None] * (len(prepared) + len(failures))
         for (index, _), row in zip(prepared, results, strict=True):
             out[index] = row
@@ -164,14 +174,18 @@ class BacoEngine:
         return out
 
     def _run_batch(
-        self, prompts: Sequence[PreparedPrompt], params: GenerationParams, seeds: Sequence[int]
+        self,
+        prompts: Sequence[PreparedPrompt],
+        params: GenerationParams,
+        seeds: Sequence[int],
+        cancelled: Cancelled | None = None,
     ) -> list[list[Generation]]:
         """Decode ``prompts`` (one seed each, see :func:`prompt_seeds`) in one batch; ``n``
-        samples per prompt."""
+        samples per prompt; the rows of prompts ``cancelled`` names stop early."""
         prompts = list(prompts)
         self._check_memory(prompts, params)
         results: list[list[Generation | None]] = [[None] * params.n for _ in prompts]
-        for event in self._decode(prompts, params, seeds):
+        for event in self._decode(prompts, params, seeds, cancelled):
             if event.generation is not None:
                 results[event.prompt_index][event.sample_index] = event.generation
         return [[g for g in row if g is not None] for row in results]
@@ -266,9 +280,14 @@ class BacoEngine:
         return DecodeContext(self.pair, options, self._compute, self._device_work, self._graphs)
 
     def _decode(
-        self, prompts: list[PreparedPrompt], params: GenerationParams, seeds: Sequence[int]
+        self,
+        prompts: list[PreparedPrompt],
+        params: GenerationParams,
+        seeds: Sequence[int],
+        cancelled: Cancelled | None = None,
     ) -> Iterator[StreamEvent]:
-        return EagerDecode(self._context(self.options), prompts, params, seeds).run()
+        context = self._context(self.options)
+        return EagerDecode(context, prompts, params, seeds, cancelled).run()
 
     def _autocast(self) -> Any:
         if self.autocast_dtype is None:

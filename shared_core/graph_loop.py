@@ -43,14 +43,15 @@ def run_graph(
     row_state: RowState,
     active: list[int],
     states: dict[str, Any],
+    drop_cancelled: Callable[[], None] | None = None,
 ) -> Generator[StreamEvent, None, bool]:
     """Decode steps 1 … of ``book``'s rows on the graph path. ``states``: the eager model
     states after step 0 by name (``base``/``aligned``, or ``joint``); ``active``: the row ids
-    in batch order.
+    in batch order. ``drop_cancelled`` (called once per chunk) ends rows nobody waits for.
 
     Returns False, having yielded nothing and left ``states`` as they were, when no runner is
     ready for this shape (being compiled, or failed to compile): the eager loop goes on."""
-    loop = _GraphLoop(context, book, rules, states)
+    loop = _GraphLoop(context, book, rules, states, drop_cancelled)
     runner = loop.runner_for(len(active))
     if runner is None:
         return False
@@ -68,9 +69,15 @@ def run_graph(
 
 class _GraphLoop:
     def __init__(
-        self, context: DecodeContext, book: RowBook, rules: StepRules, states: dict[str, Any]
+        self,
+        context: DecodeContext,
+        book: RowBook,
+        rules: StepRules,
+        states: dict[str, Any],
+        drop_cancelled: Callable[[], None] | None = None,
     ) -> None:
         pair = context.pair
+        self.drop_cancelled = drop_cancelled
         self.context, self.book, self.rules = context, book, rules
         self.options = context.options
         models = {"base": pair.base, "aligned": pair.aligned, "joint": pair.aligned}
@@ -134,6 +141,8 @@ class _GraphLoop:
                 step += count
             if pending is not None:
                 yield from self.events(pending, active)
+                if self.drop_cancelled is not None:
+                    self.drop_cancelled()
                 live = book.live(active)
                 if not live:
                     return

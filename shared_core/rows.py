@@ -101,6 +101,10 @@ class RowBook:
                     "weights and dtype (float16 overflow is a common cause; try bfloat16)"
                 )
 
+    def drop(self, row_id: int) -> None:
+        """End a row without a result (its request was cancelled)."""
+        self.rows[row_id].finished = True
+
     def advance(
         self, row_id: int, token_id: int, from_base: bool, scores: Scores | None = None
     ) -> StreamEvent:

@@ -9,9 +9,11 @@ engine iterator and stops those rows, while other requests continue.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import os
+import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -255,13 +257,20 @@ async def _handle(state: ServerState, request: Request, kind: str) -> Response:
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+    cancel = threading.Event()
+    watcher = asyncio.create_task(_watch_disconnect(request, cancel))
     try:
-        results = await run_in_thread(_generate, state.engine, parsed)
+        results = await run_in_thread(_generate, state.engine, parsed, cancel)
     except APIError as exc:
         state.metrics.requests.labels(endpoint, str(exc.status)).inc()
         raise
     finally:
+        watcher.cancel()
         state.release()
+    if cancel.is_set():  # the client went away: its rows stopped, nobody reads a reply
+        state.metrics.cancelled.inc()
+        state.metrics.requests.labels(endpoint, "499").inc()
+        return Response(status_code=499)
     for row in results:
         state.metrics.prompt_tokens.inc(row[0].usage.prompt_tokens if row else 0)
         for generation in row:
@@ -292,11 +301,27 @@ def _engine_failure(exc: Exception) -> APIError:
     return APIError(500, f"generation failed: {exc}", type="server_error")
 
 
-def _generate(engine: Any, parsed: ParsedRequest) -> list[list[Generation]]:
+async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
+    """Set ``cancel`` once the client of a non-streamed request disconnects."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(_DISCONNECT_POLL_SECONDS)
+    cancel.set()
+
+
+#: How often a non-streamed request checks that its client is still there.
+_DISCONNECT_POLL_SECONDS = 0.2
+
+
+def _generate(
+    engine: Any, parsed: ParsedRequest, cancel: threading.Event | None = None
+) -> list[list[Generation]]:
     """Every prompt's samples; a sample whose grammar could not continue stays in its row
-    with ``finish_reason="error"`` (the other samples and prompts are kept)."""
+    with ``finish_reason="error"`` (the other samples and prompts are kept). Setting
+    ``cancel`` stops the request's rows at the next step."""
     try:
-        results = engine.generate(parsed.prompts, return_exceptions=True, **parsed.options)
+        results = engine.generate(
+            parsed.prompts, return_exceptions=True, cancel=cancel, **parsed.options
+        )
     except (TypeError, ValueError, FloatingPointError) as exc:
         raise _engine_failure(exc) from exc
     rows: list[list[Generation]] = []

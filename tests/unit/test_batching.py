@@ -23,7 +23,8 @@ class FakeRunner:
         self.release = threading.Event()
         self.started = threading.Event()
 
-    def __call__(self, prompts, params, seeds):
+    def __call__(self, prompts, params, seeds, cancelled=None):
+        self.cancelled = cancelled
         if not self.started.is_set():
             self.started.set()
             assert self.release.wait(10)
@@ -152,3 +153,28 @@ def test_request_batching_can_be_turned_off(tiny_pair):
     assert engine._queue is None
     out = engine.generate("Hello", seed=1, max_new_tokens=4)
     assert len(out) == 1 and len(out[0]) == 1
+
+
+def test_a_cancelled_request_names_only_its_own_prompts_in_a_merged_batch():
+    runner = FakeRunner()
+    queue = RequestQueue(runner)
+    first = threading.Thread(target=queue.submit, args=(["a"], GenerationParams(seed=0)))
+    first.start()
+    assert runner.started.wait(10)  # holds the queue: the next two wait and merge
+    cancel = threading.Event()
+    threads = [
+        threading.Thread(target=queue.submit, args=(["b", "c"], GenerationParams(seed=1))),
+        threading.Thread(
+            target=queue.submit, args=(["d"], GenerationParams(seed=2)), kwargs={"cancel": cancel}
+        ),
+    ]
+    for thread in threads:
+        thread.start()
+    _wait_for_pending(queue, 2)
+    runner.release.set()
+    for thread in [first, *threads]:
+        thread.join(10)
+    assert runner.calls[-1] == ["b", "c", "d"]
+    assert runner.cancelled() == set()
+    cancel.set()
+    assert runner.cancelled() == {2}  # prompt "d", the cancelled request's

@@ -492,3 +492,30 @@ def test_logprobs_are_checked(tiny_pair):
     with pytest.raises(ValueError, match="logprobs"):
         engine.generate(PROMPTS[0], logprobs=21)
     assert engine.generate(PROMPTS[0], max_new_tokens=4, seed=0)[0][0].logprobs is None
+
+
+@pytest.mark.parametrize("batch_requests", [True, False])
+def test_a_cancelled_generate_stops_at_the_next_step(tiny_pair, batch_requests):
+    import threading
+
+    from shared_core.engine import DecodeOptions
+
+    def cancel_at_step_3(signals):
+        steps.append(1)
+        if len(steps) == 3:
+            cancel.set()
+        return signals.uniform < 0.5
+
+    steps: list[int] = []
+    cancel = threading.Event()
+    engine = BacoEngine(tiny_pair, options=DecodeOptions(batch_requests=batch_requests))
+    out = engine.generate(
+        PROMPTS[:2],
+        router=cancel_at_step_3,
+        n=2,
+        max_new_tokens=50,
+        min_new_tokens=50,
+        cancel=cancel,
+    )
+    assert len(steps) == 3  # no step after the one that saw the cancellation
+    assert out == [[], []]  # nobody waits for these rows: no samples are made up

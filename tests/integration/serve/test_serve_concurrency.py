@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+import time
 from typing import Any
 
 import httpx
@@ -107,6 +109,30 @@ async def test_disconnect_mid_stream_stops_its_rows_and_others_continue(
     expected = gated_engine.generate(_messages(0), max_new_tokens=16, min_new_tokens=16, seed=1)
     text = "".join(_delta(line) for line in _sse_events(short_lines))
     assert text == expected[0][0].text
+
+
+async def test_a_non_streamed_request_whose_client_leaves_stops_its_rows(
+    gated_engine: Any, gate: GateRouter
+) -> None:
+    body = {"model": "tiny-baco", "messages": _messages(0), "n": 4, "max_tokens": 400}
+    body["min_tokens"] = 400
+    with run_server(gated_engine) as live:
+        async with httpx.AsyncClient(base_url=live.url, timeout=TIMEOUT) as http:
+            gate.close()
+            leaving = asyncio.create_task(http.post("/v1/chat/completions", json=body))
+            assert await asyncio.to_thread(gate.waiting.wait, TIMEOUT)
+            wait_until(lambda: live.state.in_flight == 1, "the request to be admitted")
+            leaving.cancel()  # the client goes away while its decode is held
+            with contextlib.suppress(asyncio.CancelledError):
+                await leaving
+            wait_until(lambda: live.connections == 0, "the server to see the disconnect")
+            time.sleep(0.5)  # the request notices within its poll interval
+            steps = gate.calls
+            gate.open()
+            wait_until(lambda: live.state.in_flight == 0, "the request to be released")
+        assert live.metric("baco_cancelled_streams_total") == 1
+        # 4 rows x 400 tokens had it run on; it stopped within a step of the disconnect
+        assert gate.calls - steps <= 2
 
 
 async def _collect(http: httpx.AsyncClient, body: dict[str, Any]) -> list[str]:
