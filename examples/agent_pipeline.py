@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         llm = ChatBaco(top_p=0.95, max_string_length=40, **options)
 
+    print(f"task: {args.goal} ({args.agents} agents, at most {args.steps} model turns each)")
     for agent in range(args.agents):
         outcome = run_agent(llm, args.goal, args.steps, seed=100 * agent)
         print(

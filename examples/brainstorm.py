@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         llm = ChatBaco(max_tokens=args.max_tokens, top_p=0.95, seed=0)
     messages = PROMPT.format_messages(topic=args.topic)
+    print(f"task: {messages[-1].content!r} ({args.k} samples per setting)")
 
     runs = {
         "aligned model alone": ideas(llm, messages, args.k, router="aligned"),

@@ -53,6 +53,7 @@ def main() -> None:
     )
     chain = prompt | llm | StrOutputParser()
     request = {"request": "Write the opening line of a story about a lighthouse keeper."}
+    print(f"task: {request['request']!r} ({args.samples} samples per setting)")
 
     for router, gamma in SETTINGS:
         config = {"configurable": {"router": router, "gamma": gamma}}

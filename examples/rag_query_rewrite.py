@@ -168,6 +168,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="baco-tiny-") as scratch:
         llm = make_llm(args, scratch)
         print(f"LLM: {llm.metadata.model_name}; embeddings: {type(embed_model).__name__}")
+        print(f"task: rewrite {args.question!r} as search queries over {len(CORPUS)} passages")
         run("BACO", llm, index, args, stats)
         # The same loaded weights, aligned model alone: the usual single-model rewriting.
         aligned = llm.model_copy(update={"router": "aligned", "gamma": None})

@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         llm = ChatBaco(max_tokens=args.max_tokens, top_p=0.95, seed=0)
 
+    print(f"task: {args.k} business ideas (name, tagline, category) for {args.topic}")
     for label, options in (
         ("aligned alone", {"router": "aligned"}),
         (f"BACO ({args.router} γ={args.gamma})", {"router": args.router, "gamma": args.gamma}),

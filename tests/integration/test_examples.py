@@ -40,3 +40,5 @@ def test_example_runs_on_tiny_pair(script):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert EXPECTED[script] in done.stdout
+    assert done.stdout.lstrip().split("\n")[0].startswith(("task: ", "LLM: "))  # says its task
+    assert "\ntask: " in "\n" + done.stdout
