@@ -177,7 +177,10 @@ class EagerDecode:
             allowed = None
             if book.matchers is not None:  # host work, outside the engine lock
                 ban_ends = step < self.params.min_new_tokens
-                allowed = book.matchers.allowed(active, self.device, ban_ends=ban_ends)
+                closing = [r for r in active if book.near_budget(r)]
+                allowed = book.matchers.allowed(
+                    active, self.device, ban_ends=ban_ends, closing=closing
+                )
             with compute():
                 result = self._step(rules, row_state, base, aligned, step, allowed)
                 row_state.owner, row_state.prev_token = result.owner, result.token

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .streaming import ResponseText
-from .structured import RowMatchers
+from .structured import RowMatchers, closing_window
 from .types import Generation, StreamEvent, TokenLogprob, TopLogprob, Usage
 
 #: What a loop reports per token when log-probabilities are asked for: the token's
@@ -100,6 +100,12 @@ class RowBook:
                     f"model {name!r} produced NaN/inf logits (rows {bad[:8]}); check its "
                     "weights and dtype (float16 overflow is a common cause; try bfloat16)"
                 )
+
+    def near_budget(self, row_id: int) -> bool:
+        """Whether a row is within its :func:`~shared_core.structured.closing_window` (a
+        grammar then steers it to finish its JSON)."""
+        row = self.rows[row_id]
+        return row.budget - len(row.tokens) <= closing_window(row.budget)
 
     def drop(self, row_id: int) -> None:
         """End a row without a result (its request was cancelled)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -275,6 +275,35 @@ def llg_tokenizer(tokenizer: Any, end_ids: Sequence[int], size: int) -> Any:
         return _TOKENIZERS[key][1]
 
 
+#: Characters that only close JSON (a string, an array, an object) or separate its items.
+CLOSING_CHARS = frozenset('"]},')
+_CLOSERS: dict[tuple[int, int], tuple[Any, torch.Tensor]] = {}
+
+
+def closing_tokens(tokenizer: Any, size: int) -> torch.Tensor:
+    """``[3, size]`` bool, the tiers of tokens that move JSON towards its end, made only of
+    :data:`CLOSING_CHARS`: those starting with ``"`` (inside a string they end it; elsewhere
+    the grammar allows them only to start a required key), those with a ``]`` or ``}``, and
+    the rest (``,``). Computed once per tokenizer."""
+    key = (id(tokenizer), size)
+    with _TOKENIZERS_LOCK:
+        if key not in _CLOSERS:
+            texts = tokenizer.batch_decode([[i] for i in range(size)])
+            tiers = torch.zeros((3, size), dtype=torch.bool)
+            for i, text in enumerate(texts):
+                if text and set(text) <= CLOSING_CHARS:
+                    tier = 0 if text[0] == '"' else 1 if set(text) & set("]}") else 2
+                    tiers[tier, i] = True
+            _CLOSERS[key] = (tokenizer, tiers)
+        return _CLOSERS[key][1]
+
+
+def closing_window(budget: int) -> int:
+    """The last tokens of a ``budget`` in which a JSON answer is steered to close: a quarter
+    of it, between 4 and 32 tokens."""
+    return max(4, min(32, budget // 4))
+
+
 def pack_bits(flags: torch.Tensor) -> np.ndarray:
     """A boolean vector as llguidance's bitmask layout (int32 words, bit ``i % 32`` of word
     ``i // 32`` is token ``i``)."""
@@ -329,6 +358,9 @@ class RowMatchers:
         self.words = -(-self.size // 32)
         self._never = ~pack_bits(never)
         self._ends = ~pack_bits(ends)
+        self._end_flags = ends.cpu()
+        self._closers: np.ndarray | None = None
+        self._tokenizer = tokenizer
         self._executor = _executor()
         self.errors: dict[int, str] = {}
         self.done: set[int] = set()
@@ -337,9 +369,20 @@ class RowMatchers:
                 self.errors[row] = matcher.get_error()
 
     def allowed(
-        self, row_ids: Sequence[int], device: torch.device | str, *, ban_ends: bool = False
+        self,
+        row_ids: Sequence[int],
+        device: torch.device | str,
+        *,
+        ban_ends: bool = False,
+        closing: Collection[int] = (),
     ) -> torch.Tensor:
-        """Allowed tokens ``[len(row_ids), size]`` (bool, on ``device``) for these rows."""
+        """Allowed tokens ``[len(row_ids), size]`` (bool, on ``device``) for these rows.
+
+        Rows in ``closing`` (near the end of their token budget) are steered to finish: an
+        end token or the first tier of :func:`closing_tokens` the grammar allows (a quote,
+        then a bracket, then a comma) is all that is allowed; where it allows none (a
+        required key, a number's digits), the grammar's own choice stands. A schema that
+        needs more tokens than are left can still be cut (``finish_reason="length"``)."""
         import llguidance.numpy as llnp
 
         words = np.full((len(row_ids), self.words), -1, dtype=np.int32)
@@ -354,6 +397,8 @@ class RowMatchers:
             words[positions] &= self._never
             if ban_ends:
                 words[positions] &= self._ends
+            if closing:
+                self._steer(words, [(row_ids[p], p) for p in positions], closing)
             empty = ~words[positions].any(axis=1)
             for (matcher, position), is_empty in zip(live, empty, strict=True):
                 row = row_ids[position]
@@ -368,6 +413,20 @@ class RowMatchers:
                     continue
                 words[position] = -1
         return unpack_bitmask(words, self.size, device)
+
+    def _steer(
+        self, words: np.ndarray, rows: Sequence[tuple[int, int]], closing: Collection[int]
+    ) -> None:
+        if self._closers is None:
+            tiers = closing_tokens(self._tokenizer, self.size) | self._end_flags
+            self._closers = np.stack([pack_bits(tier) for tier in tiers])
+        for row, position in rows:
+            if row in closing:
+                for tier in self._closers:
+                    steered = words[position] & tier
+                    if steered.any():
+                        words[position] = steered
+                        break
 
     def advance(self, row: int, token_id: int) -> bool:
         """Feed a row's chosen token; True when its grammar is complete (only an end allowed).

@@ -205,3 +205,21 @@ def test_unbounded_integers_get_the_safe_json_range() -> None:
     assert (props["free"]["minimum"], props["free"]["maximum"]) == (-(2**53 - 1), 2**53 - 1)
     assert props["bounded"] == {"type": "integer", "minimum": 0}
     assert props["choice"] == {"type": "integer", "enum": [1, 2]}
+
+
+def test_rows_near_their_budget_are_steered_to_close_the_json(tokenizer, tables) -> None:
+    from shared_core.structured import closing_tokens
+
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
+    m = _matchers(tokenizer, tables, json_schema_constraint(schema), rows=2)
+    for row in (0, 1):
+        for token in tokenizer('{"a":"xy', add_special_tokens=False)["input_ids"]:
+            assert m.advance(row, token) is False
+    free, steered = m.allowed([0, 1], "cpu", closing=[1])
+    tiers = closing_tokens(tokenizer, m.size)
+    assert free.sum() > 100  # inside a string: nearly anything
+    assert steered.any() and not (steered & ~tiers[0]).any()  # only tokens starting with '"'
+    quote = tokenizer.convert_tokens_to_ids('"')
+    assert m.advance(1, quote) is False
+    after = m.allowed([1], "cpu", closing=[1])[0]
+    assert after.any() and not (after & ~(tiers[1] | tables.is_end)).any()  # then '}'
