@@ -261,9 +261,9 @@ def inject_constraint_failure(monkeypatch: Any, row: int) -> None:
 
     original = RowMatchers.allowed
 
-    def allowed(self: Any, row_ids: Any, device: Any, *, ban_ends: bool = False) -> Any:
+    def allowed(self: Any, row_ids: Any, device: Any, **options: Any) -> Any:
         if row in row_ids and row not in self.done:
             self.errors[row] = "injected failure"
-        return original(self, row_ids, device, ban_ends=ban_ends)
+        return original(self, row_ids, device, **options)
 
     monkeypatch.setattr(RowMatchers, "allowed", allowed)
