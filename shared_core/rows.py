@@ -102,10 +102,17 @@ class RowBook:
                 )
 
     def near_budget(self, row_id: int) -> bool:
-        """Whether a row is within its :func:`~shared_core.structured.closing_window` (a
-        grammar then steers it to finish its JSON)."""
-        row = self.rows[row_id]
-        return row.budget - len(row.tokens) <= closing_window(row.budget)
+        """Whether a row should be steered to finish its JSON: it is within its
+        :func:`~shared_core.structured.closing_window` and writing JSON (the whole response
+        is, or it is inside a tool call's markers; free text around calls is left alone)."""
+        row, matchers = self.rows[row_id], self.matchers
+        if matchers is None or row.budget - len(row.tokens) > closing_window(row.budget):
+            return False
+        markers = matchers.constraint.protected
+        if markers is None:
+            return True
+        text = "".join(row.text.pieces)
+        return text.rfind(markers[0]) > text.rfind(markers[1])
 
     def drop(self, row_id: int) -> None:
         """End a row without a result (its request was cancelled)."""

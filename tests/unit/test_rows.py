@@ -55,3 +55,28 @@ def test_nan_flags_of_finished_or_padding_rows_are_ignored(tokenizer):
     book.check_finite([[False, True, True], [False, False, True]], active=[0, 1])  # 3rd: pad
     with pytest.raises(FloatingPointError, match=r"model 'aligned'.*rows \[0\]"):
         book.check_finite([[False, False], [True, False]], active=[0, 1])
+
+
+def test_only_json_is_steered_near_the_end_of_the_budget(tokenizer):
+    from shared_core.structured import Constraint
+
+    class Matchers:
+        def __init__(self, protected):
+            self.constraint = Constraint(key="k", grammar="g", label="l", protected=protected)
+
+    def book(protected, text: str, budget: int = 8) -> RowBook:
+        rows = [Row(ResponseText(tokenizer, ()), budget, 3)]
+        shelf = RowBook(rows, n=1, end_ids={END}, router="p", gamma=0.1, model_names=["b"])
+        shelf.matchers = Matchers(protected)  # type: ignore[assignment]
+        for token in _ids(tokenizer, text):
+            rows[0].text.push(token)
+            rows[0].tokens.append(token)
+        return shelf
+
+    assert not book(None, "ab", budget=40).near_budget(0)  # far from the end
+    assert book(None, "abcdefg").near_budget(0)  # a JSON answer, 4 tokens left at most
+    markers = ("<tool_call>", "</tool_call>")
+    assert not book(markers, "plain text").near_budget(0)  # free text stays free
+    assert book(markers, 'a <tool_call>{"x').near_budget(0)  # inside a call
+    assert not book(markers, "<tool_call>{}</tool_call> b").near_budget(0)
+    assert not _book(tokenizer, [2]).near_budget(0)  # no grammar
