@@ -168,9 +168,9 @@ def test_a_cancelled_request_names_only_its_own_prompts_in_a_merged_batch():
             target=queue.submit, args=(["d"], GenerationParams(seed=2)), kwargs={"cancel": cancel}
         ),
     ]
-    for thread in threads:
+    for count, thread in enumerate(threads, 1):
         thread.start()
-    _wait_for_pending(queue, 2)
+        _wait_for_pending(queue, count)  # queued in this order
     runner.release.set()
     for thread in [first, *threads]:
         thread.join(10)

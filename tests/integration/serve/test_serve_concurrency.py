@@ -92,7 +92,10 @@ async def test_disconnect_mid_stream_stops_its_rows_and_others_continue(
             assert (await anext(lines)).startswith("data: ")  # in flight
             staying = asyncio.create_task(_collect(http, short))
             assert await asyncio.to_thread(gate.waiting.wait, TIMEOUT)
-            wait_until(lambda: live.state.in_flight == 2, "both requests to be admitted")
+            # polled in a thread: the event loop must stay free to send the second request
+            await asyncio.to_thread(
+                wait_until, lambda: live.state.in_flight == 2, "both requests to be admitted"
+            )
             await leaving.aclose()  # the client goes away while its decode is held
             wait_until(lambda: live.connections == 1, "the server to see the disconnect")
             gate.open()
