@@ -627,9 +627,6 @@ class GraphCache:
             self._failed[key] = reason
         return reason
 
-    def building(self, key: Any) -> bool:
-        return key in self._building
-
     def get(self, key: Any, build: Callable[[], GraphRunner], *, wait: bool) -> GraphRunner | None:
         """An idle runner for ``key``, or a new one from ``build``: built here when ``wait``,
         else on the background builder (``None`` is returned meanwhile). ``None`` also when

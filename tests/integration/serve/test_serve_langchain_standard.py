@@ -9,6 +9,7 @@ random model picks arbitrary arguments), as in the ChatBaco suite.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ from serve_helpers import TIMEOUT, LiveServer, run_server
 pytest.importorskip("llguidance", reason="tools and structured output need the structured extra")
 langchain_openai = pytest.importorskip("langchain_openai", reason="needs the dev extra")
 
-CAPABLE = "needs a capable model; the tiny random pair cannot choose arguments"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "langchain"))
+from tiny_standard import TinyPairStandardItems  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,7 @@ def tool_server(tiny_tool_pair_paths: tuple[Path, Path]) -> Iterator[LiveServer]
         yield live
 
 
-class TestChatOpenAIAgainstBacoServe(ChatModelIntegrationTests):
+class TestChatOpenAIAgainstBacoServe(TinyPairStandardItems, ChatModelIntegrationTests):
     @pytest.fixture(autouse=True)
     def _server(self, tool_server: LiveServer) -> None:
         self._base_url = tool_server.base_url
@@ -62,45 +64,3 @@ class TestChatOpenAIAgainstBacoServe(ChatModelIntegrationTests):
             # from api.openai.com; baco serve supports it
             "stream_usage": True,
         }
-
-    @property
-    def supports_model_override(self) -> bool:
-        return False  # one pair per server; other ids answer 404 model_not_found
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return True
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return True
-
-    @pytest.mark.xfail(reason=CAPABLE, strict=False)
-    def test_json_mode(self, model: Any) -> None:
-        super().test_json_mode(model)
-
-    @pytest.mark.xfail(reason=CAPABLE, strict=False)
-    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
-    def test_agent_loop(self, model: Any) -> None:
-        super().test_agent_loop(model)
-
-    @pytest.mark.xfail(reason=CAPABLE, strict=False)
-    def test_unicode_tool_call_integration(self, model: Any) -> None:
-        super().test_unicode_tool_call_integration(model)
-
-    @pytest.mark.xfail(reason=CAPABLE, strict=False)
-    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
-    def test_tool_calling(self, model: Any) -> None:
-        super().test_tool_calling(model)
-
-    @pytest.mark.xfail(reason=CAPABLE, strict=False)
-    async def test_tool_calling_async(self, model: Any) -> None:
-        await super().test_tool_calling_async(model)
