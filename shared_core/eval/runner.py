@@ -379,7 +379,7 @@ def run_generation(
     model). Prompts are processed in chunks of ``batch_prompts``; within a chunk every
     setting runs as one batched decode of ``len(chunk) * k`` rows, so an interrupted run has
     all settings on its first prompts. Raises ``ValueError`` if ``path`` holds records made
-    with a different ``k``/``max_new_tokens``/``top_p``/``seed`` or model pair.
+    with a different ``k``/``max_new_tokens``/``top_p``/``min_p``/``seed`` or model pair.
     """
     if batch_prompts < 1:
         raise ValueError(f"batch_prompts must be >= 1, got {batch_prompts}")
