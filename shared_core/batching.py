@@ -105,14 +105,18 @@ class RequestQueue:
         return self._outcome(request)
 
     def _take_batch(self, leader: _Request) -> list[_Request]:
-        """The leader plus waiting requests with its settings, up to ``max_rows`` rows."""
-        batch, rows = [leader], leader.rows
-        for other in self._pending:
-            if other is not leader and other.key == leader.key:
-                if rows + other.rows > self._max_rows:
-                    break
-                batch.append(other)
-                rows += other.rows
+        """The leader plus waiting requests with its settings, up to ``max_rows`` rows, in
+        arrival order (whichever waiter wakes first leads, but rows keep the queue's order)."""
+        same = [r for r in self._pending if r.key == leader.key]
+        chosen, rows = {id(leader)}, leader.rows
+        for other in same:
+            if other is leader:
+                continue
+            if rows + other.rows > self._max_rows:
+                break
+            chosen.add(id(other))
+            rows += other.rows
+        batch = [r for r in same if id(r) in chosen]
         for request in batch:
             self._pending.remove(request)
         return batch
