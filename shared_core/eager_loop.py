@@ -53,6 +53,10 @@ class EagerDecode:
         cancelled: Callable[[], set[int]] | None = None,
     ) -> None:
         pair, options = context.pair, context.options
+        self.remote = getattr(pair, "remote", False)
+        if self.remote:  # sampling reads the servers' top-k: the local engine with top_k=k
+            k = pair.top_logprobs
+            params = replace(params, top_k=min(params.top_k or k, k))
         self.cancelled = cancelled
         self.context = context
         self.pair = pair
@@ -70,7 +74,8 @@ class EagerDecode:
         # The base prompt ends ``Assistant:``; an aligned first token reads after a space.
         self.seam = spec.uses_base and spec.uses_aligned and pair.base_template.cue_space
         self.lazy = (
-            options.lazy_aligned
+            not self.remote
+            and options.lazy_aligned
             and rows == 1
             and spec.reads_only_base
             and params.logprobs is None  # log-probabilities read the aligned model too
@@ -140,6 +145,15 @@ class EagerDecode:
         budget, share = self.book.max_budget, self.context.options.share_prefill
         base_ids = [p.base_ids for p in self.prompts]
         aligned_ids = [p.aligned_ids for p in self.prompts]
+        if self.remote:
+            from .remote import RemoteModelState
+
+            roles = (("base", base_ids, self.spec.uses_base), ("aligned", aligned_ids, self.spec.uses_aligned))
+            return {
+                role: RemoteModelState(self.pair, role, ids, self.n)
+                for role, ids, used in roles
+                if used
+            }
         if self.joint:
             joint = JointState(
                 self.pair.aligned,
@@ -327,7 +341,7 @@ class EagerDecode:
         wanted = self.context.options.graph
         if wanted is None:
             wanted = self.device.type == "cuda"
-        if not wanted:
+        if not wanted or self.remote:
             return False
         reason = graph_fallback_reason(
             self.pair,

@@ -23,6 +23,7 @@ from .eager_loop import EagerDecode
 from .graph import LENGTH_BUCKET, GraphCache
 from .memory import check_fits
 from .pair import ModelPair
+from .remote import RemotePair
 from .params import GenerationParams
 from .prompts import Prompt, aligned_prompt_ids, base_prompt_ids, normalise_messages
 from .sampling import prompt_seeds
@@ -78,7 +79,7 @@ class BacoEngine:
 
     def __init__(
         self,
-        pair: ModelPair,
+        pair: ModelPair | RemotePair,
         defaults: GenerationParams | None = None,
         *,
         autocast_dtype: torch.dtype | None = None,
@@ -222,6 +223,8 @@ class BacoEngine:
 
     def _check_memory(self, prompts: list[PreparedPrompt], params: GenerationParams) -> None:
         """Refuse, with advice, a batch whose KV caches and logits cannot fit in free memory."""
+        if self.remote:
+            return  # the servers hold the KV caches
         spec = params.spec
         models = [
             m
@@ -256,7 +259,7 @@ class BacoEngine:
         decode, waiting for its compile; returns the number of steps built. Nothing to do
         (0) when the graph path is off."""
         wanted = self.options.graph
-        if not (self.pair.device.type == "cuda" if wanted is None else wanted):
+        if self.remote or not (self.pair.device.type == "cuda" if wanted is None else wanted):
             return 0
         before = self._graphs.builds
         params = self.params(**options)
@@ -276,8 +279,15 @@ class BacoEngine:
 
     # ------------------------------------------------------------------ decoding loop
 
+    @property
+    def remote(self) -> bool:
+        """True for a :class:`~shared_core.remote.RemotePair` (models behind servers)."""
+        return isinstance(self.pair, RemotePair)
+
     def _context(self, options: DecodeOptions) -> DecodeContext:
-        return DecodeContext(self.pair, options, self._compute, self._device_work, self._graphs)
+        # a remote decode waits on HTTP, never on the lock that serialises local model work
+        compute = self._device_work if self.remote else self._compute
+        return DecodeContext(self.pair, options, compute, self._device_work, self._graphs)
 
     def _decode(
         self,
@@ -287,6 +297,10 @@ class BacoEngine:
         cancelled: Cancelled | None = None,
     ) -> Iterator[StreamEvent]:
         context = self._context(self.options)
+        if self.remote and self.pair.mode == "chunk":
+            from .remote_chunk import ChunkDecode
+
+            return ChunkDecode(context, prompts, params, seeds, cancelled).run()
         return EagerDecode(context, prompts, params, seeds, cancelled).run()
 
     def _autocast(self) -> Any:

@@ -1,0 +1,303 @@
+"""A BACO pair whose models live behind two OpenAI-compatible completion servers (vLLM).
+
+:class:`RemotePair` stands in for a :class:`~shared_core.pair.ModelPair` in
+:class:`~shared_core.engine.BacoEngine`: the tokenizer is loaded locally, so chat templates,
+vocabulary tables, word boundaries, stop strings and detokenisation are the engine's own;
+only next-token distributions come from the servers, as top-k log-probabilities.
+
+Two modes (``mode=``):
+
+``"token"``
+    At every step one request per model for all live rows (``max_tokens=1``, top-k
+    logprobs). Routing and sampling run locally on those distributions, so a seeded request
+    reproduces and equals the local engine with ``top_k=k`` on the same weights. Each
+    distribution is completed for the router by spreading the mass outside the top-k evenly
+    over the other tokens: P (top-1 probability) and the PUNC/FC rules (top-1 token) read
+    exactly what a local model gives; H reads the entropy of that completion, an upper
+    bound of the true entropy (the true tail is less even).
+``"chunk"`` (default)
+    The model that owns the text proposes up to ``chunk_tokens`` tokens (sampled by its
+    server, seeded, with the same temperature/top-k/top-p/min-p); the other model scores them
+    in one request (``prompt_logprobs``); the router runs position by position on both
+    distributions and, at the first position where it hands over, the token is drawn locally
+    from the other model's top-k and the rest of the proposal is dropped. Samples have the
+    distribution of token mode (docs/design.md, "BACO over two servers") in about
+    ``2 / accepted tokens`` requests per token instead of 2.
+
+The engine's HTTP work runs on one event-loop thread per pair (``httpx``, pooled
+connections); decodes wait on it without holding the engine lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from collections.abc import Coroutine, Sequence
+from concurrent.futures import Future
+from typing import Any, Literal, TypeVar
+
+import torch
+
+from .pair import check_same_vocabulary
+from .prompts import PlainTemplate
+from .remote_client import CompletionServer, RemoteServerError, TopLogprobs
+from .vocab import VocabTables, end_token_ids, vocab_tables_for
+
+__all__ = ["RemotePair", "RemoteServerError", "dense_logits"]
+
+T = TypeVar("T")
+Mode = Literal["token", "chunk"]
+MODES = ("token", "chunk")
+
+
+class _LoopThread:
+    """An asyncio event loop on a daemon thread; coroutines are submitted from any thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="baco-http")
+        self._thread.start()
+
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return self.submit(coroutine).result()
+
+
+def dense_logits(tops: Sequence[TopLogprobs], vocab_size: int) -> torch.Tensor:
+    """``[rows, vocab_size]`` log-probabilities: each row's top-k where the server gave them,
+    the rest of the mass spread evenly over the other tokens (so the top-1 token and its
+    probability are exact, and a top-k filter keeps exactly the given tokens). Ids outside
+    the tokenizer's vocabulary (a padded output layer) are dropped."""
+    rows = len(tops)
+    width = max(1, max(len(t.ids) for t in tops))
+    ids = torch.zeros((rows, width), dtype=torch.long)
+    values = torch.full((rows, width), float("-inf"), dtype=torch.float32)
+    tail = torch.empty(rows, dtype=torch.float32)
+    for row, top in enumerate(tops):
+        kept = [(i, lp) for i, lp in zip(top.ids, top.logprobs, strict=True) if 0 <= i < vocab_size]
+        seen = sum(math.exp(lp) for _, lp in kept)
+        others = max(vocab_size - len(kept), 1)
+        tail[row] = math.log(max(1.0 - seen, 1e-12) / others)
+        for column, (token, lp) in enumerate(kept):
+            ids[row, column], values[row, column] = token, lp
+        if kept:  # padding columns repeat the first entry
+            ids[row, len(kept) :], values[row, len(kept) :] = kept[0][0], kept[0][1]
+    dense = tail.unsqueeze(-1).expand(rows, vocab_size).clone()
+    return dense.scatter_(1, ids, torch.maximum(values, tail.unsqueeze(-1)))
+
+
+class RemotePair:
+    """A base and an aligned model served by OpenAI-compatible completion servers.
+
+    ``base_url`` / ``aligned_url``: the servers' ``/v1`` URLs (one server may serve both,
+    e.g. vLLM with the aligned model as a LoRA module: name them with ``base_model`` /
+    ``aligned_model``; otherwise each server's only model is used). ``tokenizer``: a hub id,
+    a folder or a loaded tokenizer, the models' own (its chat template renders the aligned
+    prompts). ``top_logprobs``: the k of every distribution read from the servers (vLLM:
+    start them with ``--max-logprobs`` ≥ k). ``mode`` and ``chunk_tokens``: see the module
+    docstring. ``timeout`` (seconds per request) and ``retries`` (for connection errors and
+    429/502/503/504, with backoff): every request is idempotent. ``context_window``: the
+    models' context length when the servers do not report ``max_model_len``.
+    """
+
+    remote = True
+    shares_weights = False
+    base = None
+    aligned = None
+
+    def __init__(
+        self,
+        base_url: str,
+        aligned_url: str,
+        *,
+        tokenizer: Any,
+        base_model: str | None = None,
+        aligned_model: str | None = None,
+        api_key: str | None = None,
+        top_logprobs: int = 20,
+        mode: Mode = "chunk",
+        chunk_tokens: int = 8,
+        timeout: float = 60.0,
+        retries: int = 2,
+        context_window: int | None = None,
+        base_template: PlainTemplate | None = None,
+        end_ids: Sequence[int] = (),
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int):
+            raise TypeError(f"top_logprobs must be an int, got {type(top_logprobs).__name__}")
+        if not 1 <= top_logprobs <= 1000:
+            raise ValueError(f"top_logprobs must be in [1, 1000], got {top_logprobs}")
+        if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens must be an int ≥ 1, got {chunk_tokens!r}")
+        if not (isinstance(timeout, int | float) and timeout > 0):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self.mode: Mode = mode
+        self.top_logprobs = top_logprobs
+        self.chunk_tokens = chunk_tokens
+        self.tokenizer = _load_tokenizer(tokenizer)
+        self.base_tokenizer = self.tokenizer
+        check_same_vocabulary(self.tokenizer, self.tokenizer, "base", "aligned")
+        self.base_template = base_template or PlainTemplate()
+        self.vocab_size = len(self.tokenizer)
+        self.end_ids = end_token_ids(self.tokenizer, list(end_ids))
+        self.vocab: VocabTables = vocab_tables_for(self.tokenizer, self.end_ids)
+        self._loop = _LoopThread()
+        common = {"api_key": api_key, "timeout": timeout, "retries": retries}
+        self.servers = {
+            "base": CompletionServer(base_url, role="base", model=base_model, **common),
+            "aligned": CompletionServer(aligned_url, role="aligned", model=aligned_model, **common),
+        }
+        self.base_url = self.servers["base"].base_url
+        self.aligned_url = self.servers["aligned"].base_url
+        self._context_window = context_window
+        self._names: dict[str, str] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def _name(self, role: str) -> str:
+        if role not in self._names:
+            server = self.servers[role]
+            self._names[role] = server.model or server.base_url
+        return self._names[role]
+
+    @property
+    def base_name(self) -> str:
+        return self._name("base")
+
+    @property
+    def aligned_name(self) -> str:
+        return self._name("aligned")
+
+    @property
+    def name(self) -> str:
+        return f"{self.base_name}+{self.aligned_name}"
+
+    @property
+    def short_name(self) -> str:
+        """``baco:<base>+<aligned>`` by the served model names (what ``baco serve`` lists)."""
+        self.connect()
+        return f"baco:{self.base_name}+{self.aligned_name}"
+
+    @property
+    def context_window(self) -> int:
+        if self._context_window is None:
+            self.connect()
+        return self._context_window or 4096
+
+    def connect(self) -> None:
+        """Ask each server for its model name and context window (once)."""
+        if len(self._names) == 2 and all(s.model for s in self.servers.values()):
+            if self._context_window is not None:
+                return
+
+        async def ask() -> list[tuple[str, int | None]]:
+            async def one(server: CompletionServer) -> tuple[str, int | None]:
+                return await server.model_name(), await server.max_model_len()
+
+            return await asyncio.gather(*(one(s) for s in self.servers.values()))
+
+        (base, base_len), (aligned, aligned_len) = self._loop.run(ask())
+        self._names = {"base": base, "aligned": aligned}
+        if self._context_window is None:
+            known = [n for n in (base_len, aligned_len) if n]
+            self._context_window = min(known) if known else 4096
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` on the pair's HTTP loop and wait for it (from any thread)."""
+        return self._loop.run(coroutine)
+
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> Future[T]:
+        return self._loop.submit(coroutine)
+
+    @property
+    def requests(self) -> int:
+        """HTTP requests sent so far (retries included), both servers."""
+        return sum(s.requests for s in self.servers.values())
+
+    def __repr__(self) -> str:
+        return (
+            f"RemotePair(base_url={self.base_url!r}, aligned_url={self.aligned_url!r}, "
+            f"mode={self.mode!r}, top_logprobs={self.top_logprobs})"
+        )
+
+
+def _load_tokenizer(tokenizer: Any) -> Any:
+    if not isinstance(tokenizer, str | bytes) and not hasattr(tokenizer, "__fspath__"):
+        if not hasattr(tokenizer, "apply_chat_template"):
+            raise TypeError(
+                "tokenizer must be a hub id, a folder or a transformers tokenizer, got "
+                f"{type(tokenizer).__name__}"
+            )
+        return tokenizer
+    import os
+
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(os.fspath(tokenizer))
+
+
+class RemoteModelState:
+    """One model's rows on a server, for the eager loop (:class:`~shared_core.eager_loop.
+    EagerDecode`, token mode): each row's context as token ids and the top-k after it.
+
+    ``step`` appends one token per row and sends the next request at once (both models'
+    requests are then in flight together); ``logits`` waits for the answer.
+    """
+
+    def __init__(self, pair: RemotePair, role: str, prompt_ids: list[list[int]], n: int):
+        self.pair = pair
+        self.server = pair.servers[role]
+        self.contexts = [list(ids) for ids in prompt_ids for _ in range(n)]
+        self._pending: Future[torch.Tensor] | None = None
+        self._logits: torch.Tensor | None = None
+        self._send(unique=[list(ids) for ids in prompt_ids], repeat=n)
+
+    def _send(self, *, unique: list[list[int]] | None = None, repeat: int = 1) -> None:
+        prompts = unique if unique is not None else self.contexts
+        top, size = self.pair.top_logprobs, self.pair.vocab_size
+
+        async def ask() -> torch.Tensor:
+            tops = await self.server.next_token_logprobs(prompts, top)
+            return dense_logits(tops, size).repeat_interleave(repeat, dim=0)
+
+        self._logits = None
+        self._pending = self.pair.submit(ask())
+
+    @property
+    def logits(self) -> torch.Tensor:
+        if self._logits is None:
+            assert self._pending is not None
+            self._logits = self._pending.result()
+            self._pending = None
+        return self._logits
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return torch.ones((len(self.contexts), max(len(c) for c in self.contexts)))
+
+    def step(
+        self, tokens: torch.Tensor, step: int, space: tuple[int, torch.Tensor] | None = None
+    ) -> None:
+        """Append ``tokens`` (one per row; ``space`` = ``(space_id, rows)`` feeds a space
+        first on the marked rows) and ask for the next distributions."""
+        ids = tokens.tolist()
+        spaced = [False] * len(ids) if space is None else space[1].tolist()
+        for context, token, add_space in zip(self.contexts, ids, spaced, strict=True):
+            if add_space:
+                context.append(space[0])  # type: ignore[index]
+            context.append(token)
+        self._send()
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep the rows at ``keep`` (finished rows leave the batch)."""
+        index = keep.tolist()
+        self.contexts = [self.contexts[i] for i in index]
+        logits = self.logits
+        self._logits = logits[keep]
