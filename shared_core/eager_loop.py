@@ -148,7 +148,10 @@ class EagerDecode:
         if self.remote:
             from .remote import RemoteModelState
 
-            roles = (("base", base_ids, self.spec.uses_base), ("aligned", aligned_ids, self.spec.uses_aligned))
+            roles = (
+                ("base", base_ids, self.spec.uses_base),
+                ("aligned", aligned_ids, self.spec.uses_aligned),
+            )
             return {
                 role: RemoteModelState(self.pair, role, ids, self.n)
                 for role, ids, used in roles
@@ -271,6 +274,9 @@ class EagerDecode:
                 )
                 result.aligned_broken = torch.zeros_like(result.base_broken)
                 return result
+        drawable = (None, None)
+        if self.remote:
+            drawable = tuple(None if m is None else m.drawable for m in (base, aligned))
         return decode_step(
             rules,
             row_state,
@@ -279,6 +285,7 @@ class EagerDecode:
             step,
             first_step=step == 0,
             allowed=allowed,
+            drawable=drawable,
         )
 
     def _scores(

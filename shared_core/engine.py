@@ -23,9 +23,9 @@ from .eager_loop import EagerDecode
 from .graph import LENGTH_BUCKET, GraphCache
 from .memory import check_fits
 from .pair import ModelPair
-from .remote import RemotePair
 from .params import GenerationParams
 from .prompts import Prompt, aligned_prompt_ids, base_prompt_ids, normalise_messages
+from .remote import RemotePair
 from .sampling import prompt_seeds
 from .structured import ConstraintError
 from .types import Generation, StreamEvent

@@ -66,27 +66,27 @@ class _LoopThread:
         return self.submit(coroutine).result()
 
 
-def dense_logits(tops: Sequence[TopLogprobs], vocab_size: int) -> torch.Tensor:
-    """``[rows, vocab_size]`` log-probabilities: each row's top-k where the server gave them,
-    the rest of the mass spread evenly over the other tokens (so the top-1 token and its
-    probability are exact, and a top-k filter keeps exactly the given tokens). Ids outside
-    the tokenizer's vocabulary (a padded output layer) are dropped."""
+def dense_logits(tops: Sequence[TopLogprobs], vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``([rows, vocab_size]`` log-probabilities, ``[rows, vocab_size]`` given-token mask``)``:
+    each row's top-k where the server gave them and the rest of the mass spread evenly over
+    the other tokens, so the top-1 token and its probability are exact for the router; the
+    mask says which tokens a candidate may be drawn from (only given ones). Ids outside the
+    tokenizer's vocabulary (a padded output layer) are dropped."""
     rows = len(tops)
-    width = max(1, max(len(t.ids) for t in tops))
-    ids = torch.zeros((rows, width), dtype=torch.long)
-    values = torch.full((rows, width), float("-inf"), dtype=torch.float32)
-    tail = torch.empty(rows, dtype=torch.float32)
+    dense = torch.empty((rows, vocab_size), dtype=torch.float32)
+    given = torch.zeros((rows, vocab_size), dtype=torch.bool)
     for row, top in enumerate(tops):
         kept = [(i, lp) for i, lp in zip(top.ids, top.logprobs, strict=True) if 0 <= i < vocab_size]
         seen = sum(math.exp(lp) for _, lp in kept)
         others = max(vocab_size - len(kept), 1)
-        tail[row] = math.log(max(1.0 - seen, 1e-12) / others)
-        for column, (token, lp) in enumerate(kept):
-            ids[row, column], values[row, column] = token, lp
-        if kept:  # padding columns repeat the first entry
-            ids[row, len(kept) :], values[row, len(kept) :] = kept[0][0], kept[0][1]
-    dense = tail.unsqueeze(-1).expand(rows, vocab_size).clone()
-    return dense.scatter_(1, ids, torch.maximum(values, tail.unsqueeze(-1)))
+        tail = math.log(max(1.0 - seen, 1e-12) / others)
+        dense[row].fill_(tail)
+        if kept:
+            ids = torch.tensor([i for i, _ in kept])
+            values = torch.tensor([lp for _, lp in kept], dtype=torch.float32)
+            dense[row, ids] = values.clamp(min=tail)
+            given[row, ids] = True
+    return dense, given
 
 
 class RemotePair:
@@ -255,28 +255,38 @@ class RemoteModelState:
         self.pair = pair
         self.server = pair.servers[role]
         self.contexts = [list(ids) for ids in prompt_ids for _ in range(n)]
-        self._pending: Future[torch.Tensor] | None = None
-        self._logits: torch.Tensor | None = None
+        self._pending: Future[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._logits: tuple[torch.Tensor, torch.Tensor] | None = None
         self._send(unique=[list(ids) for ids in prompt_ids], repeat=n)
 
     def _send(self, *, unique: list[list[int]] | None = None, repeat: int = 1) -> None:
         prompts = unique if unique is not None else self.contexts
         top, size = self.pair.top_logprobs, self.pair.vocab_size
 
-        async def ask() -> torch.Tensor:
+        async def ask() -> tuple[torch.Tensor, torch.Tensor]:
             tops = await self.server.next_token_logprobs(prompts, top)
-            return dense_logits(tops, size).repeat_interleave(repeat, dim=0)
+            dense, given = dense_logits(tops, size)
+            return dense.repeat_interleave(repeat, dim=0), given.repeat_interleave(repeat, dim=0)
 
         self._logits = None
         self._pending = self.pair.submit(ask())
 
-    @property
-    def logits(self) -> torch.Tensor:
+    def _answer(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._logits is None:
             assert self._pending is not None
             self._logits = self._pending.result()
             self._pending = None
         return self._logits
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """``[rows, vocab]``: each row's top-k log-probabilities and a spread tail."""
+        return self._answer()[0]
+
+    @property
+    def drawable(self) -> torch.Tensor:
+        """``[rows, vocab]``: the tokens the server gave (candidates are drawn from these)."""
+        return self._answer()[1]
 
     @property
     def mask(self) -> torch.Tensor:
@@ -299,5 +309,5 @@ class RemoteModelState:
         """Keep the rows at ``keep`` (finished rows leave the batch)."""
         index = keep.tolist()
         self.contexts = [self.contexts[i] for i in index]
-        logits = self.logits
-        self._logits = logits[keep]
+        dense, given = self._answer()
+        self._logits = dense[keep], given[keep]

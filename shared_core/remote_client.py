@@ -182,8 +182,7 @@ class CompletionServer:
         names = [m.get("id") for m in (listed or {}).get("data", []) if isinstance(m, dict)]
         if len(names) != 1:
             raise ValueError(
-                f"{self.label} serves {names}; name the {self.role} model "
-                f"({self.role}_model=...)"
+                f"{self.label} serves {names}; name the {self.role} model ({self.role}_model=...)"
             )
         self.model = names[0]
         return self.model
@@ -217,8 +216,9 @@ class CompletionServer:
         tops = logprobs.get("top_logprobs")
         if not isinstance(tops, list):
             raise RemoteServerError(
-                self.label, "choices[].logprobs.top_logprobs is missing: the server must "
-                "return top-k logprobs for completions"
+                self.label,
+                "choices[].logprobs.top_logprobs is missing: the server must "
+                "return top-k logprobs for completions",
             )
         return [_top(t, top, self.label, "choices[].logprobs.top_logprobs") for t in tops]
 
@@ -279,7 +279,9 @@ class CompletionServer:
             )
         return Proposal(ids, tuple(tops), choice.get("finish_reason"))
 
-    async def score(self, prompt: list[int], continuation: list[int], top: int) -> list[TopLogprobs]:
+    async def score(
+        self, prompt: list[int], continuation: list[int], top: int
+    ) -> list[TopLogprobs]:
         """The top-``top`` log-probabilities before each token of ``continuation`` and after
         its last one (``len(continuation) + 1`` positions), in one request."""
         choices = await self._complete(

@@ -210,29 +210,37 @@ def decode_step(
     *,
     first_step: bool,
     allowed: torch.Tensor | None = None,
+    drawable: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
 ) -> StepResult:
     """Choose every row's next token from both models' raw logits ``[rows, ≥ vocab]``.
 
     ``allowed`` (``[rows, vocab]`` bool, e.g. a grammar's mask) restricts both models alike.
+    ``drawable`` (base, aligned; ``[rows, vocab]`` bool or None) limits what each model's
+    candidate is drawn from without changing the router's signals (a remote model's logits
+    hold its top-k and a spread tail: the tail counts for the signals, never for a draw).
     Finished rows get ``rules.pad_id``. Updates nothing in place.
     """
     base = clean_logits(rules, base_logits, step, allowed)
     aligned = clean_logits(rules, aligned_logits, step, allowed)
+    base_draw, aligned_draw = (
+        logits if mask is None or logits is None else logits.masked_fill(~mask, float("-inf"))
+        for logits, mask in ((base, drawable[0]), (aligned, drawable[1]))
+    )
     base_probs = None if base is None else torch.softmax(base, -1)
     aligned_probs = None if aligned is None else torch.softmax(aligned, -1)
     spec = rules.spec
     if spec.single_model:
         logits, probs, purpose = (
-            (base, base_probs, BASE_DRAW)
+            (base_draw, base_probs, BASE_DRAW)
             if spec.uses_base
-            else (aligned, aligned_probs, ALIGNED_DRAW)
+            else (aligned_draw, aligned_probs, ALIGNED_DRAW)
         )
         token = draw_candidate(rules, rows, logits, probs, step, purpose)
         owner = torch.full_like(rows.owner, spec.uses_base)
     else:
         route = route_rows(rules, rows, base, aligned, base_probs, aligned_probs, step)
-        base_token = draw_candidate(rules, rows, base, base_probs, step, BASE_DRAW)
-        aligned_token = draw_candidate(rules, rows, aligned, aligned_probs, step, ALIGNED_DRAW)
+        base_token = draw_candidate(rules, rows, base_draw, base_probs, step, BASE_DRAW)
+        aligned_token = draw_candidate(rules, rows, aligned_draw, aligned_probs, step, ALIGNED_DRAW)
         owner, token = apply_guards(
             route,
             rows.owner,

@@ -73,11 +73,19 @@ def build_tiny_tokenizer(vocab_size: int = 400) -> Any:
 
 
 def build_tiny_model(
-    vocab_size: int, seed: int, *, hidden: int = 64, layers: int = 2, context_window: int = 512
+    vocab_size: int,
+    seed: int,
+    *,
+    hidden: int = 64,
+    layers: int = 2,
+    context_window: int = 512,
+    heads: int = 4,
 ) -> Any:
     """A random Llama causal LM small enough to run thousands of steps in a test.
 
-    ``context_window`` (``max_position_embeddings``) does not change the weights."""
+    ``context_window`` (``max_position_embeddings``) does not change the weights. The head
+    size is ``hidden / heads`` (16 by default; vLLM's CPU attention needs 64: ``hidden=128,
+    heads=2``)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -86,8 +94,8 @@ def build_tiny_model(
         hidden_size=hidden,
         intermediate_size=hidden * 2,
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=min(2, heads),
         max_position_embeddings=context_window,
         tie_word_embeddings=False,
     )
@@ -112,8 +120,8 @@ def build_tiny_sliding_model(
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=min(2, heads),
         head_dim=16,
         max_position_embeddings=context_window,
         sliding_window=sliding_window,
@@ -128,7 +136,12 @@ def build_tiny_sliding_model(
 
 
 def save_tiny_pair(
-    folder: str | Path, *, padded_vocab: int = 0, context_window: int = 512
+    folder: str | Path,
+    *,
+    padded_vocab: int = 0,
+    context_window: int = 512,
+    hidden: int = 64,
+    heads: int = 4,
 ) -> tuple[Path, Path]:
     """Build the tiny pair and save it as ``folder/base`` and ``folder/aligned``.
 
@@ -140,7 +153,13 @@ def save_tiny_pair(
     tokenizer = build_tiny_tokenizer()
     paths = []
     for name, seed in (("base", 1), ("aligned", 2)):
-        model = build_tiny_model(len(tokenizer) + padded_vocab, seed, context_window=context_window)
+        model = build_tiny_model(
+            len(tokenizer) + padded_vocab,
+            seed,
+            context_window=context_window,
+            hidden=hidden,
+            heads=heads,
+        )
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         path = folder / name

@@ -23,6 +23,13 @@ import torch
 __all__ = ["FakeCompletionServer"]
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that timed out and left: nothing to report
+
+
 class FakeCompletionServer:
     """Serve ``model`` as ``name`` on ``127.0.0.1`` (a free port); ``url`` ends with ``/v1``."""
 
@@ -46,7 +53,7 @@ class FakeCompletionServer:
         self.logprob_cap: int | None = None
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = _QuietServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property

@@ -1,0 +1,202 @@
+"""RemotePair: BACO over two completion servers (in-process fakes backed by the tiny pair)."""
+
+from __future__ import annotations
+
+import collections
+import threading
+
+import pytest
+import torch
+
+pytest.importorskip("httpx", reason="RemotePair needs httpx (the remote extra)")
+
+from shared_core import BacoEngine
+from shared_core.remote import RemotePair, RemoteServerError, dense_logits
+from shared_core.remote_client import TopLogprobs
+from shared_core.testing_server import FakeCompletionServer
+
+PROMPTS = ["Tell me a story.", [{"role": "user", "content": "Name a colour."}]]
+
+
+@pytest.fixture(scope="module")
+def servers(tiny_pair):
+    ends = tiny_pair.end_ids
+    with (
+        FakeCompletionServer(tiny_pair.base, name="tiny-base", end_ids=ends) as base,
+        FakeCompletionServer(tiny_pair.aligned, name="tiny-aligned", end_ids=ends) as aligned,
+    ):
+        yield base, aligned
+
+
+def remote(servers, tiny_pair_paths, **options) -> RemotePair:
+    base, aligned = servers
+    return RemotePair(base.url, aligned.url, tokenizer=str(tiny_pair_paths[1]), **options)
+
+
+def chi_square_p(a: collections.Counter, b: collections.Counter) -> float:
+    """p-value of Pearson's chi-square test that two samples share one distribution."""
+    keys = sorted(set(a) | set(b))
+    x = torch.tensor([a[k] for k in keys], dtype=torch.float64)
+    y = torch.tensor([b[k] for k in keys], dtype=torch.float64)
+    total = x + y
+    ex, ey = total * x.sum() / total.sum(), total * y.sum() / total.sum()
+    stat = ((x - ex) ** 2 / ex + (y - ey) ** 2 / ey).sum()
+    df = torch.tensor((len(keys) - 1) / 2, dtype=torch.float64)
+    return float(torch.special.gammaincc(df, stat / 2))
+
+
+def test_dense_logits_keep_the_top1_and_its_probability_exact():
+    tops = [TopLogprobs((5, 2, 9), (-0.5, -1.5, -3.0)), TopLogprobs((1,), (-2.0,))]
+    dense, given = dense_logits(tops, 50)
+    probs = torch.softmax(dense, -1)
+    assert probs.argmax(-1).tolist() == [5, 1]
+    assert probs[0, 5].item() == pytest.approx(torch.tensor(-0.5).exp().item(), rel=1e-5)
+    assert probs[1, 1].item() == pytest.approx(torch.tensor(-2.0).exp().item(), rel=1e-5)
+    assert sorted(given[0].nonzero().squeeze(-1).tolist()) == [2, 5, 9]
+    assert given[1].sum() == 1
+    assert bool((dense[0, ~given[0]] <= dense[0, given[0]].min()).all())  # tail never ranks above
+
+
+def test_ids_beyond_the_tokenizer_are_dropped():
+    dense, given = dense_logits([TopLogprobs((60, 3), (-0.1, -3.0))], 50)
+    assert dense.shape == (1, 50) and dense[0].argmax().item() == 3 and given.sum() == 1
+
+
+@pytest.mark.parametrize("router", ["p-punc", "p", "rand", "aligned", "base"])
+def test_token_mode_equals_the_local_engine_with_top_k(servers, tiny_pair, tiny_pair_paths, router):
+    pair = remote(servers, tiny_pair_paths, mode="token", top_logprobs=12)
+    options = {"n": 3, "seed": 5, "max_new_tokens": 10, "router": router, "temperature": 1.2}
+    got = BacoEngine(pair).generate(PROMPTS, **options)
+    want = BacoEngine(tiny_pair).generate(PROMPTS, top_k=12, **options)
+    for mine, theirs in zip(got, want, strict=True):
+        assert [g.token_ids for g in mine] == [g.token_ids for g in theirs]
+        assert [g.sources for g in mine] == [g.sources for g in theirs]
+        assert [g.text for g in mine] == [g.text for g in theirs]
+
+
+def test_token_mode_sends_one_request_per_model_per_step(servers, tiny_pair_paths):
+    pair = remote(servers, tiny_pair_paths, mode="token", top_logprobs=4)
+    pair.connect()  # model names and context window: one GET /models each
+    for server in servers:
+        server.requests.clear()
+    out = BacoEngine(pair).generate(PROMPTS, n=2, seed=1, max_new_tokens=6, min_new_tokens=6)
+    steps = max(len(g.token_ids) for row in out for g in row)
+    assert steps == 6
+    # the prompts once, then one request per token but the last; all rows in each
+    assert [len(s.requests) for s in servers] == [steps, steps]
+    assert all(len(body["prompt"]) == 4 for s in servers for body in s.requests[1:])
+
+
+def test_chunk_mode_is_seeded_and_needs_fewer_requests_than_steps(servers, tiny_pair_paths):
+    pair = remote(servers, tiny_pair_paths, mode="chunk", top_logprobs=8, chunk_tokens=8)
+    engine = BacoEngine(pair)
+    options = {"seed": 9, "max_new_tokens": 24, "min_new_tokens": 24, "router": "p-punc"}
+    first = engine.generate("Tell me a story.", **options)[0][0]
+    for server in servers:
+        server.requests.clear()
+    again = engine.generate("Tell me a story.", **options)[0][0]
+    assert again.token_ids == first.token_ids and again.sources == first.sources
+    assert len(first.token_ids) == 24
+    assert sum(len(s.requests) for s in servers) < 24  # per-token BACO would need 48
+
+
+def test_chunk_mode_matches_token_mode_in_distribution(servers, tiny_pair_paths):
+    """Pearson's chi-square test of homogeneity on each position's token and on the
+    sequence of sources, 500 samples per mode: every p-value above 0.001 (a false alarm
+    rate of about 0.5% over the six tests when the modes agree)."""
+    options = {"n": 500, "max_new_tokens": 4, "router": "rand", "gamma": 0.5, "temperature": 1.3}
+    samples = {}
+    for mode, seed in (("token", 101), ("chunk", 202)):
+        pair = remote(servers, tiny_pair_paths, mode=mode, top_logprobs=8, chunk_tokens=4)
+        samples[mode] = BacoEngine(pair).generate("Tell me a story.", seed=seed, **options)[0]
+    token, chunk = samples["token"], samples["chunk"]
+    for position in range(4):
+
+        def at(rows, position=position):
+            return collections.Counter(
+                g.token_ids[position] if len(g.token_ids) > position else -1 for g in rows
+            )
+
+        assert chi_square_p(at(token), at(chunk)) > 0.001, f"position {position}"
+    sources = [collections.Counter(tuple(g.sources) for g in rows) for rows in (token, chunk)]
+    assert chi_square_p(*sources) > 0.001
+    shares = [sum(s == "base" for g in rows for s in g.sources) for rows in (token, chunk)]
+    assert min(shares) > 100  # both models wrote a real part of the text
+
+
+def test_stream_equals_generate_and_reports_statistics(servers, tiny_pair_paths):
+    pair = remote(servers, tiny_pair_paths, mode="chunk", top_logprobs=6, chunk_tokens=3)
+    engine = BacoEngine(pair)
+    options = {"seed": 4, "max_new_tokens": 12, "router": "rand", "gamma": 0.5, "n": 2}
+    generated = engine.generate("Hello there", **options)[0]
+    final = [e.generation for e in engine.stream("Hello there", **options) if e.generation]
+    final.sort(key=lambda g: g.sample_index)
+    assert [g.token_ids for g in final] == [g.token_ids for g in generated]
+    for g in generated:
+        assert len(g.sources) == len(g.token_ids)
+        assert g.base_share == pytest.approx(g.sources.count("base") / max(1, len(g.sources)))
+        assert g.usage.completion_tokens >= len(g.token_ids)
+
+
+@pytest.mark.parametrize("mode", ["token", "chunk"])
+def test_stop_strings_and_min_new_tokens(servers, tiny_pair_paths, mode):
+    pair = remote(servers, tiny_pair_paths, mode=mode, top_logprobs=6)
+    engine = BacoEngine(pair)
+    free = engine.generate("Hello", seed=2, max_new_tokens=16, min_new_tokens=16)[0][0]
+    assert len(free.token_ids) == 16
+    stop = free.text[len(free.text) // 2 :][:2]
+    cut = engine.generate("Hello", seed=2, max_new_tokens=16, min_new_tokens=16, stop=[stop])
+    assert stop not in cut[0][0].text and free.text.startswith(cut[0][0].text)
+
+
+def test_a_bad_prompt_is_reported_in_its_place(servers, tiny_pair_paths):
+    pair = remote(servers, tiny_pair_paths, mode="chunk")
+    out = BacoEngine(pair).generate(
+        ["Hi", [{"role": "wizard", "content": "x"}]], return_exceptions=True, max_new_tokens=4
+    )
+    assert len(out[0]) == 1 and isinstance(out[1], ValueError)
+
+
+def test_structured_output_needs_token_mode(servers, tiny_pair_paths):
+    pytest.importorskip("llguidance", reason="structured output needs the structured extra")
+    pair = remote(servers, tiny_pair_paths, mode="chunk")
+    with pytest.raises(ValueError, match="need mode='token'"):
+        BacoEngine(pair).generate("Hi", json_schema={"type": "object"}, max_new_tokens=4)
+
+
+def test_a_server_that_fails_is_named(servers, tiny_pair_paths):
+    base, _ = servers
+    pair = remote(servers, tiny_pair_paths, mode="token", retries=0)
+    pair.connect()
+    base.fail_status = 500
+    try:
+        with pytest.raises(RemoteServerError, match=r"base server http://127.0.0.1:\d+/v1: .*500"):
+            BacoEngine(pair).generate("Hi", max_new_tokens=4)
+    finally:
+        base.fail_status = None
+
+
+def test_cancelling_stops_the_requests(servers, tiny_pair_paths):
+    pair = remote(servers, tiny_pair_paths, mode="token")
+    engine = BacoEngine(pair)
+    cancel = threading.Event()
+    cancel.set()
+    out = engine.generate("Hi", max_new_tokens=50, min_new_tokens=50, cancel=cancel)
+    assert pair.requests <= 6 and all(len(g.token_ids) < 50 for g in out[0])
+
+
+def test_bad_settings_are_refused(servers, tiny_pair_paths):
+    with pytest.raises(ValueError, match=r"mode must be one of \('token', 'chunk'\)"):
+        remote(servers, tiny_pair_paths, mode="tokens")
+    with pytest.raises(ValueError, match="top_logprobs must be in"):
+        remote(servers, tiny_pair_paths, top_logprobs=0)
+    with pytest.raises(ValueError, match="chunk_tokens must be"):
+        remote(servers, tiny_pair_paths, chunk_tokens=0)
+    with pytest.raises(TypeError, match="tokenizer must be"):
+        RemotePair(servers[0].url, servers[1].url, tokenizer=3)
+
+
+def test_names_and_context_window_come_from_the_servers(servers, tiny_pair_paths):
+    pair = remote(servers, tiny_pair_paths)
+    assert pair.short_name == "baco:tiny-base+tiny-aligned"
+    assert pair.context_window == 512
