@@ -193,9 +193,9 @@ class RemotePair:
 
     def connect(self) -> None:
         """Ask each server for its model name and context window (once)."""
-        if len(self._names) == 2 and all(s.model for s in self.servers.values()):
-            if self._context_window is not None:
-                return
+        named = len(self._names) == 2 and all(s.model for s in self.servers.values())
+        if named and self._context_window is not None:
+            return
 
         async def ask() -> list[tuple[str, int | None]]:
             async def one(server: CompletionServer) -> tuple[str, int | None]:

@@ -101,7 +101,8 @@ class ChunkDecode(EagerDecode):
     async def _ask(
         self, texts: list[_RowText], row_ids: list[int]
     ) -> list[tuple[Proposal, list[TopLogprobs] | None]]:
-        return list(await asyncio.gather(*(self._ask_row(t, r) for t, r in zip(texts, row_ids))))
+        asks = (self._ask_row(t, r) for t, r in zip(texts, row_ids, strict=True))
+        return list(await asyncio.gather(*asks))
 
     async def _ask_row(
         self, text: _RowText, row_id: int

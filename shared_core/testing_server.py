@@ -187,10 +187,12 @@ class FakeCompletionServer:
                 server.requests.append(body)
                 if server.delay:
                     time.sleep(server.delay)
-                if server.fail_status is not None:
-                    if server.fail_times == 0 or len(server.requests) <= server.fail_times:
-                        self._send(server.fail_status, {"error": {"message": "injected"}})
-                        return
+                failing = server.fail_status is not None and (
+                    server.fail_times == 0 or len(server.requests) <= server.fail_times
+                )
+                if failing:
+                    self._send(server.fail_status, {"error": {"message": "injected"}})
+                    return
                 if self.path.rstrip("/") != "/v1/completions":
                     self._send(404, {"error": {"message": "not found"}})
                     return
