@@ -420,6 +420,8 @@ class Baco(FunctionCallingLLM, CustomLLM, BacoFields):
 
     def _read_context_window(self) -> int:
         """min(base, aligned) maximum length from the configs (as the engine computes it)."""
+        if self.is_remote:  # what the servers report
+            return self.engine.pair.context_window
         if self.base_model is None:  # the embedded demo pair
             from shared_core.demo_models import DEMO_BASE_DIRNAME, baco_home
 

@@ -255,8 +255,37 @@ class BacoFields(BaseModel):
     model_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra keyword arguments for from_pretrained."
     )
+    base_url: str | None = Field(
+        default=None,
+        description="Models too big for one machine: the base model's OpenAI-compatible "
+        "completion server (e.g. vLLM, http://host:8000/v1); with aligned_url and tokenizer "
+        "the pair is a RemotePair, and base_model / aligned_model name the served models.",
+    )
+    aligned_url: str | None = Field(
+        default=None, description="The aligned model's completion server (may equal base_url)."
+    )
+    tokenizer: str | None = Field(
+        default=None,
+        description="With base_url: the models' tokenizer (hub id or folder), loaded locally.",
+    )
+    api_key: str | None = Field(default=None, description="With base_url: the servers' API key.")
+    top_logprobs: int = Field(
+        default=20,
+        description="With base_url: the k of the top-k distributions read from the servers.",
+    )
+    remote_mode: str = Field(
+        default="chunk",
+        description="With base_url: 'chunk' (proposals of chunk_tokens tokens, few requests) "
+        "or 'token' (two requests per step; equals the local engine with top_k=k).",
+    )
+    chunk_tokens: int = Field(default=8, description="With base_url: tokens per proposal.")
+    request_timeout: float = Field(
+        default=60.0, description="With base_url: seconds per request before it fails."
+    )
 
-    @field_validator("base_model", "aligned_model", "aligned_adapter", "calibration", mode="before")
+    @field_validator(
+        "base_model", "aligned_model", "aligned_adapter", "calibration", "tokenizer", mode="before"
+    )
     @classmethod
     def _fspath(cls, value: Any) -> Any:
         return os.fspath(value) if isinstance(value, os.PathLike) else value
@@ -264,18 +293,34 @@ class BacoFields(BaseModel):
     @model_validator(mode="after")
     def _check_pair_and_options(self) -> Self:
         """Fail at construction (without loading anything) on a bad pair or option."""
-        check_pair_args(self.base_model, self.aligned_model, self.aligned_adapter)
+        if self.is_remote:
+            check_remote_args(self.base_url, self.aligned_url, self.tokenizer, self.aligned_adapter)
+            remote_options(self)  # validates mode, k, chunk size and timeout
+        else:
+            if self.tokenizer is not None:
+                raise ValueError("tokenizer is for remote pairs: pass base_url and aligned_url")
+            check_pair_args(self.base_model, self.aligned_model, self.aligned_adapter)
         merge_options({**field_options(self), "stop": self.stop})
         return self
 
     @property
+    def is_remote(self) -> bool:
+        """True when the pair's models live behind completion servers (``base_url``)."""
+        return self.base_url is not None or self.aligned_url is not None
+
+    @property
     def model_name(self) -> str:
         """``baco:<base>+<aligned>`` (``baco:demo`` for the embedded pair)."""
+        if self.is_remote:
+            base = self.base_model or self.base_url
+            return f"baco:{base}+{self.aligned_model or self.aligned_url}"
         return pair_model_name(self.base_model, self.aligned_model, self.aligned_adapter)
 
     @property
     def load_options(self) -> dict[str, Any]:
         """Keyword arguments of :func:`shared_core.registry.get_engine` for this pair."""
+        if self.is_remote:
+            return {"remote": remote_options(self)}
         return {
             "base_model": self.base_model,
             "aligned_model": self.aligned_model,
@@ -284,6 +329,51 @@ class BacoFields(BaseModel):
             "device_map": self.device_map,
             "model_kwargs": self.model_kwargs or None,
         }
+
+
+def check_remote_args(
+    base_url: str | None, aligned_url: str | None, tokenizer: Any, aligned_adapter: Any
+) -> None:
+    """A remote pair needs both server URLs and the models' tokenizer, and no adapter."""
+    if base_url is None or aligned_url is None:
+        raise ValueError("a remote pair needs both base_url and aligned_url (they may be equal)")
+    if tokenizer is None:
+        raise ValueError(
+            "a remote pair needs tokenizer=<hub id or folder> (the served models' tokenizer, "
+            "loaded locally for chat templates, stop strings and word boundaries)"
+        )
+    if aligned_adapter is not None:
+        raise ValueError(
+            "aligned_adapter is for local pairs; serve the adapter with the base model "
+            "(vLLM: --enable-lora --lora-modules aligned=PATH) and pass aligned_model='aligned'"
+        )
+
+
+def remote_options(fields: BacoFields) -> dict[str, Any]:
+    """:class:`~shared_core.remote.RemotePair` keyword arguments of adapter fields
+    (validated here, so a bad value fails at construction)."""
+    from .remote import MODES
+
+    if fields.remote_mode not in MODES:
+        raise ValueError(f"remote_mode must be one of {MODES}, got {fields.remote_mode!r}")
+    for name in ("top_logprobs", "chunk_tokens"):
+        value = getattr(fields, name)
+        if value < 1:
+            raise ValueError(f"{name} must be ≥ 1, got {value}")
+    if fields.request_timeout <= 0:
+        raise ValueError(f"request_timeout must be positive, got {fields.request_timeout}")
+    return {
+        "base_url": fields.base_url,
+        "aligned_url": fields.aligned_url,
+        "tokenizer": fields.tokenizer,
+        "base_model": fields.base_model,
+        "aligned_model": fields.aligned_model,
+        "api_key": fields.api_key,
+        "top_logprobs": fields.top_logprobs,
+        "mode": fields.remote_mode,
+        "chunk_tokens": fields.chunk_tokens,
+        "timeout": fields.request_timeout,
+    }
 
 
 def pair_model_name(base: str | None, aligned: str | None, adapter: str | None = None) -> str:

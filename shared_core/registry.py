@@ -34,8 +34,11 @@ def engine_key(
     dtype: Any = None,
     device_map: Any = None,
     model_kwargs: dict[str, Any] | None = None,
+    remote: dict[str, Any] | None = None,
 ) -> str:
     """A stable string key for one pair + load options."""
+    if remote is not None:
+        return json.dumps(["remote", remote], sort_keys=True, default=str)
     return json.dumps(
         [
             base_model,
@@ -58,15 +61,17 @@ def get_engine(
     dtype: Any = None,
     device_map: Any = None,
     model_kwargs: dict[str, Any] | None = None,
+    remote: dict[str, Any] | None = None,
 ) -> BacoEngine:
     """Load (once per process) and return the engine for a pair.
 
-    With no models given this is the embedded demo pair. Raises ``ValueError`` when only one
+    With no models given this is the embedded demo pair; ``remote`` (the keyword arguments
+    of a :class:`~shared_core.remote.RemotePair`) names a pair behind completion servers. Raises ``ValueError`` when only one
     of the two models is given. Loading one pair never blocks users of other pairs: the
     weights load under that pair's own lock, and concurrent callers of the same pair wait
     for the one load.
     """
-    demo = check_pair_args(base_model, aligned_model, aligned_adapter)
+    demo = remote is None and check_pair_args(base_model, aligned_model, aligned_adapter)
     key = engine_key(
         base_model,
         aligned_model,
@@ -74,6 +79,7 @@ def get_engine(
         dtype=dtype,
         device_map=device_map,
         model_kwargs=model_kwargs,
+        remote=remote,
     )
     with _LOCK:
         engine = _ENGINES.get(key)
@@ -85,7 +91,11 @@ def get_engine(
             engine = _ENGINES.get(key)
         if engine is not None:
             return engine  # loaded by the caller we waited for
-        if demo:
+        if remote is not None:
+            from .remote import RemotePair
+
+            pair = RemotePair(**remote)
+        elif demo:
             pair = ModelPair.demo(dtype=dtype, device_map=device_map)
         else:
             pair = ModelPair.from_pretrained(

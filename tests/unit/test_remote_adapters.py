@@ -1,0 +1,71 @@
+"""ChatBaco and Baco over a RemotePair (fields base_url, aligned_url, tokenizer, ...)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("httpx", reason="RemotePair needs httpx (the remote extra)")
+
+from shared_core.remote import RemotePair  # noqa: E402
+from shared_core.testing_server import FakeCompletionServer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def servers(tiny_pair):
+    ends = tiny_pair.end_ids
+    with (
+        FakeCompletionServer(tiny_pair.base, name="tiny-base", end_ids=ends) as base,
+        FakeCompletionServer(tiny_pair.aligned, name="tiny-aligned", end_ids=ends) as aligned,
+    ):
+        yield base, aligned
+
+
+def fields(servers, tiny_pair_paths, **extra):
+    return {
+        "base_url": servers[0].url,
+        "aligned_url": servers[1].url,
+        "tokenizer": str(tiny_pair_paths[1]),
+        "max_tokens": 8,
+        "min_new_tokens": 8,
+        **extra,
+    }
+
+
+def test_chat_baco_over_two_servers(servers, tiny_pair_paths):
+    pytest.importorskip("langchain_core", reason="needs the langchain extra")
+    from langchain_baco import ChatBaco
+
+    llm = ChatBaco(**fields(servers, tiny_pair_paths, remote_mode="token", top_logprobs=8))
+    message = llm.invoke("Tell me a story.", seed=3)
+    assert message.content and message.response_metadata["model_name"].startswith("baco:http")
+    assert isinstance(llm._get_engine().pair, RemotePair)
+    assert llm._get_engine().pair.mode == "token"
+    streamed = "".join(c.content for c in llm.stream("Tell me a story.", seed=3))
+    assert streamed == message.content
+
+
+def test_llama_index_baco_over_two_servers(servers, tiny_pair_paths):
+    pytest.importorskip("llama_index.core", reason="needs the llamaindex extra")
+    from llama_index_baco import Baco
+
+    llm = Baco(
+        **fields(servers, tiny_pair_paths, base_model="tiny-base", aligned_model="tiny-aligned")
+    )
+    response = llm.complete("Tell me a story.", seed=5)
+    assert response.text and llm.metadata.model_name == "baco:tiny-base+tiny-aligned"
+    assert llm.metadata.context_window == 512  # what the servers report
+    assert "base_share" in response.raw
+
+
+def test_remote_fields_are_checked_at_construction(servers, tiny_pair_paths):
+    pytest.importorskip("langchain_core", reason="needs the langchain extra")
+    from langchain_baco import ChatBaco
+
+    with pytest.raises(ValueError, match="needs both base_url and aligned_url"):
+        ChatBaco(base_url=servers[0].url, tokenizer="x")
+    with pytest.raises(ValueError, match="needs tokenizer="):
+        ChatBaco(base_url=servers[0].url, aligned_url=servers[1].url)
+    with pytest.raises(ValueError, match=r"remote_mode must be one of \('token', 'chunk'\)"):
+        ChatBaco(**fields(servers, tiny_pair_paths, remote_mode="fast"))
+    with pytest.raises(ValueError, match="tokenizer is for remote pairs"):
+        ChatBaco(tokenizer="x")
