@@ -17,6 +17,7 @@ __all__ = [
     "add_model_args",
     "check_generation_options",
     "load_pair",
+    "remote_pair",
     "set_torch_threads",
 ]
 
@@ -54,6 +55,30 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         "--dtype", choices=DTYPES, default=None, help="weights dtype (default: the model's)"
     )
     models.add_argument("--device-map", default=None, help='e.g. "cpu", "cuda", "auto"')
+    remote = parser.add_argument_group(
+        "remote pair (models behind OpenAI-compatible completion servers such as vLLM; "
+        "--base / --aligned then name the served models)"
+    )
+    remote.add_argument("--base-url", help="the base model's server, e.g. http://host:8000/v1")
+    remote.add_argument("--aligned-url", help="the aligned model's server (may equal --base-url)")
+    remote.add_argument("--tokenizer", help="the served models' tokenizer: hub id or folder")
+    remote.add_argument(
+        "--remote-mode",
+        choices=("chunk", "token"),
+        default="chunk",
+        help="chunk: proposals checked by the other model (few requests); token: two "
+        "requests per step",
+    )
+    remote.add_argument(
+        "--remote-top-logprobs",
+        type=int,
+        default=20,
+        help="k of the top-k distributions read from the servers (vLLM: --max-logprobs ≥ k)",
+    )
+    remote.add_argument("--chunk-tokens", type=int, default=8, help="tokens per proposal")
+    remote.add_argument(
+        "--request-timeout", type=float, default=60.0, help="seconds per server request"
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -64,8 +89,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def load_pair(args: argparse.Namespace) -> Any:
-    """The pair named by ``--base``/``--aligned``/``--aligned-adapter`` (or the demo pair)."""
+    """The pair named by ``--base``/``--aligned``/``--aligned-adapter`` (or the demo pair),
+    or, with ``--base-url``/``--aligned-url``/``--tokenizer``, a remote pair."""
     from .pair import ModelPair
+
+    if getattr(args, "base_url", None) or getattr(args, "aligned_url", None):
+        return remote_pair(args)
 
     dtype = None if args.dtype in (None, "auto") else args.dtype
     if args.device_map and args.device_map.startswith("cuda"):
@@ -81,6 +110,33 @@ def load_pair(args: argparse.Namespace) -> Any:
         aligned_adapter=args.aligned_adapter,
         dtype=dtype,
         device_map=args.device_map,
+    )
+
+
+def remote_pair(args: argparse.Namespace) -> Any:
+    """The :class:`~shared_core.remote.RemotePair` of the remote flags."""
+    from .remote import RemotePair
+
+    flags = ("--base-url", "--aligned-url", "--tokenizer")
+    given = (args.base_url, args.aligned_url, args.tokenizer)
+    missing = [f for f, v in zip(flags, given, strict=True) if not v]
+    if missing:
+        raise ValueError(f"a remote pair needs {', '.join(flags)}; missing: {', '.join(missing)}")
+    if args.aligned_adapter:
+        raise ValueError(
+            "--aligned-adapter is for local pairs: serve the adapter with the base model "
+            "(vLLM: --enable-lora --lora-modules aligned=PATH) and pass --aligned aligned"
+        )
+    return RemotePair(
+        args.base_url,
+        args.aligned_url,
+        tokenizer=args.tokenizer,
+        base_model=args.base,
+        aligned_model=args.aligned,
+        mode=args.remote_mode,
+        top_logprobs=args.remote_top_logprobs,
+        chunk_tokens=args.chunk_tokens,
+        timeout=args.request_timeout,
     )
 
 

@@ -27,8 +27,8 @@ def dtype_name(dtype: Any) -> str | None:
 
 
 def engine_key(
-    base_model: str | None,
-    aligned_model: str | None,
+    base_model: str | None = None,
+    aligned_model: str | None = None,
     *,
     aligned_adapter: str | None = None,
     dtype: Any = None,
@@ -66,10 +66,10 @@ def get_engine(
     """Load (once per process) and return the engine for a pair.
 
     With no models given this is the embedded demo pair; ``remote`` (the keyword arguments
-    of a :class:`~shared_core.remote.RemotePair`) names a pair behind completion servers. Raises ``ValueError`` when only one
-    of the two models is given. Loading one pair never blocks users of other pairs: the
-    weights load under that pair's own lock, and concurrent callers of the same pair wait
-    for the one load.
+    of a :class:`~shared_core.remote.RemotePair`) names a pair behind completion servers.
+    Raises ``ValueError`` when only one of the two models is given. Loading one pair never
+    blocks users of other pairs: the weights load under that pair's own lock, and concurrent
+    callers of the same pair wait for the one load.
     """
     demo = remote is None and check_pair_args(base_model, aligned_model, aligned_adapter)
     key = engine_key(

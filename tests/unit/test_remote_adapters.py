@@ -26,7 +26,6 @@ def fields(servers, tiny_pair_paths, **extra):
         "aligned_url": servers[1].url,
         "tokenizer": str(tiny_pair_paths[1]),
         "max_tokens": 8,
-        "min_new_tokens": 8,
         **extra,
     }
 
@@ -54,7 +53,7 @@ def test_llama_index_baco_over_two_servers(servers, tiny_pair_paths):
     response = llm.complete("Tell me a story.", seed=5)
     assert response.text and llm.metadata.model_name == "baco:tiny-base+tiny-aligned"
     assert llm.metadata.context_window == 512  # what the servers report
-    assert "base_share" in response.raw
+    assert "base_share" in response.raw["baco"] and response.raw["usage"]["output_tokens"] > 0
 
 
 def test_remote_fields_are_checked_at_construction(servers, tiny_pair_paths):
@@ -69,3 +68,61 @@ def test_remote_fields_are_checked_at_construction(servers, tiny_pair_paths):
         ChatBaco(**fields(servers, tiny_pair_paths, remote_mode="fast"))
     with pytest.raises(ValueError, match="tokenizer is for remote pairs"):
         ChatBaco(tokenizer="x")
+
+
+def test_baco_generate_takes_the_remote_flags(servers, tiny_pair_paths, capsys):
+    from shared_core.cli import main
+
+    status = main(
+        [
+            "generate",
+            "Tell me a story.",
+            "--base-url",
+            servers[0].url,
+            "--aligned-url",
+            servers[1].url,
+            "--tokenizer",
+            str(tiny_pair_paths[1]),
+            "--max-new-tokens",
+            "6",
+            "-n",
+            "2",
+            "--seed",
+            "1",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert status == 0 and out.count("--- sample") == 2
+
+
+def test_the_remote_flags_are_checked(servers, capsys):
+    from shared_core.cli import main
+
+    assert main(["generate", "Hi", "--base-url", servers[0].url]) == 2
+    assert "missing: --aligned-url, --tokenizer" in capsys.readouterr().err
+
+
+def test_baco_serve_fronts_two_servers(servers, tiny_pair_paths):
+    pytest.importorskip("fastapi", reason="needs the serve extra")
+    from fastapi.testclient import TestClient
+
+    from shared_core import BacoEngine
+    from shared_core.serve.app import create_app
+
+    pair = RemotePair(
+        servers[0].url, servers[1].url, tokenizer=str(tiny_pair_paths[1]), top_logprobs=8
+    )
+    with TestClient(create_app(BacoEngine(pair))) as client:
+        models = client.get("/v1/models").json()
+        assert [m["id"] for m in models["data"]] == ["baco:tiny-base+tiny-aligned"]
+        body = {
+            "messages": [{"role": "user", "content": "Tell me a story."}],
+            "max_tokens": 6,
+            "n": 2,
+            "seed": 4,
+            "logprobs": True,
+        }
+        answer = client.post("/v1/chat/completions", json=body).json()
+    assert len(answer["choices"]) == 2
+    assert answer["usage"]["completion_tokens"] > 0
+    assert answer["choices"][0]["logprobs"]["content"]
