@@ -6,8 +6,8 @@ import pytest
 
 pytest.importorskip("httpx", reason="RemotePair needs httpx (the remote extra)")
 
-from shared_core.remote import RemotePair  # noqa: E402
-from shared_core.testing_server import FakeCompletionServer  # noqa: E402
+from shared_core.remote import RemotePair
+from shared_core.testing_server import FakeCompletionServer
 
 
 @pytest.fixture(scope="module")
