@@ -11,6 +11,8 @@ from .engine import BacoEngine
 from .pair import ModelPair
 from .params import GenerationParams
 from .prompts import PlainTemplate
+from .remote import RemotePair
+from .remote_client import RemoteServerError
 from .routers import ROUTER_NAMES, RouterSignals, RouterSpec, resolve_router
 from .types import Generation, StreamEvent, Usage
 
@@ -21,6 +23,8 @@ __all__ = [
     "GenerationParams",
     "ModelPair",
     "PlainTemplate",
+    "RemotePair",
+    "RemoteServerError",
     "RouterSignals",
     "RouterSpec",
     "StreamEvent",

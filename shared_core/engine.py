@@ -142,7 +142,9 @@ class BacoEngine:
         a list of prompts, decoded together in one batch. ``options`` are
         :class:`GenerationParams` fields. Everything is validated before any model work: a bad
         prompt raises an error naming its index, or, with ``return_exceptions=True``, takes the
-        exception's place in the result while the other prompts are still generated.
+        exception's place in the result while the other prompts are still generated; a batch
+        that fails while decoding (e.g. a server refused one prompt) is then retried prompt by
+        prompt, each with the samples it would have drawn in the batch.
         Setting ``cancel`` (e.g. when the client of a server request went away) stops this
         call's rows at the next step; it then returns the samples finished so far.
         """
@@ -150,17 +152,20 @@ class BacoEngine:
         results: list[list[Generation]] = []
         if prepared:
             batch = [p for _, p in prepared]
-            if self._queue is not None:
-                results = self._queue.submit(batch, params, cancel)
+            if not return_exceptions or len(batch) == 1:
+                results = self._submit(batch, params, cancel)
             else:
-                cancelled = (
-                    None
-                    if cancel is None
-                    else (lambda: set(range(len(batch))) if cancel.is_set() else set())
-                )
-                results = self._run_batch(
-                    batch, params, prompt_seeds(_seed(params), batch), cancelled
-                )
+                if params.seed is None:  # one seed for the batch and any retry alone
+                    params = replace(params, seed=_seed(params))
+                try:
+                    results = self._submit(batch, params, cancel)
+                except Exception:  # e.g. a server refused one prompt: retry each alone
+                    results = []
+                    for one in batch:
+                        try:
+                            results.append(self._submit([one], params, cancel)[0])
+                        except Exception as exc:
+                            results.append(exc)
         out: list[Any] = [None] * (len(prepared) + len(failures))
         for (index, _), row in zip(prepared, results, strict=True):
             out[index] = row
@@ -173,6 +178,22 @@ class BacoEngine:
                     raise failed
                 out[index] = failed
         return out
+
+    def _submit(
+        self,
+        batch: list[PreparedPrompt],
+        params: GenerationParams,
+        cancel: threading.Event | None,
+    ) -> list[list[Generation]]:
+        """Decode ``batch`` through the request queue (or directly when it is off)."""
+        if self._queue is not None:
+            return self._queue.submit(batch, params, cancel)
+        cancelled = (
+            None
+            if cancel is None
+            else (lambda: set(range(len(batch))) if cancel.is_set() else set())
+        )
+        return self._run_batch(batch, params, prompt_seeds(_seed(params), batch), cancelled)
 
     def _run_batch(
         self,

@@ -176,16 +176,17 @@ def save_tiny_adapter(
     target_modules: Sequence[str] = ("q_proj", "v_proj", "down_proj"),
     use_dora: bool = False,
     seed: int = 0,
+    zero: bool = False,
 ) -> Path:
     """Save a random (non-zero) LoRA adapter for the tiny model in ``base_folder``; with the
     base it makes a one-weights pair (``ModelPair.from_pretrained(base, aligned_adapter=…)``).
-    Needs peft."""
+    ``zero``: an adapter that changes nothing (peft's default init, B = 0). Needs peft."""
     import peft
     import torch
     from transformers import AutoModelForCausalLM
 
     config = peft.LoraConfig(
-        r=4, target_modules=list(target_modules), init_lora_weights=False, use_dora=use_dora
+        r=4, target_modules=list(target_modules), init_lora_weights=zero, use_dora=use_dora
     )
     torch.manual_seed(seed)
     model = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(base_folder), config)

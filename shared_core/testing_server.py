@@ -154,6 +154,10 @@ class FakeCompletionServer:
         prompts = body.get("prompt")
         if prompts and isinstance(prompts[0], int):
             prompts = [prompts]
+        for prompt in prompts:
+            if len(prompt) + int(body.get("max_tokens", 16)) > self.max_model_len:
+                message = f"{len(prompt)} prompt tokens exceed max_model_len {self.max_model_len}"
+                return 400, {"error": {"message": message}}
         choices = [self._choice(i, list(p), body) for i, p in enumerate(prompts)]
         return 200, {"object": "text_completion", "model": self.name, "choices": choices}
 

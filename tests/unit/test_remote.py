@@ -200,3 +200,21 @@ def test_names_and_context_window_come_from_the_servers(servers, tiny_pair_paths
     pair = remote(servers, tiny_pair_paths)
     assert pair.short_name == "baco:tiny-base+tiny-aligned"
     assert pair.context_window == 512
+
+
+def test_a_prompt_a_server_refuses_does_not_lose_the_others(servers, tiny_pair_paths):
+    """The fake server answers 400 for prompts longer than its window; with
+    ``return_exceptions`` the batch is retried prompt by prompt and only that prompt fails,
+    the other gets the samples it would have drawn in the batch."""
+    base, aligned = servers
+    pair = remote(servers, tiny_pair_paths, mode="token", context_window=4096)
+    engine = BacoEngine(pair)
+    long_prompt = "word " * 600
+    options = {"seed": 3, "max_new_tokens": 4, "n": 2}
+    out = engine.generate(["Hi", long_prompt], return_exceptions=True, **options)
+    assert isinstance(out[1], RemoteServerError) and "400" in str(out[1])
+    assert [g.token_ids for g in out[0]] == [
+        g.token_ids for g in engine.generate("Hi", **options)[0]
+    ]
+    with pytest.raises(RemoteServerError, match="400"):
+        engine.generate(["Hi", long_prompt], **options)

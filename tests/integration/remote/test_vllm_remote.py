@@ -67,9 +67,9 @@ def test_adapters_and_serve_over_vllm(vllm_server, names):
     pytest.importorskip("llama_index.core", reason="needs the llamaindex extra")
     pytest.importorskip("fastapi", reason="needs the serve extra")
     from fastapi.testclient import TestClient
+
     from langchain_baco import ChatBaco
     from llama_index_baco import Baco
-
     from shared_core.serve.app import create_app
 
     fields = {

