@@ -138,7 +138,8 @@ def main() -> None:
         f"router {args.router} γ={args.gamma}, k={args.top_logprobs}, chunk {args.chunk_tokens}"
     )
     print(
-        f"| variant | tok/s | × {rows[0]['variant']} | requests | requests / token | requests / step |"
+        f"| variant | tok/s | × {rows[0]['variant']} | requests | requests / token "
+        "| requests / step |"
     )
     print("|---|---:|---:|---:|---:|---:|")
     for row in rows:

@@ -206,7 +206,6 @@ def test_a_prompt_a_server_refuses_does_not_lose_the_others(servers, tiny_pair_p
     """The fake server answers 400 for prompts longer than its window; with
     ``return_exceptions`` the batch is retried prompt by prompt and only that prompt fails,
     the other gets the samples it would have drawn in the batch."""
-    base, aligned = servers
     pair = remote(servers, tiny_pair_paths, mode="token", context_window=4096)
     engine = BacoEngine(pair)
     long_prompt = "word " * 600

@@ -34,7 +34,11 @@ def test_token_mode_equals_the_local_engine_with_top_k(vllm_server, names, local
         PROMPTS, **options
     )
     want = BacoEngine(local_pair).generate(PROMPTS, top_k=10, **options)
-    pairs = [(g, w) for mine, theirs in zip(got, want, strict=True) for g, w in zip(mine, theirs)]
+    pairs = [
+        (g, w)
+        for mine, theirs in zip(got, want, strict=True)
+        for g, w in zip(mine, theirs, strict=True)
+    ]
     same = [g.token_ids == w.token_ids and g.sources == w.sources for g, w in pairs]
     assert sum(same) >= len(same) - 1, [(g.token_ids, w.token_ids) for g, w in pairs]
     assert any("base" in g.sources for g, _ in pairs) or router == "p-punc"
