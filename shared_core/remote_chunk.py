@@ -135,16 +135,17 @@ class ChunkDecode(EagerDecode):
             PROPOSAL_DRAW,
         )
         params = self.params
+        max_tokens = max(1, min(self.chunk, budget))
         proposal = await server.propose(
             text.base if owner == "base" else text.aligned,
-            max_tokens=max(1, min(self.chunk, budget)),
+            max_tokens=max_tokens,
             top=self.k,
             seed=int(seed[0]) & 0x7FFFFFFF,
             temperature=params.temperature,
             top_k=min(params.top_k or self.k, self.k),
             top_p=params.top_p,
             min_p=params.min_p,
-            min_tokens=max(0, params.min_new_tokens - text.steps),
+            min_tokens=min(max_tokens, max(0, params.min_new_tokens - text.steps)),
         )
         if not proposal.token_ids:
             raise RemoteServerError(server.label, "a completion with no tokens")

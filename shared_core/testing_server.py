@@ -151,6 +151,8 @@ class FakeCompletionServer:
         for field in ("logprobs", "prompt_logprobs"):
             if int(body.get(field) or 0) > self.max_logprobs:
                 return 400, {"error": {"message": f"{field} > max_logprobs {self.max_logprobs}"}}
+        if int(body.get("min_tokens") or 0) > int(body.get("max_tokens", 16)):
+            return 400, {"error": {"message": "min_tokens must be <= max_tokens"}}
         prompts = body.get("prompt")
         if prompts and isinstance(prompts[0], int):
             prompts = [prompts]

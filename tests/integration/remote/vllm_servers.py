@@ -96,6 +96,8 @@ class VllmServer:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+        # the server's log outlives the session, for post-mortems
+        shutil.copy(self.log, Path(tempfile.gettempdir()) / "baco-vllm-last.log")
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
