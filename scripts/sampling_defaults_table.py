@@ -40,7 +40,7 @@ def main(specs: list[str]) -> None:
                 for metric in METRICS:
                     sums[metric] += run[(setting, prompt)][metric]
             means = " | ".join(f"{sums[m] / len(prompts):.3f}" for m in METRICS)
-            print(f"| {setting} | {label} | {len(prompts)} | {means} |")
+            print(f"| {setting.replace('|', ', ')} | {label} | {len(prompts)} | {means} |")
 
 
 if __name__ == "__main__":
