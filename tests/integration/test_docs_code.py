@@ -13,7 +13,6 @@ from __future__ import annotations
 import ast
 import asyncio
 import inspect
-import re
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -35,7 +34,10 @@ STAND_INS = {
     "path/to/base": "base",
     "path/to/instruct": "aligned",
     "path/to/lora": "adapter",
+    "meta-llama/Llama-3.1-70B-Instruct": "aligned",
 }
+#: The completion servers the docs' remote-pair blocks name, answered by in-process fakes.
+REMOTE_URLS = ("http://gpu-a:8001/v1", "http://gpu-b:8002/v1")
 
 sys.path.insert(0, str(Path(__file__).parent / "serve"))
 
@@ -100,6 +102,14 @@ def stand_ins(
         return load(cls, base_ref, aligned_ref, **kwargs)
 
     monkeypatch.setattr(ModelPair, "from_pretrained", classmethod(from_pretrained))
+    from shared_core import remote
+
+    load_tokenizer = remote._load_tokenizer
+    monkeypatch.setattr(
+        remote,
+        "_load_tokenizer",
+        lambda ref: load_tokenizer(folders.get(STAND_INS.get(str(ref), ""), ref)),
+    )
     monkeypatch.setattr(registry, "_ENGINES", {})
     monkeypatch.setattr(Settings, "_llm", None)
     return folders
@@ -116,6 +126,32 @@ def demo_server(stand_ins: dict[str, str]) -> Iterator[str]:
         yield live.base_url
 
 
+@pytest.fixture
+def remote_servers(stand_ins: dict[str, str]) -> Iterator[dict[str, str]]:
+    """Fake completion servers for the remote-pair blocks: doc URL -> live URL."""
+    from shared_core.pair import ModelPair
+    from shared_core.testing_server import FakeCompletionServer
+
+    pair = ModelPair.from_pretrained(stand_ins["base"], stand_ins["aligned"])
+    ends = pair.end_ids
+    with (
+        FakeCompletionServer(pair.base, name="base", end_ids=ends, max_model_len=2048) as base,
+        FakeCompletionServer(pair.aligned, name="aligned", end_ids=ends, max_model_len=2048) as al,
+    ):
+        yield dict(zip(REMOTE_URLS, (base.url, al.url), strict=True))
+
+
+def _live_urls(doc: str, request: Any) -> dict[str, str]:
+    """Doc URLs that must point at live servers, and where they point."""
+    text = (ROOT / doc).read_text()
+    replace = {}
+    if SERVER_URL in text:
+        replace[SERVER_URL] = request.getfixturevalue("demo_server")
+    if any(url in text for url in REMOTE_URLS):
+        replace.update(request.getfixturevalue("remote_servers"))
+    return replace
+
+
 @pytest.mark.parametrize("doc", DOCS)
 def test_doc_blocks_run_on_the_tiny_pair(
     doc: str, stand_ins: dict[str, str], monkeypatch: pytest.MonkeyPatch, request: Any
@@ -126,16 +162,10 @@ def test_doc_blocks_run_on_the_tiny_pair(
     monkeypatch.setattr(
         ModelPair, "demo", classmethod(lambda cls, **_: ModelPair.from_pretrained(base, aligned))
     )
-    replace = {}
-    if re.search(re.escape(SERVER_URL), (ROOT / doc).read_text()):
-        replace[SERVER_URL] = request.getfixturevalue("demo_server")
-    run_blocks(ROOT / doc, replace)
+    run_blocks(ROOT / doc, _live_urls(doc, request))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("doc", DOCS)
 def test_doc_blocks_run_on_the_demo_pair(doc: str, stand_ins: dict[str, str], request: Any) -> None:
-    replace = {}
-    if re.search(re.escape(SERVER_URL), (ROOT / doc).read_text()):
-        replace[SERVER_URL] = request.getfixturevalue("demo_server")
-    run_blocks(ROOT / doc, replace)
+    run_blocks(ROOT / doc, _live_urls(doc, request))
