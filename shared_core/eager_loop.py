@@ -56,6 +56,11 @@ class EagerDecode:
         self.remote = getattr(pair, "remote", False)
         if self.remote:  # sampling reads the servers' top-k: the local engine with top_k=k
             k = pair.top_logprobs
+            if params.logprobs is not None and params.logprobs > k:
+                raise ValueError(
+                    f"logprobs={params.logprobs} exceeds the remote pair's top_logprobs={k}: "
+                    "ask for at most k alternatives (or raise top_logprobs)"
+                )
             params = replace(params, top_k=min(params.top_k or k, k))
         self.cancelled = cancelled
         self.context = context

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 
 import pytest
 import torch
@@ -165,13 +166,33 @@ def test_a_server_that_fails_is_named(servers, tiny_pair_paths):
         base.fail_status = None
 
 
-def test_cancelling_stops_the_requests(servers, tiny_pair_paths):
-    pair = remote(servers, tiny_pair_paths, mode="token")
+@pytest.mark.parametrize("mode", ["token", "chunk"])
+def test_cancelling_stops_the_requests(servers, tiny_pair_paths, mode):
+    pair = remote(servers, tiny_pair_paths, mode=mode, chunk_tokens=2)
+    pair.connect()
     engine = BacoEngine(pair)
     cancel = threading.Event()
     cancel.set()
+    for server in servers:
+        server.requests.clear()
     out = engine.generate("Hi", max_new_tokens=50, min_new_tokens=50, cancel=cancel)
-    assert pair.requests <= 6 and all(len(g.token_ids) < 50 for g in out[0])
+    assert sum(len(s.requests) for s in servers) <= 2  # at most the first step's
+    assert all(len(g.token_ids) < 50 for g in out[0])
+
+
+@pytest.mark.parametrize("mode", ["token", "chunk"])
+def test_closing_a_stream_stops_the_requests(servers, tiny_pair_paths, mode):
+    pair = remote(servers, tiny_pair_paths, mode=mode, chunk_tokens=2)
+    pair.connect()
+    for server in servers:
+        server.requests.clear()
+    events = BacoEngine(pair).stream("Hi", max_new_tokens=50, min_new_tokens=50)
+    next(events)
+    events.close()
+    sent = sum(len(s.requests) for s in servers)
+    assert sent < 10  # a 50-token decode sends 50 (chunk: 50) or 100 (token) requests
+    time.sleep(0.2)
+    assert sum(len(s.requests) for s in servers) == sent
 
 
 def test_bad_settings_are_refused(servers, tiny_pair_paths):
@@ -206,3 +227,11 @@ def test_a_prompt_a_server_refuses_does_not_lose_the_others(servers, tiny_pair_p
     ]
     with pytest.raises(RemoteServerError, match="400"):
         engine.generate(["Hi", long_prompt], **options)
+
+
+def test_logprobs_beyond_the_servers_top_k_are_refused(servers, tiny_pair_paths):
+    pair = remote(servers, tiny_pair_paths, mode="token", top_logprobs=4)
+    with pytest.raises(ValueError, match="logprobs=5 exceeds the remote pair's top_logprobs=4"):
+        BacoEngine(pair).generate("Hi", logprobs=5, max_new_tokens=2)
+    out = BacoEngine(pair).generate("Hi", logprobs=4, max_new_tokens=3)[0][0]
+    assert out.logprobs and all(len(entry.top_logprobs) == 4 for entry in out.logprobs)
