@@ -126,3 +126,17 @@ def test_baco_serve_fronts_two_servers(servers, tiny_pair_paths):
     assert len(answer["choices"]) == 2
     assert answer["usage"]["completion_tokens"] > 0
     assert answer["choices"][0]["logprobs"]["content"]
+
+
+def test_target_base_share_sets_gamma_on_a_remote_pair(servers, tiny_pair_paths):
+    pytest.importorskip("langchain_core", reason="needs the langchain extra")
+    from langchain_baco import ChatBaco
+
+    from shared_core.calibration import gamma_for_base_share
+
+    calibration = {"p-punc": {0.1: 0.1, 0.3: 0.4, 0.6: 0.8}}
+    llm = ChatBaco(**fields(servers, tiny_pair_paths, target_base_share=0.4, calibration=None))
+    options = llm._engine_options(None, {"calibration": calibration})
+    assert options["gamma"] == pytest.approx(gamma_for_base_share("p-punc", 0.4, calibration))
+    message = llm.invoke("Hi", seed=2, calibration=calibration)
+    assert message.response_metadata["gamma"] == pytest.approx(options["gamma"])
