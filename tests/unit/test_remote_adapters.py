@@ -131,7 +131,6 @@ def test_baco_serve_fronts_two_servers(servers, tiny_pair_paths):
 def test_target_base_share_sets_gamma_on_a_remote_pair(servers, tiny_pair_paths):
     pytest.importorskip("langchain_core", reason="needs the langchain extra")
     from langchain_baco import ChatBaco
-
     from shared_core.calibration import gamma_for_base_share
 
     calibration = {"p-punc": {0.1: 0.1, 0.3: 0.4, 0.6: 0.8}}
