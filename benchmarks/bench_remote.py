@@ -153,8 +153,14 @@ def main() -> None:
             f"{row['requests_per_token']:.3f} | {row['requests_per_step']:.2f} |"
         )
     if args.out:
+        recorded = {  # folders by their last part: no paths of this machine in results
+            k: Path(v).name
+            if k in ("tokenizer", "local_base", "local_aligned", "local_adapter") and v
+            else v
+            for k, v in vars(args).items()
+        }
         Path(args.out).write_text(
-            json.dumps({"args": vars(args), "servers": servers, "rows": rows}, indent=2)
+            json.dumps({"args": recorded, "servers": servers, "rows": rows}, indent=2)
         )
 
 
