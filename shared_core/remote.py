@@ -65,6 +65,14 @@ class _LoopThread:
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return self.submit(coroutine).result()
 
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+async def _close_all(servers: list[CompletionServer]) -> None:
+    await asyncio.gather(*(s.aclose() for s in servers))
+
 
 def dense_logits(tops: Sequence[TopLogprobs], vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``([rows, vocab_size]`` log-probabilities, ``[rows, vocab_size]`` given-token mask``)``:
@@ -221,6 +229,18 @@ class RemotePair:
         """HTTP requests sent so far (retries included), both servers."""
         return sum(s.requests for s in self.servers.values())
 
+    def close(self) -> None:
+        """Close the HTTP connections and stop the pair's event-loop thread."""
+        if self._loop.loop.is_running():
+            self._loop.run(_close_all(list(self.servers.values())))
+            self._loop.stop()
+
+    def __enter__(self) -> RemotePair:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def __repr__(self) -> str:
         return (
             f"RemotePair(base_url={self.base_url!r}, aligned_url={self.aligned_url!r}, "
@@ -287,10 +307,6 @@ class RemoteModelState:
     def drawable(self) -> torch.Tensor:
         """``[rows, vocab]``: the tokens the server gave (candidates are drawn from these)."""
         return self._answer()[1]
-
-    @property
-    def mask(self) -> torch.Tensor:
-        return torch.ones((len(self.contexts), max(len(c) for c in self.contexts)))
 
     def step(
         self, tokens: torch.Tensor, step: int, space: tuple[int, torch.Tensor] | None = None

@@ -235,3 +235,10 @@ def test_logprobs_beyond_the_servers_top_k_are_refused(servers, tiny_pair_paths)
         BacoEngine(pair).generate("Hi", logprobs=5, max_new_tokens=2)
     out = BacoEngine(pair).generate("Hi", logprobs=4, max_new_tokens=3)[0][0]
     assert out.logprobs and all(len(entry.top_logprobs) == 4 for entry in out.logprobs)
+
+
+def test_a_pair_closes_its_connections(servers, tiny_pair_paths):
+    with remote(servers, tiny_pair_paths, mode="token") as pair:
+        BacoEngine(pair).generate("Hi", max_new_tokens=2)
+    assert not pair._loop.loop.is_running()
+    assert all(s._client.is_closed for s in pair.servers.values())
