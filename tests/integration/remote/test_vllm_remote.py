@@ -12,6 +12,8 @@ from shared_core import BacoEngine
 from shared_core.remote import RemotePair, RemoteServerError
 from shared_core.testing import chi_square_p
 
+pytestmark = pytest.mark.slow  # two vLLM servers start (about 2 min on a 2-core CPU)
+
 PROMPTS = ["Tell me a story.", [{"role": "user", "content": "Name a colour."}]]
 
 
