@@ -269,7 +269,7 @@ class BacoFields(BaseModel):
         description="With base_url: the models' tokenizer (hub id or folder), loaded locally.",
     )
     api_key: str | None = Field(default=None, description="With base_url: the servers' API key.")
-    top_logprobs: int = Field(
+    remote_top_logprobs: int = Field(
         default=20,
         description="With base_url: the k of the top-k distributions read from the servers.",
     )
@@ -356,7 +356,7 @@ def remote_options(fields: BacoFields) -> dict[str, Any]:
 
     if fields.remote_mode not in MODES:
         raise ValueError(f"remote_mode must be one of {MODES}, got {fields.remote_mode!r}")
-    for name in ("top_logprobs", "chunk_tokens"):
+    for name in ("remote_top_logprobs", "chunk_tokens"):
         value = getattr(fields, name)
         if value < 1:
             raise ValueError(f"{name} must be ≥ 1, got {value}")
@@ -369,7 +369,7 @@ def remote_options(fields: BacoFields) -> dict[str, Any]:
         "base_model": fields.base_model,
         "aligned_model": fields.aligned_model,
         "api_key": fields.api_key,
-        "top_logprobs": fields.top_logprobs,
+        "top_logprobs": fields.remote_top_logprobs,
         "mode": fields.remote_mode,
         "chunk_tokens": fields.chunk_tokens,
         "timeout": fields.request_timeout,

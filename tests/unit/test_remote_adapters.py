@@ -34,7 +34,7 @@ def test_chat_baco_over_two_servers(servers, tiny_pair_paths):
     pytest.importorskip("langchain_core", reason="needs the langchain extra")
     from langchain_baco import ChatBaco
 
-    llm = ChatBaco(**fields(servers, tiny_pair_paths, remote_mode="token", top_logprobs=8))
+    llm = ChatBaco(**fields(servers, tiny_pair_paths, remote_mode="token", remote_top_logprobs=8))
     message = llm.invoke("Tell me a story.", seed=3)
     assert message.content and message.response_metadata["model_name"].startswith("baco:http")
     assert isinstance(llm._get_engine().pair, RemotePair)

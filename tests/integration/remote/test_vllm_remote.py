@@ -80,7 +80,7 @@ def test_adapters_and_serve_over_vllm(vllm_pair):
         "base_url": vllm_pair.base.url,
         "aligned_url": vllm_pair.aligned.url,
         "tokenizer": str(vllm_pair.aligned.model),
-        "top_logprobs": 10,
+        "remote_top_logprobs": 10,
         "max_tokens": 8,
     }
     assert ChatBaco(**fields).invoke("Hi", seed=1).content
