@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -30,6 +31,7 @@ from .eager_loop import EagerDecode
 from .remote import dense_logits
 from .remote_client import Proposal, RemoteServerError, TopLogprobs
 from .routers import apply_guards
+from .rows import Scores
 from .sampling import ALIGNED_DRAW, BASE_DRAW, row_streams
 from .step import RowState, StepRules, clean_logits, draw_candidate, route_rows, token_logprobs
 from .step import StepResult as _StepResult
@@ -54,7 +56,7 @@ class _RowText:
 class ChunkDecode(EagerDecode):
     """One chunk-mode decode of ``prompts`` (see the module docstring)."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.params.constraint is not None:
             raise ValueError(
@@ -190,7 +192,7 @@ class ChunkDecode(EagerDecode):
         text: _RowText,
         proposal: Proposal,
         scored: list[TopLogprobs] | None,
-    ) -> list[tuple[int, bool, object]]:
+    ) -> list[tuple[int, bool, Scores | None]]:
         """The tokens of ``proposal`` this row keeps, with their owners and scores."""
         tokens = list(proposal.token_ids)
         if not tokens:
@@ -216,13 +218,13 @@ class ChunkDecode(EagerDecode):
             picked = [scored[0], *scored[1 + skip : m + skip]] if skip else scored[:m]
             theirs, theirs_given = dense_logits(picked, size)
         base_logits, aligned_logits = (mine, theirs) if owner_is_base else (theirs, mine)
-        self._given = (mine_given, theirs_given)
         result, cut = self._decide(
             rules=self.rules,
             rows=rows,
             proposed=proposed,
             base=base_logits,
             aligned=aligned_logits,
+            given=(mine_given, theirs_given),
             steps=steps,
             owner_is_base=owner_is_base,
         )
@@ -232,12 +234,11 @@ class ChunkDecode(EagerDecode):
             stops.append(cut)
         last = min(stops) if stops else m - 1
         scores = self._scores(base_logits, aligned_logits, result, steps, last + 1)
-        kept = []
-        for j in range(last + 1):
-            kept.append(
-                (int(result.token[j]), bool(result.owner[j]), None if scores is None else scores[j])
-            )
-        return kept
+        tokens_kept, owners = result.token.tolist(), result.owner.tolist()
+        return [
+            (tokens_kept[j], owners[j], None if scores is None else scores[j])
+            for j in range(last + 1)
+        ]
 
     def _decide(
         self,
@@ -247,12 +248,14 @@ class ChunkDecode(EagerDecode):
         proposed: torch.Tensor,
         base: torch.Tensor | None,
         aligned: torch.Tensor | None,
+        given: tuple[torch.Tensor, torch.Tensor | None],
         steps: torch.Tensor,
         owner_is_base: bool,
     ) -> tuple[_StepResult, int | None]:
         """Per position: the guarded router's owner and token (the step of
         :func:`~shared_core.step.decode_step` with the owner's candidate given), and the
-        first position whose proposed token the rules forbid (None: none)."""
+        first position whose proposed token the rules forbid (None: none). ``given``: the
+        tokens each model's server gave (owner's, other's), the only ones drawn from."""
         step = steps.unsqueeze(-1)
         base_c = clean_logits(rules, base, step, None)
         aligned_c = clean_logits(rules, aligned, step, None)
@@ -264,7 +267,7 @@ class ChunkDecode(EagerDecode):
         base_p = None if base_c is None else torch.softmax(base_c, -1)
         aligned_p = None if aligned_c is None else torch.softmax(aligned_c, -1)
         purpose = BASE_DRAW if owner_is_base else ALIGNED_DRAW
-        mine_given, theirs_given = self._given
+        mine_given, theirs_given = given
         mine_draw = mine.masked_fill(~mine_given, float("-inf"))
         redrawn = draw_candidate(
             rules, rows, mine_draw, base_p if owner_is_base else aligned_p, steps, purpose
@@ -277,6 +280,7 @@ class ChunkDecode(EagerDecode):
         route = route_rows(rules, rows, base_c, aligned_c, base_p, aligned_p, steps)
         other_purpose = ALIGNED_DRAW if owner_is_base else BASE_DRAW
         other_logits, other_p = (aligned_c, aligned_p) if owner_is_base else (base_c, base_p)
+        assert theirs_given is not None  # two models: the other one scored the proposal
         other_draw = other_logits.masked_fill(~theirs_given, float("-inf"))
         theirs = draw_candidate(rules, rows, other_draw, other_p, steps, other_purpose)
         base_token, aligned_token = (own, theirs) if owner_is_base else (theirs, own)
@@ -305,7 +309,15 @@ class ChunkDecode(EagerDecode):
         token = torch.cat([p[1] for p in parts])
         return _StepResult(token, owner, None, None), cut
 
-    def _scores(self, base, aligned, result, steps, count):
+    def _scores(
+        self,
+        base: torch.Tensor | None,
+        aligned: torch.Tensor | None,
+        result: _StepResult,
+        steps: torch.Tensor,
+        count: int,
+    ) -> list[Scores] | None:
+        """The first ``count`` positions' token log-probabilities (when asked)."""
         top = self.params.logprobs
         if top is None:
             return None
