@@ -56,3 +56,17 @@ def tiny_one_weights_pair(tiny_pair_paths: tuple[Path, Path], tmp_path_factory):
     base, _ = tiny_pair_paths
     adapter = save_tiny_adapter(base, tmp_path_factory.mktemp("tiny_adapter") / "adapter")
     return ModelPair.from_pretrained(base, aligned_adapter=adapter)
+
+
+@pytest.fixture(scope="module")
+def fake_servers(tiny_pair):
+    """In-process completion servers (base, aligned) backed by the tiny pair, for
+    ``RemotePair`` tests (one pair per test module)."""
+    from shared_core.testing_server import FakeCompletionServer
+
+    ends = tiny_pair.end_ids
+    with (
+        FakeCompletionServer(tiny_pair.base, name="tiny-base", end_ids=ends) as base,
+        FakeCompletionServer(tiny_pair.aligned, name="tiny-aligned", end_ids=ends) as aligned,
+    ):
+        yield base, aligned

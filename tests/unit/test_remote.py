@@ -15,23 +15,12 @@ from shared_core import BacoEngine
 from shared_core.remote import RemotePair, RemoteServerError, dense_logits
 from shared_core.remote_client import TopLogprobs
 from shared_core.testing import chi_square_p
-from shared_core.testing_server import FakeCompletionServer
 
 PROMPTS = ["Tell me a story.", [{"role": "user", "content": "Name a colour."}]]
 
 
-@pytest.fixture(scope="module")
-def servers(tiny_pair):
-    ends = tiny_pair.end_ids
-    with (
-        FakeCompletionServer(tiny_pair.base, name="tiny-base", end_ids=ends) as base,
-        FakeCompletionServer(tiny_pair.aligned, name="tiny-aligned", end_ids=ends) as aligned,
-    ):
-        yield base, aligned
-
-
-def remote(servers, tiny_pair_paths, **options) -> RemotePair:
-    base, aligned = servers
+def remote(fake_servers, tiny_pair_paths, **options) -> RemotePair:
+    base, aligned = fake_servers
     return RemotePair(base.url, aligned.url, tokenizer=str(tiny_pair_paths[1]), **options)
 
 
@@ -53,8 +42,10 @@ def test_ids_beyond_the_tokenizer_are_dropped():
 
 
 @pytest.mark.parametrize("router", ["p-punc", "p", "rand", "aligned", "base"])
-def test_token_mode_equals_the_local_engine_with_top_k(servers, tiny_pair, tiny_pair_paths, router):
-    pair = remote(servers, tiny_pair_paths, mode="token", top_logprobs=12)
+def test_token_mode_equals_the_local_engine_with_top_k(
+    fake_servers, tiny_pair, tiny_pair_paths, router
+):
+    pair = remote(fake_servers, tiny_pair_paths, mode="token", top_logprobs=12)
     options = {"n": 3, "seed": 5, "max_new_tokens": 10, "router": router, "temperature": 1.2}
     got = BacoEngine(pair).generate(PROMPTS, **options)
     want = BacoEngine(tiny_pair).generate(PROMPTS, top_k=12, **options)
@@ -64,40 +55,40 @@ def test_token_mode_equals_the_local_engine_with_top_k(servers, tiny_pair, tiny_
         assert [g.text for g in mine] == [g.text for g in theirs]
 
 
-def test_token_mode_sends_one_request_per_model_per_step(servers, tiny_pair_paths):
-    pair = remote(servers, tiny_pair_paths, mode="token", top_logprobs=4)
+def test_token_mode_sends_one_request_per_model_per_step(fake_servers, tiny_pair_paths):
+    pair = remote(fake_servers, tiny_pair_paths, mode="token", top_logprobs=4)
     pair.connect()  # model names and context window: one GET /models each
-    for server in servers:
+    for server in fake_servers:
         server.requests.clear()
     out = BacoEngine(pair).generate(PROMPTS, n=2, seed=1, max_new_tokens=6, min_new_tokens=6)
     steps = max(len(g.token_ids) for row in out for g in row)
     assert steps == 6
     # the prompts once, then one request per token but the last; all rows in each
-    assert [len(s.requests) for s in servers] == [steps, steps]
-    assert all(len(body["prompt"]) == 4 for s in servers for body in s.requests[1:])
+    assert [len(s.requests) for s in fake_servers] == [steps, steps]
+    assert all(len(body["prompt"]) == 4 for s in fake_servers for body in s.requests[1:])
 
 
-def test_chunk_mode_is_seeded_and_needs_fewer_requests_than_steps(servers, tiny_pair_paths):
-    pair = remote(servers, tiny_pair_paths, mode="chunk", top_logprobs=8, chunk_tokens=8)
+def test_chunk_mode_is_seeded_and_needs_fewer_requests_than_steps(fake_servers, tiny_pair_paths):
+    pair = remote(fake_servers, tiny_pair_paths, mode="chunk", top_logprobs=8, chunk_tokens=8)
     engine = BacoEngine(pair)
     options = {"seed": 9, "max_new_tokens": 24, "min_new_tokens": 24, "router": "p-punc"}
     first = engine.generate("Tell me a story.", **options)[0][0]
-    for server in servers:
+    for server in fake_servers:
         server.requests.clear()
     again = engine.generate("Tell me a story.", **options)[0][0]
     assert again.token_ids == first.token_ids and again.sources == first.sources
     assert len(first.token_ids) == 24
-    assert sum(len(s.requests) for s in servers) < 24  # per-token BACO would need 48
+    assert sum(len(s.requests) for s in fake_servers) < 24  # per-token BACO would need 48
 
 
-def test_chunk_mode_matches_token_mode_in_distribution(servers, tiny_pair_paths):
+def test_chunk_mode_matches_token_mode_in_distribution(fake_servers, tiny_pair_paths):
     """Pearson's chi-square test of homogeneity on each position's token and on the
     sequence of sources, 500 samples per mode: every p-value above 0.001 (a false alarm
     rate of about 0.5% over the six tests when the modes agree)."""
     options = {"n": 500, "max_new_tokens": 4, "router": "rand", "gamma": 0.5, "temperature": 1.3}
     samples = {}
     for mode, seed in (("token", 101), ("chunk", 202)):
-        pair = remote(servers, tiny_pair_paths, mode=mode, top_logprobs=8, chunk_tokens=4)
+        pair = remote(fake_servers, tiny_pair_paths, mode=mode, top_logprobs=8, chunk_tokens=4)
         samples[mode] = BacoEngine(pair).generate("Tell me a story.", seed=seed, **options)[0]
     token, chunk = samples["token"], samples["chunk"]
     for position in range(4):
@@ -114,8 +105,8 @@ def test_chunk_mode_matches_token_mode_in_distribution(servers, tiny_pair_paths)
     assert min(shares) > 100  # both models wrote a real part of the text
 
 
-def test_stream_equals_generate_and_reports_statistics(servers, tiny_pair_paths):
-    pair = remote(servers, tiny_pair_paths, mode="chunk", top_logprobs=6, chunk_tokens=3)
+def test_stream_equals_generate_and_reports_statistics(fake_servers, tiny_pair_paths):
+    pair = remote(fake_servers, tiny_pair_paths, mode="chunk", top_logprobs=6, chunk_tokens=3)
     engine = BacoEngine(pair)
     options = {"seed": 4, "max_new_tokens": 12, "router": "rand", "gamma": 0.5, "n": 2}
     generated = engine.generate("Hello there", **options)[0]
@@ -129,8 +120,8 @@ def test_stream_equals_generate_and_reports_statistics(servers, tiny_pair_paths)
 
 
 @pytest.mark.parametrize("mode", ["token", "chunk"])
-def test_stop_strings_and_min_new_tokens(servers, tiny_pair_paths, mode):
-    pair = remote(servers, tiny_pair_paths, mode=mode, top_logprobs=6)
+def test_stop_strings_and_min_new_tokens(fake_servers, tiny_pair_paths, mode):
+    pair = remote(fake_servers, tiny_pair_paths, mode=mode, top_logprobs=6)
     engine = BacoEngine(pair)
     free = engine.generate("Hello", seed=2, max_new_tokens=16, min_new_tokens=16)[0][0]
     assert len(free.token_ids) == 16
@@ -139,24 +130,24 @@ def test_stop_strings_and_min_new_tokens(servers, tiny_pair_paths, mode):
     assert stop not in cut[0][0].text and free.text.startswith(cut[0][0].text)
 
 
-def test_a_bad_prompt_is_reported_in_its_place(servers, tiny_pair_paths):
-    pair = remote(servers, tiny_pair_paths, mode="chunk")
+def test_a_bad_prompt_is_reported_in_its_place(fake_servers, tiny_pair_paths):
+    pair = remote(fake_servers, tiny_pair_paths, mode="chunk")
     out = BacoEngine(pair).generate(
         ["Hi", [{"role": "wizard", "content": "x"}]], return_exceptions=True, max_new_tokens=4
     )
     assert len(out[0]) == 1 and isinstance(out[1], ValueError)
 
 
-def test_structured_output_needs_token_mode(servers, tiny_pair_paths):
+def test_structured_output_needs_token_mode(fake_servers, tiny_pair_paths):
     pytest.importorskip("llguidance", reason="structured output needs the structured extra")
-    pair = remote(servers, tiny_pair_paths, mode="chunk")
+    pair = remote(fake_servers, tiny_pair_paths, mode="chunk")
     with pytest.raises(ValueError, match="need mode='token'"):
         BacoEngine(pair).generate("Hi", json_schema={"type": "object"}, max_new_tokens=4)
 
 
-def test_a_server_that_fails_is_named(servers, tiny_pair_paths):
-    base, _ = servers
-    pair = remote(servers, tiny_pair_paths, mode="token", retries=0)
+def test_a_server_that_fails_is_named(fake_servers, tiny_pair_paths):
+    base, _ = fake_servers
+    pair = remote(fake_servers, tiny_pair_paths, mode="token", retries=0)
     pair.connect()
     base.fail_status = 500
     try:
@@ -167,56 +158,56 @@ def test_a_server_that_fails_is_named(servers, tiny_pair_paths):
 
 
 @pytest.mark.parametrize("mode", ["token", "chunk"])
-def test_cancelling_stops_the_requests(servers, tiny_pair_paths, mode):
-    pair = remote(servers, tiny_pair_paths, mode=mode, chunk_tokens=2)
+def test_cancelling_stops_the_requests(fake_servers, tiny_pair_paths, mode):
+    pair = remote(fake_servers, tiny_pair_paths, mode=mode, chunk_tokens=2)
     pair.connect()
     engine = BacoEngine(pair)
     cancel = threading.Event()
     cancel.set()
-    for server in servers:
+    for server in fake_servers:
         server.requests.clear()
     out = engine.generate("Hi", max_new_tokens=50, min_new_tokens=50, cancel=cancel)
-    assert sum(len(s.requests) for s in servers) <= 2  # at most the first step's
+    assert sum(len(s.requests) for s in fake_servers) <= 2  # at most the first step's
     assert all(len(g.token_ids) < 50 for g in out[0])
 
 
 @pytest.mark.parametrize("mode", ["token", "chunk"])
-def test_closing_a_stream_stops_the_requests(servers, tiny_pair_paths, mode):
-    pair = remote(servers, tiny_pair_paths, mode=mode, chunk_tokens=2)
+def test_closing_a_stream_stops_the_requests(fake_servers, tiny_pair_paths, mode):
+    pair = remote(fake_servers, tiny_pair_paths, mode=mode, chunk_tokens=2)
     pair.connect()
-    for server in servers:
+    for server in fake_servers:
         server.requests.clear()
     events = BacoEngine(pair).stream("Hi", max_new_tokens=50, min_new_tokens=50)
     next(events)
     events.close()
-    sent = sum(len(s.requests) for s in servers)
+    sent = sum(len(s.requests) for s in fake_servers)
     assert sent < 10  # a 50-token decode sends 50 (chunk: 50) or 100 (token) requests
     time.sleep(0.2)
-    assert sum(len(s.requests) for s in servers) == sent
+    assert sum(len(s.requests) for s in fake_servers) == sent
 
 
-def test_bad_settings_are_refused(servers, tiny_pair_paths):
+def test_bad_settings_are_refused(fake_servers, tiny_pair_paths):
     with pytest.raises(ValueError, match=r"mode must be one of \('token', 'chunk'\)"):
-        remote(servers, tiny_pair_paths, mode="tokens")
+        remote(fake_servers, tiny_pair_paths, mode="tokens")
     with pytest.raises(ValueError, match="top_logprobs must be in"):
-        remote(servers, tiny_pair_paths, top_logprobs=0)
+        remote(fake_servers, tiny_pair_paths, top_logprobs=0)
     with pytest.raises(ValueError, match="chunk_tokens must be"):
-        remote(servers, tiny_pair_paths, chunk_tokens=0)
+        remote(fake_servers, tiny_pair_paths, chunk_tokens=0)
     with pytest.raises(TypeError, match="tokenizer must be"):
-        RemotePair(servers[0].url, servers[1].url, tokenizer=3)
+        RemotePair(fake_servers[0].url, fake_servers[1].url, tokenizer=3)
 
 
-def test_names_and_context_window_come_from_the_servers(servers, tiny_pair_paths):
-    pair = remote(servers, tiny_pair_paths)
+def test_names_and_context_window_come_from_the_servers(fake_servers, tiny_pair_paths):
+    pair = remote(fake_servers, tiny_pair_paths)
     assert pair.short_name == "baco:tiny-base+tiny-aligned"
     assert pair.context_window == 512
 
 
-def test_a_prompt_a_server_refuses_does_not_lose_the_others(servers, tiny_pair_paths):
+def test_a_prompt_a_server_refuses_does_not_lose_the_others(fake_servers, tiny_pair_paths):
     """The fake server answers 400 for prompts longer than its window; with
     ``return_exceptions`` the batch is retried prompt by prompt and only that prompt fails,
     the other gets the samples it would have drawn in the batch."""
-    pair = remote(servers, tiny_pair_paths, mode="token", context_window=4096)
+    pair = remote(fake_servers, tiny_pair_paths, mode="token", context_window=4096)
     engine = BacoEngine(pair)
     long_prompt = "word " * 600
     options = {"seed": 3, "max_new_tokens": 4, "n": 2}
@@ -229,16 +220,16 @@ def test_a_prompt_a_server_refuses_does_not_lose_the_others(servers, tiny_pair_p
         engine.generate(["Hi", long_prompt], **options)
 
 
-def test_logprobs_beyond_the_servers_top_k_are_refused(servers, tiny_pair_paths):
-    pair = remote(servers, tiny_pair_paths, mode="token", top_logprobs=4)
+def test_logprobs_beyond_the_servers_top_k_are_refused(fake_servers, tiny_pair_paths):
+    pair = remote(fake_servers, tiny_pair_paths, mode="token", top_logprobs=4)
     with pytest.raises(ValueError, match="logprobs=5 exceeds the remote pair's top_logprobs=4"):
         BacoEngine(pair).generate("Hi", logprobs=5, max_new_tokens=2)
     out = BacoEngine(pair).generate("Hi", logprobs=4, max_new_tokens=3)[0][0]
     assert out.logprobs and all(len(entry.top_logprobs) == 4 for entry in out.logprobs)
 
 
-def test_a_pair_closes_its_connections(servers, tiny_pair_paths):
-    with remote(servers, tiny_pair_paths, mode="token") as pair:
+def test_a_pair_closes_its_connections(fake_servers, tiny_pair_paths):
+    with remote(fake_servers, tiny_pair_paths, mode="token") as pair:
         BacoEngine(pair).generate("Hi", max_new_tokens=2)
     assert not pair._loop.loop.is_running()
     assert all(s._client.is_closed for s in pair.servers.values())

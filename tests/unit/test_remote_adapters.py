@@ -7,34 +7,25 @@ import pytest
 pytest.importorskip("httpx", reason="RemotePair needs httpx (the remote extra)")
 
 from shared_core.remote import RemotePair
-from shared_core.testing_server import FakeCompletionServer
 
 
-@pytest.fixture(scope="module")
-def servers(tiny_pair):
-    ends = tiny_pair.end_ids
-    with (
-        FakeCompletionServer(tiny_pair.base, name="tiny-base", end_ids=ends) as base,
-        FakeCompletionServer(tiny_pair.aligned, name="tiny-aligned", end_ids=ends) as aligned,
-    ):
-        yield base, aligned
-
-
-def fields(servers, tiny_pair_paths, **extra):
+def fields(fake_servers, tiny_pair_paths, **extra):
     return {
-        "base_url": servers[0].url,
-        "aligned_url": servers[1].url,
+        "base_url": fake_servers[0].url,
+        "aligned_url": fake_servers[1].url,
         "tokenizer": str(tiny_pair_paths[1]),
         "max_tokens": 8,
         **extra,
     }
 
 
-def test_chat_baco_over_two_servers(servers, tiny_pair_paths):
+def test_chat_baco_over_two_servers(fake_servers, tiny_pair_paths):
     pytest.importorskip("langchain_core", reason="needs the langchain extra")
     from langchain_baco import ChatBaco
 
-    llm = ChatBaco(**fields(servers, tiny_pair_paths, remote_mode="token", remote_top_logprobs=8))
+    llm = ChatBaco(
+        **fields(fake_servers, tiny_pair_paths, remote_mode="token", remote_top_logprobs=8)
+    )
     message = llm.invoke("Tell me a story.", seed=3)
     assert message.content and message.response_metadata["model_name"].startswith("baco:http")
     assert isinstance(llm._get_engine().pair, RemotePair)
@@ -43,34 +34,36 @@ def test_chat_baco_over_two_servers(servers, tiny_pair_paths):
     assert streamed == message.content
 
 
-def test_llama_index_baco_over_two_servers(servers, tiny_pair_paths):
+def test_llama_index_baco_over_two_servers(fake_servers, tiny_pair_paths):
     pytest.importorskip("llama_index.core", reason="needs the llamaindex extra")
     from llama_index_baco import Baco
 
     llm = Baco(
-        **fields(servers, tiny_pair_paths, base_model="tiny-base", aligned_model="tiny-aligned")
+        **fields(
+            fake_servers, tiny_pair_paths, base_model="tiny-base", aligned_model="tiny-aligned"
+        )
     )
     response = llm.complete("Tell me a story.", seed=5)
     assert response.text and llm.metadata.model_name == "baco:tiny-base+tiny-aligned"
-    assert llm.metadata.context_window == 512  # what the servers report
+    assert llm.metadata.context_window == 512  # what the fake_servers report
     assert "base_share" in response.raw["baco"] and response.raw["usage"]["output_tokens"] > 0
 
 
-def test_remote_fields_are_checked_at_construction(servers, tiny_pair_paths):
+def test_remote_fields_are_checked_at_construction(fake_servers, tiny_pair_paths):
     pytest.importorskip("langchain_core", reason="needs the langchain extra")
     from langchain_baco import ChatBaco
 
     with pytest.raises(ValueError, match="needs both base_url and aligned_url"):
-        ChatBaco(base_url=servers[0].url, tokenizer="x")
+        ChatBaco(base_url=fake_servers[0].url, tokenizer="x")
     with pytest.raises(ValueError, match="needs tokenizer="):
-        ChatBaco(base_url=servers[0].url, aligned_url=servers[1].url)
+        ChatBaco(base_url=fake_servers[0].url, aligned_url=fake_servers[1].url)
     with pytest.raises(ValueError, match=r"remote_mode must be one of \('token', 'chunk'\)"):
-        ChatBaco(**fields(servers, tiny_pair_paths, remote_mode="fast"))
+        ChatBaco(**fields(fake_servers, tiny_pair_paths, remote_mode="fast"))
     with pytest.raises(ValueError, match="tokenizer is for remote pairs"):
         ChatBaco(tokenizer="x")
 
 
-def test_baco_generate_takes_the_remote_flags(servers, tiny_pair_paths, capsys):
+def test_baco_generate_takes_the_remote_flags(fake_servers, tiny_pair_paths, capsys):
     from shared_core.cli import main
 
     status = main(
@@ -78,9 +71,9 @@ def test_baco_generate_takes_the_remote_flags(servers, tiny_pair_paths, capsys):
             "generate",
             "Tell me a story.",
             "--base-url",
-            servers[0].url,
+            fake_servers[0].url,
             "--aligned-url",
-            servers[1].url,
+            fake_servers[1].url,
             "--tokenizer",
             str(tiny_pair_paths[1]),
             "--max-new-tokens",
@@ -95,14 +88,14 @@ def test_baco_generate_takes_the_remote_flags(servers, tiny_pair_paths, capsys):
     assert status == 0 and out.count("--- sample") == 2
 
 
-def test_the_remote_flags_are_checked(servers, capsys):
+def test_the_remote_flags_are_checked(fake_servers, capsys):
     from shared_core.cli import main
 
-    assert main(["generate", "Hi", "--base-url", servers[0].url]) == 2
+    assert main(["generate", "Hi", "--base-url", fake_servers[0].url]) == 2
     assert "missing: --aligned-url, --tokenizer" in capsys.readouterr().err
 
 
-def test_baco_serve_fronts_two_servers(servers, tiny_pair_paths):
+def test_baco_serve_fronts_two_servers(fake_servers, tiny_pair_paths):
     pytest.importorskip("fastapi", reason="needs the serve extra")
     from fastapi.testclient import TestClient
 
@@ -110,7 +103,7 @@ def test_baco_serve_fronts_two_servers(servers, tiny_pair_paths):
     from shared_core.serve.app import create_app
 
     pair = RemotePair(
-        servers[0].url, servers[1].url, tokenizer=str(tiny_pair_paths[1]), top_logprobs=8
+        fake_servers[0].url, fake_servers[1].url, tokenizer=str(tiny_pair_paths[1]), top_logprobs=8
     )
     with TestClient(create_app(BacoEngine(pair))) as client:
         models = client.get("/v1/models").json()
@@ -128,13 +121,13 @@ def test_baco_serve_fronts_two_servers(servers, tiny_pair_paths):
     assert answer["choices"][0]["logprobs"]["content"]
 
 
-def test_target_base_share_sets_gamma_on_a_remote_pair(servers, tiny_pair_paths):
+def test_target_base_share_sets_gamma_on_a_remote_pair(fake_servers, tiny_pair_paths):
     pytest.importorskip("langchain_core", reason="needs the langchain extra")
     from langchain_baco import ChatBaco
     from shared_core.calibration import gamma_for_base_share
 
     calibration = {"p-punc": {0.1: 0.1, 0.3: 0.4, 0.6: 0.8}}
-    llm = ChatBaco(**fields(servers, tiny_pair_paths, target_base_share=0.4, calibration=None))
+    llm = ChatBaco(**fields(fake_servers, tiny_pair_paths, target_base_share=0.4, calibration=None))
     options = llm._engine_options(None, {"calibration": calibration})
     assert options["gamma"] == pytest.approx(gamma_for_base_share("p-punc", 0.4, calibration))
     message = llm.invoke("Hi", seed=2, calibration=calibration)
