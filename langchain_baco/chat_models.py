@@ -451,8 +451,9 @@ class ChatBaco(BaseChatModel, BacoFields):
         without ``additionalProperties`` are closed); ``"function_calling"`` makes it one call
         of a tool built from the schema; ``"json_mode"`` only guarantees a JSON object.
         ``include_raw=True`` returns ``{"raw", "parsed", "parsing_error"}``. With ``n > 1``
-        (field or keyword) the result is a list of ``n`` objects (or of those dicts), all
-        from one batched decode. Other keyword arguments are bound to the call (e.g.
+        (field or keyword) the result is a list of up to ``n`` objects (or ``n`` of those
+        dicts), all from one batched decode: a sample that failed or does not parse is left
+        out with a warning (an error only when none parses). Other keyword arguments are bound to the call (e.g.
         ``max_tokens``, ``max_string_length``, ``gamma``). ``strict`` is accepted for
         compatibility: the output always follows the schema.
         """
@@ -581,7 +582,7 @@ def _many_structured(
         messages = [g.message for g in result.generations[0]]
         if raw:
             return [_parse_with_raw(parse, m) for m in messages]
-        return [parse(m) for m in messages]
+        return _parse_the_good_ones(parse, messages)
 
     def run(value: Any, config: Any = None) -> list[Any]:
         return finish(model.generate([messages_of(value)], callbacks=_callbacks(config), **bound))
@@ -591,6 +592,33 @@ def _many_structured(
         return finish(result)
 
     return RunnableLambda(run, afunc=arun, name="ChatBacoStructuredSamples")
+
+
+def _parse_the_good_ones(parse: Callable[[AIMessage], Any], messages: list[AIMessage]) -> list[Any]:
+    """The samples that parse, in order; one warning names the others (failed or cut off).
+
+    A weak model or a tight ``max_tokens`` can spoil one sample of ``n``; the others are
+    still the caller's. Raises the first sample's error only when none parses
+    (``include_raw=True`` returns every sample with its own error instead).
+    """
+    parsed, problems = [], []
+    for message in messages:
+        try:
+            parsed.append(parse(message))
+        except Exception as error:
+            index = message.response_metadata.get("sample_index", len(parsed) + len(problems))
+            problems.append((index, error))
+    if not parsed and problems:
+        raise problems[0][1]
+    if problems:
+        reasons = "; ".join(f"sample {index}: {error}" for index, error in problems)
+        warnings.warn(
+            f"with_structured_output: {len(problems)} of {len(messages)} samples left out "
+            f"({reasons[:500]}); include_raw=True returns every sample with its error",
+            UserWarning,
+            stacklevel=2,
+        )
+    return parsed
 
 
 def _callbacks(config: Any) -> Any:

@@ -402,7 +402,7 @@ class Baco(FunctionCallingLLM, CustomLLM, BacoFields):
         """Blocking decode of all samples; returns the first sample's text and ``raw``."""
         result = self.engine.generate(prompt, return_exceptions=True, **options)[0]
         samples = usable_samples(result)  # raises only when every sample failed
-        first = next(g for g in samples if g.finish_reason != "error")
+        first = samples[0]  # a good one: failed samples come last
         raw = _raw(first, samples)
         if len(samples) > 1:
             raw["samples"] = [{"text": g.text, **statistics_dict(g)} for g in samples]

@@ -125,8 +125,10 @@ def usable_samples(result: Any, *, index: int = 0) -> list[Generation]:
 
     A prompt with some failed constrained samples comes back as a ``ConstraintError`` that
     carries all its samples; the failed ones (``finish_reason == "error"``) are kept so the
-    adapters can report them next to the good ones. Raises when every sample failed or the
-    prompt failed as a whole.
+    adapters can report them next to the good ones, but after them: a caller that takes the
+    first sample (``invoke``) gets a good one. Each sample's ``sample_index`` (in its
+    metadata) still says where it was drawn. Raises when every sample failed or the prompt
+    failed as a whole.
     """
     samples = getattr(result, "generations", None) if isinstance(result, Exception) else result
     if isinstance(result, Exception) and not samples:
@@ -137,7 +139,7 @@ def usable_samples(result: Any, *, index: int = 0) -> list[Generation]:
             if isinstance(result, Exception)
             else ValueError(f"prompt {index}: every sample failed")
         )
-    return list(samples)
+    return sorted(samples, key=lambda g: g.finish_reason == "error")  # stable: good first
 
 
 class BacoFields(BaseModel):
@@ -518,6 +520,7 @@ def statistics_dict(generation: Generation, *, with_sources: bool = False) -> di
     """BACO statistics of one sample (router, gamma, base share, switches[, sources])."""
     stats = generation.statistics()
     stats["finish_reason"] = generation.finish_reason
+    stats["sample_index"] = generation.sample_index
     if generation.finish_reason == "error":
         stats["error"] = f"constrained decoding failed: {generation.error}"
     if with_sources:

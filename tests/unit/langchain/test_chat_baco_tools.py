@@ -13,6 +13,7 @@ from langchain_core.tools import tool
 from pydantic import BaseModel, Field
 
 from langchain_baco import ChatBaco, convert_messages
+from shared_core.testing import inject_constraint_failure
 
 
 @tool
@@ -111,6 +112,23 @@ def test_n_samples_give_n_valid_objects(llm: ChatBaco) -> None:
     pets = llm.with_structured_output(Pet, n=4).invoke("A pet, please.")
     assert len(pets) == 4 and all(isinstance(p, Pet) for p in pets)
     assert len({p.model_dump_json() for p in pets}) > 1
+
+
+def test_one_failed_sample_of_n_leaves_the_others(
+    llm: ChatBaco, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inject_constraint_failure(monkeypatch, row=1)  # sample 1 of the one prompt
+    with pytest.warns(UserWarning, match=r"1 of 3 samples left out \(sample 1: "):
+        pets = llm.with_structured_output(Pet, n=3).invoke("A pet, please.")
+    assert len(pets) == 2 and all(isinstance(p, Pet) for p in pets)
+    raw = llm.with_structured_output(Pet, n=3, include_raw=True).invoke("A pet, please.")
+    assert [o["parsed"] is None for o in raw] == [False, False, True]  # failed one last
+    assert raw[2]["raw"].response_metadata["sample_index"] == 1
+
+
+def test_when_no_sample_parses_the_first_error_is_raised(llm: ChatBaco) -> None:
+    with pytest.raises(OutputParserException, match="max_tokens"):
+        llm.with_structured_output(Pet, n=2, max_tokens=3).invoke("A pet.")
 
 
 async def test_n_samples_async_with_raw(llm: ChatBaco) -> None:

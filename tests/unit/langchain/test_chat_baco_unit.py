@@ -267,14 +267,23 @@ def test_invoke_with_n_says_once_that_it_returns_the_first_sample(
         ChatBaco().invoke("hi")
 
 
-def test_a_failed_sample_is_reported_and_the_others_returned(fake: FakeEngine) -> None:
+def test_a_failed_sample_is_reported_and_the_others_returned(
+    fake: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fake.failing = {1}
     result = ChatBaco(n=3).generate([[HumanMessage("hi")]])
     generations = result.generations[0]
-    assert [g.text for g in generations] == ["sample 0", "", "sample 2"]
-    failed = generations[1].message.response_metadata
+    assert [g.text for g in generations] == ["sample 0", "sample 2", ""]  # failed ones last
+    failed = generations[2].message.response_metadata
     assert failed["finish_reason"] == "error" and "injected" in failed["error"]
+    assert [g.message.response_metadata["sample_index"] for g in generations] == [0, 2, 1]
     assert "error" not in generations[0].message.response_metadata
+    fake.failing = {0}
+    import langchain_baco.chat_models as module
+
+    monkeypatch.setattr(module, "_WARNED_FIRST_OF_MANY", True)  # said already
+    first = ChatBaco(n=3).invoke("hi")
+    assert first.content == "sample 1" and first.response_metadata["finish_reason"] != "error"
     fake.failing = {0, 1, 2}
     with pytest.raises(ConstraintError, match="injected"):
         ChatBaco(n=3).generate([[HumanMessage("hi")]])

@@ -160,9 +160,10 @@ def test_a_failed_sample_is_reported_and_the_good_ones_returned(
     monkeypatch.setattr(fake_engine, "generate", generate)
     response = Baco(n=2).complete("hi")
     assert response.text == "Hello world #1"  # the first sample that did not fail
-    first, second = response.raw["samples"]
-    assert first["finish_reason"] == "error" and "injected" in first["error"]
-    assert second["text"] == "Hello world #1" and "error" not in second
+    good_one, failed = response.raw["samples"]  # failed samples come last
+    assert failed["finish_reason"] == "error" and "injected" in failed["error"]
+    assert (failed["sample_index"], good_one["sample_index"]) == (0, 1)
+    assert good_one["text"] == "Hello world #1" and "error" not in good_one
     with pytest.raises(ConstraintError):
         Baco(n=1).complete("hi")
 
