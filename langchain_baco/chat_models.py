@@ -453,9 +453,9 @@ class ChatBaco(BaseChatModel, BacoFields):
         ``include_raw=True`` returns ``{"raw", "parsed", "parsing_error"}``. With ``n > 1``
         (field or keyword) the result is a list of up to ``n`` objects (or ``n`` of those
         dicts), all from one batched decode: a sample that failed or does not parse is left
-        out with a warning (an error only when none parses). Other keyword arguments are bound to the call (e.g.
-        ``max_tokens``, ``max_string_length``, ``gamma``). ``strict`` is accepted for
-        compatibility: the output always follows the schema.
+        out with a warning (an error only when none parses). Other keyword arguments are
+        bound to the call (e.g. ``max_tokens``, ``max_string_length``, ``gamma``).
+        ``strict`` is accepted for compatibility: the output always follows the schema.
         """
         if method not in ("json_schema", "function_calling", "json_mode"):
             raise ValueError(
