@@ -85,13 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--top-p",
         type=float,
         default=DEMO_TOP_P,
-        help="nucleus sampling mass (off by default: min-p trims the tail; docs/results.md)",
+        help="nucleus sampling mass (1: off; min-p trims the tail, docs/results.md)",
     )
     demo.add_argument(
         "--min-p",
         type=float,
         default=DEMO_MIN_P,
-        help="min-p truncation, the demo pair's measured default (docs/results.md)",
+        help="min-p truncation, measured on the demo pair (docs/results.md)",
     )
     demo.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     demo.add_argument("--seed", type=int, default=0, help="seed of every method")
@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=("bf16", "fp32"),
         default="fp32",
-        help="fp32 (default, exact) or bf16 autocast: faster only on CPUs with bf16 matrix "
+        help="fp32 (exact) or bf16 autocast: faster only on CPUs with bf16 matrix "
         "units (AMX); measured slower on a 2-core AMD EPYC (benchmarks/RESULTS.md)",
     )
     add_model_args(demo)

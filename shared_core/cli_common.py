@@ -29,12 +29,13 @@ PAIR_FLAGS: tuple[str, str, str] = ("--base", "--aligned", "--aligned-adapter")
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Plain-text help: descriptions as written, and every option's default shown (unless
-    its help already names it or the default is unset)."""
+    its help already shows it as ``(default: ...)`` or the default is unset)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
         if (
-            "default" not in text
+            "(default: " not in text
+            and "%(default)" not in text
             and action.default is not None
             and action.default is not False
             and action.default != argparse.SUPPRESS

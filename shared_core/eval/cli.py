@@ -80,7 +80,7 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
         "prompts shipped with baco, shared_core/assets/noveltybench/curated.jsonl)",
     )
     p.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
-    p.add_argument("-k", type=int, default=10, help="samples per prompt (default 10)")
+    p.add_argument("-k", type=int, default=10, help="samples per prompt")
     p.add_argument(
         "--methods",
         "--routers",
@@ -101,24 +101,24 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--aligned-temperatures",
         type=_floats,
         default=None,
-        help="temperatures of the aligned-alone baseline (default 0.7,1.0,1.3,1.6)",
+        help="temperatures of the aligned-alone baseline (default: 0.7,1.0,1.3,1.6)",
     )
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--top-p", type=float, default=0.95, help="for every method (default 0.95)")
-    p.add_argument("--min-p", type=float, default=0.0, help="for every method (default 0: off)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=256, help="tokens per sample")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass, every method")
+    p.add_argument("--min-p", type=float, default=0.0, help="min-p truncation, every method (0: off)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every setting")
     p.add_argument("--batch-prompts", type=int, default=4, help="prompts per batched decode")
-    p.add_argument("--out", default="baco_eval", help="output folder (default ./baco_eval)")
+    p.add_argument("--out", default="baco_eval", help="output folder")
     add_model_args(p)
     p.add_argument(
         "--precision",
         choices=("bf16", "fp32"),
         default="fp32",
-        help="fp32 (default, exact) or bf16 autocast: faster only on CPUs with bf16 matrix "
+        help="fp32 (exact) or bf16 autocast: faster only on CPUs with bf16 matrix "
         "units (AMX); measured slower on a 2-core AMD EPYC (benchmarks/RESULTS.md)",
     )
     p.add_argument(
-        "--judge", default=None, help="judge LM: hub id, folder or .gguf (default SmolLM2-135M)"
+        "--judge", default=None, help="judge LM: hub id, folder or .gguf (default: SmolLM2-135M)"
     )
     p.add_argument("--no-judge", action="store_true", help="skip fluency/relevance")
     p.add_argument("--reward-model", default=None, help="HF reward model id (third quality axis)")
@@ -129,7 +129,7 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--stages",
         default=",".join(STAGES),
-        help=f"comma-separated stages to run (default {','.join(STAGES)})",
+        help=f"comma-separated stages to run (default: {','.join(STAGES)})",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p

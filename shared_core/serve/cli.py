@@ -27,13 +27,13 @@ def add_serve_parser(
         formatter_class=HelpFormatter,
     )
     add_model_args(serve)
-    serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     serve.add_argument(
         "--max-queue",
         type=int,
         default=DEFAULT_MAX_QUEUE,
-        help=f"generation requests in flight before answering 429 (default {DEFAULT_MAX_QUEUE})",
+        help=f"generation requests in flight before answering 429 (default: {DEFAULT_MAX_QUEUE})",
     )
     serve.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY`")
     serve.add_argument(
@@ -68,7 +68,7 @@ def add_serve_parser(
         "--warmup-lengths",
         default="256,1024",
         metavar="TOKENS",
-        help="cache lengths (prompt + max_tokens) to compile with --warmup (default 256,1024)",
+        help="cache lengths (prompt + max_tokens) to compile with --warmup (default: 256,1024)",
     )
     limits = serve.add_argument_group("request limits (checked before a body is parsed)")
     defaults = ServeLimits()
@@ -78,7 +78,7 @@ def add_serve_parser(
             dest=name,
             type=int,
             default=getattr(defaults, name),
-            help=f"{what} (default {getattr(defaults, name)})",
+            help=f"{what} (default: {getattr(defaults, name)})",
         )
     serve.add_argument("--log-level", default="info", help="uvicorn log level")
     ray = serve.add_argument_group("Ray Serve (needs the ray extra)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from typing import Any
 
 import pytest
@@ -307,6 +309,20 @@ def test_every_subcommand_takes_the_common_flags_and_shows_defaults(command, cap
         parser.parse_args([command, "--help"])
     help_text = capsys.readouterr().out
     assert "(default: " in help_text and ":class:" not in help_text and "``" not in help_text
+    subparser = next(
+        action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+    ).choices[command]
+    formatter = subparser._get_formatter()
+    for action in subparser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        text = formatter._expand_help(action) if action.help else ""
+        assert text.strip(), f"{command} {action.option_strings[0]} has no help"
+        assert text.count("(default") <= 1, f"{command} {action.option_strings[0]}: {text}"
+        if action.default not in (None, False, argparse.SUPPRESS):
+            assert f"(default: {action.default})" in text or "(default: " in text, (
+                f"{command} {action.option_strings[0]} hides its default: {text}"
+            )
 
 
 def test_generate_applies_threads(tiny_pair_paths, capsys, monkeypatch) -> None:
