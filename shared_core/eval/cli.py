@@ -105,7 +105,9 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--max-new-tokens", type=int, default=256, help="tokens per sample")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass, every method")
-    p.add_argument("--min-p", type=float, default=0.0, help="min-p truncation, every method (0: off)")
+    p.add_argument(
+        "--min-p", type=float, default=0.0, help="min-p truncation, every method (0: off)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of every setting")
     p.add_argument("--batch-prompts", type=int, default=4, help="prompts per batched decode")
     p.add_argument("--out", default="baco_eval", help="output folder")
