@@ -176,3 +176,33 @@ def test_short_name_has_no_machine_paths(tiny_pair, tiny_pair_paths, monkeypatch
     demo.base_name = str(base)
     demo.aligned_name = f"{base}+{demo_models.demo_adapter_path()}"
     assert demo.short_name == "baco:demo"
+
+
+def test_loading_an_adapter_prints_no_deprecation_between_libraries(tiny_pair_paths, tmp_path):
+    """peft trips transformers' ``is_gradient_checkpointing`` FutureWarning on every adapter
+    load; a baco user can do nothing about it, so the pair loader hides it (only it)."""
+    import warnings
+
+    peft = pytest.importorskip("peft", reason="peft is in the dev extra")
+    from transformers import AutoModelForCausalLM
+
+    base_path, _ = tiny_pair_paths
+    _save_random_lora(base_path, tmp_path / "adapter")
+
+    def deprecations(load) -> list[str]:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            load()
+        return [str(w.message) for w in seen if issubclass(w.category, FutureWarning)]
+
+    raw = deprecations(
+        lambda: peft.PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(base_path), str(tmp_path / "adapter")
+        )
+    )
+    if not any("is_gradient_checkpointing" in m for m in raw):
+        pytest.skip("this peft/transformers pair no longer warns; nothing to hide")
+    ours = deprecations(
+        lambda: ModelPair.from_pretrained(base_path, aligned_adapter=tmp_path / "adapter")
+    )
+    assert not any("is_gradient_checkpointing" in m for m in ours), ours

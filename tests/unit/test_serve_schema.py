@@ -295,3 +295,17 @@ def test_tool_history_is_rendered_for_the_engine() -> None:
     assert "<tool_call>" in messages[2]["content"] and '"x":1' in messages[2]["content"]
     assert messages[3]["content"].startswith("<tool_response>")
     assert "42" in messages[3]["content"]
+
+
+@pytest.mark.parametrize(("parallel", "rule"), [(False, "start: call? text"), (True, "call* text")])
+def test_parallel_tool_calls_false_allows_one_call_in_the_grammar(parallel: bool, rule: str):
+    if not supports_json_schema():
+        pytest.skip("the engine has no structured output (llguidance missing)")
+    tool = {
+        "type": "function",
+        "function": {"name": "add", "parameters": {"type": "object", "properties": {}}},
+    }
+    parsed = parse_chat_request(
+        {"messages": USER, "tools": [tool], "tool_choice": "auto", "parallel_tool_calls": parallel}
+    )
+    assert rule in parsed.options["json_schema"].key

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from typing import Any
 
@@ -221,3 +222,38 @@ def test_completion_logprobs_in_the_legacy_shape(server: LiveServer) -> None:
     assert logprobs.text_offset == offsets
     plain = client.completions.create(model="tiny-baco", prompt="Hi", max_tokens=12, seed=4)
     assert plain.choices[0].logprobs is None and plain.choices[0].text == choice.text
+
+
+def test_streamed_completion_logprobs_spell_the_streamed_text(server: LiveServer) -> None:
+    body = {
+        "model": "tiny-baco",
+        "prompt": ["Hi", "Tell"],
+        "max_tokens": 20,
+        "seed": 3,
+        "logprobs": 2,
+        "n": 2,
+        "stop": ["e"],
+    }
+    texts: dict[int, str] = {}
+    tokens: dict[int, list[str]] = {}
+    sources: dict[int, list[str]] = {}
+    with server.client() as http:
+        whole = http.post("/v1/completions", json=body).json()["choices"]
+        with http.stream("POST", "/v1/completions", json={**body, "stream": True}) as r:
+            for line in r.iter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                for choice in json.loads(line[6:]).get("choices", []):
+                    index = choice["index"]
+                    texts[index] = texts.get(index, "") + (choice.get("text") or "")
+                    logprobs = choice.get("logprobs")
+                    if logprobs:
+                        assert len(logprobs["tokens"]) == len(logprobs["token_logprobs"])
+                        tokens.setdefault(index, []).extend(logprobs["tokens"])
+                        sources.setdefault(index, []).extend(logprobs["sources"])
+    assert len(whole) == 4
+    for choice in whole:
+        index, logprobs = choice["index"], choice["logprobs"]
+        assert texts[index] == choice["text"] == "".join(tokens.get(index, []))
+        assert sources.get(index, []) == logprobs["sources"]
+        assert set(logprobs["sources"]) <= {"base", "aligned"}

@@ -210,3 +210,78 @@ def test_a_cut_call_is_a_partial_tool_call_and_no_markup_reaches_content(
         assert call["function"]["name"] in ("get_weather", "")
         with pytest.raises(json.JSONDecodeError):
             json.loads(call["function"]["arguments"] or "{")
+
+
+ADD = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Add two numbers",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"],
+        },
+    },
+}
+NAMED_ADD = {"type": "function", "function": {"name": "add"}}
+
+
+def _calls(calls: list[dict[str, Any]] | None) -> list[tuple[str, str]]:
+    return [(c["function"]["name"], c["function"]["arguments"]) for c in calls or []]
+
+
+def _streamed(http: Any, body: dict[str, Any]) -> tuple[str, list[tuple[str, str]], str | None]:
+    """Text, calls and finish reason of one streamed choice, as a client would join them."""
+    text, calls, finish = "", [], None
+    with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
+        for line in r.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            for choice in json.loads(line[6:]).get("choices", []):
+                delta = choice.get("delta", {})
+                text += delta.get("content") or ""
+                calls += _calls(delta.get("tool_calls"))
+                finish = choice.get("finish_reason") or finish
+    return text, calls, finish
+
+
+def test_stream_and_whole_reply_agree_over_seeds_budgets_and_tool_choices(
+    server: LiveServer,
+) -> None:
+    """For a seed, the streamed and the whole reply carry the same text, the same calls and
+    the same finish reason, whatever the budget (cuts inside markers and arguments included)
+    and the tool choice; no markup reaches the text; parallel calls off gives at most one."""
+    cases = [
+        (seed, budget, choice, parallel)
+        for seed in range(3)
+        for budget in (3, 9, 20, 48)
+        for choice in ("auto", "required", NAMED_ADD)
+        for parallel in (True, False)
+    ]
+    differ, markup, too_many = [], [], []
+    with server.client() as http:
+        for seed, budget, choice, parallel in cases:
+            body = {
+                "model": "tiny-baco",
+                "messages": MESSAGES,
+                "max_tokens": budget,
+                "seed": seed,
+                "tools": [WEATHER, ADD],
+                "tool_choice": choice,
+                "parallel_tool_calls": parallel,
+            }
+            whole = http.post("/v1/chat/completions", json=body).json()["choices"][0]
+            whole_text = whole["message"]["content"] or ""
+            whole_calls = _calls(whole["message"].get("tool_calls"))
+            streamed = _streamed(http, body)
+            case = (seed, budget, choice, parallel)
+            if (whole_text, whole_calls, whole["finish_reason"]) != streamed:
+                differ.append((case, whole_text, whole_calls, whole["finish_reason"], streamed))
+            if "<tool" in whole_text + streamed[0] or "</tool" in whole_text + streamed[0]:
+                markup.append((case, whole_text, streamed[0]))
+            if not parallel and len(whole_calls) > 1:
+                too_many.append((case, whole_calls))
+    assert not differ, differ[:3]
+    assert not markup, markup[:3]
+    assert not too_many, too_many[:3]

@@ -149,3 +149,23 @@ def test_include_raw_reports_a_cut_response(llm: ChatBaco) -> None:
 def test_structured_output_bad_method(llm: ChatBaco) -> None:
     with pytest.raises(ValueError, match="method"):
         llm.with_structured_output(Pet, method="xml")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("parallel", "rule"), [(False, "start: call? text"), (None, "call* text")])
+def test_parallel_tool_calls_false_reaches_the_grammar(
+    llm: ChatBaco, monkeypatch: pytest.MonkeyPatch, parallel: bool | None, rule: str
+) -> None:
+    import langchain_baco.chat_models as module
+
+    keys: list[str] = []
+    original = module.pop_structure
+
+    def spy(*args, **kwargs):
+        request, constraint = original(*args, **kwargs)
+        keys.append(constraint.key)
+        return request, constraint
+
+    monkeypatch.setattr(module, "pop_structure", spy)
+    extra = {} if parallel is None else {"parallel_tool_calls": parallel}
+    llm.bind_tools([pick, lookup], **extra).invoke("Go.", max_tokens=4)
+    assert len(keys) == 1 and rule in keys[0]

@@ -139,3 +139,22 @@ def test_complete_takes_a_json_schema(llm: Baco) -> None:
     assert isinstance(Pet.model_validate_json(response.text), Pet)
     with pytest.raises(ValueError, match="chat_with_tools"):
         llm.complete("hi", tools=[TOOLS[0].metadata.to_openai_tool()])
+
+
+@pytest.mark.parametrize(("allow", "rule"), [(False, "start: call? text"), (True, "call* text")])
+def test_allow_parallel_tool_calls_reaches_the_grammar(
+    llm: Baco, monkeypatch: pytest.MonkeyPatch, allow: bool, rule: str
+) -> None:
+    import llama_index_baco.base as module
+
+    keys: list[str] = []
+    original = module.pop_structure
+
+    def spy(*args, **kwargs):
+        request, constraint = original(*args, **kwargs)
+        keys.append(constraint.key)
+        return request, constraint
+
+    monkeypatch.setattr(module, "pop_structure", spy)
+    llm.chat_with_tools(TOOLS, user_msg="Go.", allow_parallel_tool_calls=allow, max_tokens=4)
+    assert len(keys) == 1 and rule in keys[0]
