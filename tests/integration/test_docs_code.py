@@ -55,8 +55,9 @@ def python_blocks(path: Path) -> list[tuple[int, str]]:
     return blocks
 
 
-def run_blocks(path: Path, replace: dict[str, str]) -> None:
-    """Run ``path``'s blocks in order in one namespace; an error names the block's line."""
+def run_blocks(path: Path, replace: dict[str, str]) -> dict[str, Any]:
+    """Run ``path``'s blocks in order in one namespace (returned); an error names the
+    block's line."""
     namespace: dict[str, Any] = {"__name__": "__docs__"}
     for line, source in python_blocks(path):
         for old, new in replace.items():
@@ -68,6 +69,7 @@ def run_blocks(path: Path, replace: dict[str, str]) -> None:
                 asyncio.run(result)
         except Exception as error:
             raise AssertionError(f"{path.name}, block at line {line}: {error!r}") from error
+    return namespace
 
 
 def test_every_doc_has_its_blocks_found() -> None:
@@ -168,4 +170,7 @@ def test_doc_blocks_run_on_the_tiny_pair(
 @pytest.mark.slow
 @pytest.mark.parametrize("doc", DOCS)
 def test_doc_blocks_run_on_the_demo_pair(doc: str, stand_ins: dict[str, str], request: Any) -> None:
-    run_blocks(ROOT / doc, _live_urls(doc, request))
+    namespace = run_blocks(ROOT / doc, _live_urls(doc, request))
+    if doc == "README.md":  # the structured-output pattern keeps its promise on this pair
+        ideas, idea_class = namespace["ideas"], namespace["Idea"]
+        assert len(ideas) == 8 and all(isinstance(idea, idea_class) for idea in ideas)
