@@ -80,17 +80,45 @@ def _number(value: Any, kind: type) -> Any:
     return None if value is None else kind(value)
 
 
+#: The ``key=value`` arguments :func:`build_app` takes (the request limits are
+#: :class:`~shared_core.serve.limits.ServeLimits`' fields).
+BUILD_ARGS = (
+    "base",
+    "aligned",
+    "aligned_adapter",
+    "dtype",
+    "device_map",
+    "replicas",
+    "gpus_per_replica",
+    "cpus_per_replica",
+    "threads",
+    "max_queue",
+    "api_key",
+    "served_model_name",
+    "calibration",
+    "max_request_bytes",
+    "max_json_depth",
+    "max_stop_chars",
+    "max_n",
+    "max_tokens",
+    "max_prompts",
+)
+
+
 def build_app(args: Mapping[str, Any]) -> Any:
     """Builder for ``serve run shared_core.serve.ray_app:build_app key=value ...``.
 
-    Keys: ``base``, ``aligned``, ``aligned_adapter``, ``dtype``, ``device_map``,
-    ``replicas``, ``gpus_per_replica``, ``cpus_per_replica``, ``threads``, ``max_queue``,
-    ``api_key``, ``served_model_name``, ``calibration`` and the request limits
-    (``max_request_bytes``, ``max_json_depth``, ``max_stop_chars``, ``max_n``, ``max_tokens``,
-    ``max_prompts``; see :class:`~shared_core.serve.limits.ServeLimits`).
+    Keys: :data:`BUILD_ARGS` (model, replica resources, server options and the request
+    limits of :class:`~shared_core.serve.limits.ServeLimits`); an unknown key is an error
+    naming the valid ones, not silently ignored.
     """
     from .limits import ServeLimits
 
+    unknown = sorted(set(args) - set(BUILD_ARGS))
+    if unknown:
+        raise ValueError(
+            f"build_app: unknown argument(s) {', '.join(unknown)}; valid: {', '.join(BUILD_ARGS)}"
+        )
     dtype = args.get("dtype")
     model = {
         "base_model": args.get("base"),

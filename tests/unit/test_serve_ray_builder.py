@@ -49,3 +49,12 @@ def test_cpu_only_replicas_ask_for_no_gpu() -> None:
 
     app = deployment({}, {}, replicas=2)
     assert app._bound_deployment.ray_actor_options == {"num_cpus": 1.0}
+
+
+def test_build_app_names_the_valid_arguments_for_a_typo() -> None:
+    from shared_core.serve.limits import ServeLimits
+    from shared_core.serve.ray_app import BUILD_ARGS, build_app
+
+    assert set(ServeLimits.__dataclass_fields__) <= set(BUILD_ARGS)
+    with pytest.raises(ValueError, match=r"unknown argument\(s\) gpu_per_replica; valid: base"):
+        build_app({"gpu_per_replica": "1"})
