@@ -79,6 +79,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sample-tokens", type=int, default=64, help="max tokens per SFT sample")
     p.add_argument("--sample-batch", type=int, default=32, help="rows per generate call")
     p.add_argument("--beta", type=float, default=0.1, help="DPO beta")
+    p.add_argument(
+        "--sft-weight",
+        type=float,
+        default=0.0,
+        help="weight of an NLL term on the chosen answers added to the DPO loss (RPO; TRL "
+        "loss_type ['sigmoid', 'sft']); it keeps the policy near the chosen answers' language "
+        "when more epochs would drift (0: plain DPO, the shipped recipe)",
+    )
     p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (LoRA)")
     p.add_argument("--epochs", type=float, default=2.0, help="passes over the pairs")
     p.add_argument("--batch-size", type=int, default=4, help="pairs per optimizer step")
@@ -211,6 +219,16 @@ def draw_pairs(
     return pairs
 
 
+def loss_settings(sft_weight: float) -> dict[str, Any]:
+    """TRL ``DPOConfig`` loss fields: plain sigmoid DPO, or DPO plus a weighted NLL term on
+    the chosen answers (RPO) when ``sft_weight > 0``."""
+    if sft_weight < 0:
+        raise ValueError(f"--sft-weight must be >= 0, got {sft_weight}")
+    if sft_weight == 0:
+        return {"loss_type": ["sigmoid"]}
+    return {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, sft_weight]}
+
+
 def run_dpo(
     pairs: list[dict[str, Any]], tokenizer: Any, base: Path, adapter: Path, args: argparse.Namespace
 ) -> tuple[Any, list[dict[str, float]], float]:
@@ -227,7 +245,7 @@ def run_dpo(
     config = DPOConfig(
         output_dir=str(args.work_dir / "trainer"),
         beta=args.beta,
-        loss_type="sigmoid",
+        **loss_settings(args.sft_weight),
         learning_rate=args.lr,
         lr_scheduler_type="linear",
         warmup_steps=args.warmup_steps,
@@ -340,7 +358,9 @@ def main(argv: list[str] | None = None) -> None:
         "stages": {
             "sft": "train_demo_adapter.py, LoRA r=16 alpha 32 on q/k/v/o/gate/up/down",
             "pairs": "chosen = Alpaca reference; rejected = least confident of the SFT samples",
-            "dpo": "TRL DPOTrainer, sigmoid loss, policy = SFT adapter, ref = merged SFT",
+            "dpo": "TRL DPOTrainer, sigmoid loss"
+            + (f" + {args.sft_weight} x NLL on chosen (RPO)" if args.sft_weight else "")
+            + ", policy = SFT adapter, ref = merged SFT",
         },
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "trl_version": __import__("trl").__version__,
