@@ -65,16 +65,14 @@ def test_the_rejected_sample_is_the_least_confident_non_empty_one() -> None:
     assert script._user_turn({"instruction": " Do it ", "input": "x"}) == "Do it\n\nx"
 
 
-def test_sft_weight_adds_an_nll_term_that_trl_accepts() -> None:
+def test_sft_weight_adds_an_nll_term_to_the_dpo_loss() -> None:
     import pytest
 
-    trl = pytest.importorskip("trl", reason="trl is in the train extra")
     script = _script()
     assert script.loss_settings(0.0) == {"loss_type": ["sigmoid"]}
-    rpo = script.loss_settings(0.5)
+    rpo = script.loss_settings(0.5)  # TRL's DPOConfig fields: loss types and their weights
     assert rpo == {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5]}
-    config = trl.DPOConfig(output_dir="unused", report_to="none", use_cpu=True, **rpo)
-    assert list(config.loss_type) == ["sigmoid", "sft"] and config.loss_weights == [1.0, 0.5]
     with pytest.raises(ValueError, match="--sft-weight"):
         script.loss_settings(-1.0)
     assert script.parse_args(["--data", "x", "--sft-weight", "1"]).sft_weight == 1.0
+    assert script.parse_args(["--data", "x"]).sft_weight == 0.0  # the shipped recipe
