@@ -271,6 +271,21 @@ def engine_stream_events(
         )
 
 
+def record_grammar_keys(monkeypatch: Any, adapter_module: Any) -> list[str]:
+    """Record the key of every grammar an adapter module builds with ``pop_structure``
+    (pytest ``monkeypatch``); the returned list fills as calls are made."""
+    keys: list[str] = []
+    build = adapter_module.pop_structure
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        request, constraint = build(*args, **kwargs)
+        keys.append(constraint.key)
+        return request, constraint
+
+    monkeypatch.setattr(adapter_module, "pop_structure", recording)
+    return keys
+
+
 def inject_constraint_failure(monkeypatch: Any, row: int) -> None:
     """Make the grammar of decode row ``row`` fail at its first step (pytest ``monkeypatch``).
 

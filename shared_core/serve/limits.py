@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from .openai_schema import APIError, bad_request
@@ -41,17 +41,15 @@ class ServeLimits:
     max_prompts: int = 64
 
     def __post_init__(self) -> None:
-        for name in (
-            "max_request_bytes",
-            "max_json_depth",
-            "max_stop_chars",
-            "max_n",
-            "max_tokens",
-            "max_prompts",
-        ):
+        for name in limit_names():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def limit_names() -> tuple[str, ...]:
+    """The names of :class:`ServeLimits`' fields (each a positive-integer bound)."""
+    return tuple(field.name for field in fields(ServeLimits))
 
 
 def too_large(limit: int) -> APIError:

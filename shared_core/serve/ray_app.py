@@ -20,6 +20,7 @@ from typing import Any
 from ray import serve
 
 from . import DEFAULT_MAX_QUEUE
+from .limits import ServeLimits, limit_names
 
 
 @serve.ingress()
@@ -96,12 +97,7 @@ BUILD_ARGS = (
     "api_key",
     "served_model_name",
     "calibration",
-    "max_request_bytes",
-    "max_json_depth",
-    "max_stop_chars",
-    "max_n",
-    "max_tokens",
-    "max_prompts",
+    *limit_names(),
 )
 
 
@@ -112,8 +108,6 @@ def build_app(args: Mapping[str, Any]) -> Any:
     limits of :class:`~shared_core.serve.limits.ServeLimits`); an unknown key is an error
     naming the valid ones, not silently ignored.
     """
-    from .limits import ServeLimits
-
     unknown = sorted(set(args) - set(BUILD_ARGS))
     if unknown:
         raise ValueError(
@@ -133,11 +127,7 @@ def build_app(args: Mapping[str, Any]) -> Any:
         "api_key": args.get("api_key"),
         "calibration": args.get("calibration"),
         "limits": ServeLimits(
-            **{
-                name: int(args[name])
-                for name in ServeLimits.__dataclass_fields__
-                if args.get(name) is not None
-            }
+            **{name: int(args[name]) for name in limit_names() if args.get(name) is not None}
         ),
     }
     return deployment(

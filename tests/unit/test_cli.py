@@ -319,7 +319,7 @@ def test_every_subcommand_takes_the_common_flags_and_shows_defaults(command, cap
         assert text.strip(), f"{command} {action.option_strings[0]} has no help"
         assert text.count("(default") <= 1, f"{command} {action.option_strings[0]}: {text}"
         if action.default not in (None, False, argparse.SUPPRESS):
-            assert f"(default: {action.default})" in text or "(default: " in text, (
+            assert "(default: " in text, (
                 f"{command} {action.option_strings[0]} hides its default: {text}"
             )
 

@@ -59,9 +59,7 @@ def _program(argv: list[str]) -> str:
     return Path(argv[0]).name
 
 
-def _extras() -> set[str]:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return set(project["optional-dependencies"])
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
 def check_baco(argv: list[str]) -> None:
@@ -79,7 +77,7 @@ def check_install(argv: list[str]) -> None:
     else:  # pip install -e ".[a,b]"
         spec = next(arg for arg in argv if arg.startswith(".["))
         wanted = spec[2:-1].split(",")
-    missing = set(wanted) - _extras()
+    missing = set(wanted) - set(PYPROJECT["project"]["optional-dependencies"])
     assert not missing, f"{shlex.join(argv)}: no such extra {sorted(missing)}"
 
 
@@ -93,8 +91,8 @@ def check_example(argv: list[str]) -> None:
 
 def check_pytest(argv: list[str]) -> None:
     args = argv[argv.index("pytest") + 1 :]
-    markers = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]
-    known = {entry.split(":")[0] for entry in markers["ini_options"]["markers"]}
+    markers = PYPROJECT["tool"]["pytest"]["ini_options"]["markers"]
+    known = {entry.split(":")[0] for entry in markers}
     for index, arg in enumerate(args):
         if arg == "-m":
             names = set(re.findall(r"[a-z_]+", args[index + 1])) - {"not", "and", "or"}

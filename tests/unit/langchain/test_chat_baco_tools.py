@@ -13,7 +13,7 @@ from langchain_core.tools import tool
 from pydantic import BaseModel, Field
 
 from langchain_baco import ChatBaco, convert_messages
-from shared_core.testing import inject_constraint_failure
+from shared_core.testing import inject_constraint_failure, record_grammar_keys
 
 
 @tool
@@ -157,15 +157,7 @@ def test_parallel_tool_calls_false_reaches_the_grammar(
 ) -> None:
     import langchain_baco.chat_models as module
 
-    keys: list[str] = []
-    original = module.pop_structure
-
-    def spy(*args, **kwargs):
-        request, constraint = original(*args, **kwargs)
-        keys.append(constraint.key)
-        return request, constraint
-
-    monkeypatch.setattr(module, "pop_structure", spy)
+    keys = record_grammar_keys(monkeypatch, module)
     extra = {} if parallel is None else {"parallel_tool_calls": parallel}
     llm.bind_tools([pick, lookup], **extra).invoke("Go.", max_tokens=4)
     assert len(keys) == 1 and rule in keys[0]

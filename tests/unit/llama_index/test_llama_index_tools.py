@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from llama_index_baco import Baco
 from llama_index_baco.base import to_engine_messages
+from shared_core.testing import record_grammar_keys
 
 
 def multiply(a: int, b: int) -> int:
@@ -147,14 +148,6 @@ def test_allow_parallel_tool_calls_reaches_the_grammar(
 ) -> None:
     import llama_index_baco.base as module
 
-    keys: list[str] = []
-    original = module.pop_structure
-
-    def spy(*args, **kwargs):
-        request, constraint = original(*args, **kwargs)
-        keys.append(constraint.key)
-        return request, constraint
-
-    monkeypatch.setattr(module, "pop_structure", spy)
+    keys = record_grammar_keys(monkeypatch, module)
     llm.chat_with_tools(TOOLS, user_msg="Go.", allow_parallel_tool_calls=allow, max_tokens=4)
     assert len(keys) == 1 and rule in keys[0]
