@@ -12,7 +12,8 @@ for spec in "base 18021" "aligned 18022"; do
   set -- $spec
   VLLM_CPU_KVCACHE_SPACE=1 "$vllm_python" -m vllm.entrypoints.openai.api_server \
     --model "$pair/$1" --served-model-name "$1" --dtype float32 --max-model-len 512 \
-    --max-logprobs 50 --enable-prefix-caching --host 127.0.0.1 --port "$2" \
+    --max-logprobs 50 --enable-prefix-caching --no-enable-chunked-prefill \
+    --host 127.0.0.1 --port "$2" \
     >"$pair/vllm-$1.log" 2>&1 &
   pids+=("$!")
 done
