@@ -36,7 +36,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     outcome = yield
     report = outcome.get_result()
     servers = _SERVERS.get("pair")
-    if report.failed and servers is not None and "integration/remote/" in item.nodeid:
+    if report.failed and servers is not None:  # this conftest's hooks see only its tests
         for server in (servers.base, servers.aligned):
             report.sections.append((f"vLLM server {server.name}: error lines", server.errors()))
 

@@ -78,14 +78,16 @@ class VllmServer:
             time.sleep(2)
         raise RuntimeError(f"vLLM server not ready after {START_TIMEOUT_S} s:\n{self.tail()}")
 
+    def _log_lines(self) -> list[str]:
+        return self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
+
     def errors(self, lines: int = 30) -> str:
         """The log's last error lines (a failed test shows them: the server's own reason)."""
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        found = [line[:400] for line in text.splitlines() if "ERROR" in line or "Error:" in line]
+        found = [line[:400] for line in self._log_lines() if "ERROR" in line or "Error:" in line]
         return "\n".join(found[-lines:]) or "(no error lines)"
 
     def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(self._log_lines()[-lines:])
 
     def stop(self) -> None:
         if self.process.poll() is None:
