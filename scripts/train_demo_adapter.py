@@ -96,6 +96,23 @@ def _resolve(path: Path) -> Path:
     return path if path.is_absolute() else (REPO_ROOT / path).resolve()
 
 
+def public_name(value: str | Path) -> str:
+    """How a record names a path: relative to the repository when inside it, else by its
+    folder and file name (``alpaca/alpaca_5000.json``), never a path of this machine."""
+    text = str(value)
+    if not (text.startswith(("/", "../", "~")) or "/../" in text):
+        return text
+    resolved = _resolve(Path(text).expanduser())
+    if resolved.is_relative_to(REPO_ROOT):
+        return str(resolved.relative_to(REPO_ROOT))
+    return f"{resolved.parent.name}/{resolved.name}" if resolved.parent.name else resolved.name
+
+
+def public_command(script: str, argv: list[str]) -> str:
+    """The command line as a record shows it: every path argument through ``public_name``."""
+    return " ".join(["python", f"scripts/{script}", *(public_name(a) for a in argv)])
+
+
 def load_records(path: Path, sample: int | None = None, seed: int = 0) -> list[dict[str, str]]:
     """Read Alpaca records from a JSON list or JSON lines; optionally draw ``sample`` of them."""
     text = path.read_text(encoding="utf-8")
@@ -313,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     wall = time.perf_counter() - t0
     last = curve[-min(len(curve), args.log_every) :]
     summary = {
-        "command": "python scripts/train_demo_adapter.py " + " ".join(sys.argv[1:]),
+        "command": public_command("train_demo_adapter.py", sys.argv[1:]),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
@@ -324,8 +341,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     for key in ("output", "data", "base"):
         value = getattr(args, key)
-        if value is not None and _resolve(value).is_relative_to(REPO_ROOT):
-            summary["args"][key] = str(_resolve(value).relative_to(REPO_ROOT))
+        if value is not None:
+            summary["args"][key] = public_name(value)
     (output / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
 

@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
     all_lp = [s["mean_logprob"] for p in pairs for s in p["samples"]]
     last = log[-10:]
     summary = {
-        "command": "python scripts/train_demo_dpo.py " + " ".join(sys.argv[1:]),
+        "command": sft.public_command("train_demo_dpo.py", sys.argv[1:]),
         "stages": {
             "sft": "train_demo_adapter.py, LoRA r=16 alpha 32 on q/k/v/o/gate/up/down",
             "pairs": "chosen = Alpaca reference; rejected = least confident of the SFT samples",
