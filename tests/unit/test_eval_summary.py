@@ -141,10 +141,11 @@ def test_plots_are_png_files(tmp_path: Path) -> None:
     assert plot_base_share([row("aligned", None, 1.0, base_share=0.0)], tmp_path / "b.png") is None
 
 
-def test_plotting_leaves_pyplot_alone(tmp_path: Path) -> None:
+def test_plotting_leaves_pyplot_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    had_pyplot = "matplotlib.pyplot" in sys.modules
+    # Another test may have imported pyplot already: hide it for this test (monkeypatch puts
+    # it back), so that an import of pyplot by the plotting code always shows.
+    monkeypatch.delitem(sys.modules, "matplotlib.pyplot", raising=False)
     plot_all(summarise(two_plane_table()), tmp_path)
-    if not had_pyplot:
-        assert "matplotlib.pyplot" not in sys.modules
+    assert "matplotlib.pyplot" not in sys.modules

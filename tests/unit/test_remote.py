@@ -167,8 +167,8 @@ def test_cancelling_stops_the_requests(fake_servers, tiny_pair_paths, mode):
     for server in fake_servers:
         server.requests.clear()
     out = engine.generate("Hi", max_new_tokens=50, min_new_tokens=50, cancel=cancel)
+    assert out == [[]]  # cancelled before any sample finished: no samples (engine docstring)
     assert sum(len(s.requests) for s in fake_servers) <= 2  # at most the first step's
-    assert all(len(g.token_ids) < 50 for g in out[0])
 
 
 @pytest.mark.parametrize("mode", ["token", "chunk"])

@@ -165,19 +165,42 @@ def test_sdk_sees_openai_error_fields(server: LiveServer) -> None:
     assert info.value.body["type"] == "invalid_request_error"
 
 
-def test_metrics_count_requests_tokens_and_batches(server: LiveServer) -> None:
-    before = server.metric("baco_generated_tokens_total")
-    _client(server).chat.completions.create(
-        model="tiny-baco", messages=MESSAGES, max_tokens=8, seed=1
-    )
-    assert server.metric("baco_generated_tokens_total") > before
-    assert server.metric("baco_queue_depth") == 0
-    assert server.metric("baco_engine_batches_total") >= 1
-    assert server.metric("baco_engine_mean_batch_size") >= 1
-    assert server.metric("baco_base_share_count") >= 1
+def _metrics(server: LiveServer) -> dict[str, float]:
+    """Every sample of ``GET /metrics``: ``name{labels}`` -> value."""
     with server.client() as http:
         text = http.get("/metrics").text
-    assert 'baco_requests_total{endpoint="chat",status="200"}' in text
+    return {
+        key: float(value)
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+        for key, value in [line.rsplit(" ", 1)]
+    }
+
+
+def test_metrics_count_requests_tokens_and_batches(server: LiveServer) -> None:
+    # The server is shared with the other tests of this module: measure what this request
+    # adds to each counter, not the counters' totals.
+    chat_ok = 'baco_requests_total{endpoint="chat",status="200"}'
+    before = _metrics(server)
+    reply = _client(server).chat.completions.create(
+        model="tiny-baco", messages=MESSAGES, max_tokens=8, seed=1, n=2
+    )
+    after = _metrics(server)
+
+    def added(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    assert added(chat_ok) == 1
+    assert added("baco_generated_tokens_total") == reply.usage.completion_tokens > 0
+    assert added("baco_prompt_tokens_total") == reply.usage.prompt_tokens > 0
+    assert added("baco_base_share_count") == 2  # one observation per sample
+    assert added("baco_request_rows_count") == 1 and added("baco_request_rows_sum") == 2
+    assert added("baco_engine_batches_total") == 1
+    assert added("baco_engine_batched_requests_total") == 1
+    assert after["baco_engine_mean_batch_size"] == pytest.approx(
+        after["baco_engine_batched_requests_total"] / after["baco_engine_batches_total"]
+    )
+    assert after["baco_queue_depth"] == 0
 
 
 def test_chat_logprobs_spell_the_reply_and_name_the_model(
