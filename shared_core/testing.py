@@ -286,6 +286,37 @@ def record_grammar_keys(monkeypatch: Any, adapter_module: Any) -> list[str]:
     return keys
 
 
+def record_grammars(monkeypatch: Any, adapter_module: Any) -> list[Any]:
+    """Record every grammar (constraint) an adapter module builds with ``pop_structure``, for
+    :func:`grammar_accepts` to test what it allows (pytest ``monkeypatch``)."""
+    grammars: list[Any] = []
+    build = adapter_module.pop_structure
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        request, constraint = build(*args, **kwargs)
+        grammars.append(constraint)
+        return request, constraint
+
+    monkeypatch.setattr(adapter_module, "pop_structure", recording)
+    return grammars
+
+
+def grammar_accepts(constraint: Any, text: str, tokenizer: Any = None) -> bool:
+    """Whether a grammar lets a response be exactly ``text`` up to now (each of its tokens is
+    allowed in turn; the tiny tokenizer unless one is given). Needs llguidance."""
+    from .structured import RowMatchers
+    from .vocab import build_vocab_tables, end_token_ids
+
+    tokenizer = tokenizer if tokenizer is not None else build_tiny_tokenizer()
+    tables = build_vocab_tables(tokenizer, end_token_ids(tokenizer))
+    matchers = RowMatchers(
+        constraint, tokenizer, tables.end_ids, 1, tables.never_generate, tables.is_end
+    )
+    for token in tokenizer(text, add_special_tokens=False)["input_ids"]:
+        matchers.advance(0, token)
+    return matchers.error(0) is None
+
+
 def inject_constraint_failure(monkeypatch: Any, row: int) -> None:
     """Make the grammar of decode row ``row`` fail at its first step (pytest ``monkeypatch``).
 
