@@ -84,6 +84,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="train on N records drawn at random (with --seed) from --data; default: all "
         "(the shipped adapter used a 5000-record subset)",
     )
+    p.add_argument(
+        "--task-data",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="task-format examples (JSON lines {messages, response}, from "
+        "scripts/build_demo_task_data.py) mixed into the Alpaca data",
+    )
+    p.add_argument(
+        "--task-repeat",
+        type=str,
+        default="",
+        help="comma-separated kind=N: repeat examples of that kind N times (e.g. rewrite=2)",
+    )
+    p.add_argument(
+        "--init-adapter",
+        type=Path,
+        default=None,
+        help="continue training this LoRA adapter instead of a fresh one (e.g. an earlier SFT)",
+    )
     p.add_argument("--output", type=Path, default=demo_adapter_path(), help="adapter folder")
     p.add_argument("--base", type=Path, default=None, help="base model folder (default: demo)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
@@ -154,6 +174,40 @@ def build_examples(records: list[dict[str, str]], tokenizer: Any, max_length: in
         ids = (prompt_ids + response_ids)[:max_length]
         labels = ([-100] * len(prompt_ids) + response_ids)[:max_length]
         examples.append({"input_ids": ids, "labels": labels})
+    return examples
+
+
+def load_task_examples(
+    paths: list[Path], tokenizer: Any, max_length: int, repeat: dict[str, int] | None = None
+) -> list[dict]:
+    """Tokenize task examples ``{messages, response}``: the conversation (system, user, tool
+    turns, exactly as the engine renders it) through the chat template with the generation
+    prompt, then the response and ``<end_of_turn>``; loss on the response only."""
+    eot = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    examples: list[dict] = []
+    repeat = repeat or {}
+    for path in paths:
+        for line in _resolve(path).read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            prompt_ids = list(
+                tokenizer.apply_chat_template(
+                    rec["messages"], add_generation_prompt=True, tokenize=True, return_dict=False
+                )
+            )
+            response_ids = [
+                *tokenizer(rec["response"], add_special_tokens=False)["input_ids"],
+                eot,
+            ]
+            if len(prompt_ids) + len(response_ids) > max_length:
+                continue  # never cut a task answer
+            example = {
+                "input_ids": prompt_ids + response_ids,
+                "labels": [-100] * len(prompt_ids) + response_ids,
+                "kind": rec.get("kind", "task"),
+            }
+            examples += [example] * repeat.get(example["kind"], 1)
     return examples
 
 
@@ -267,7 +321,12 @@ def main(argv: list[str] | None = None) -> None:
         bias="none",
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(model, lora)
+    if args.init_adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, _resolve(args.init_adapter), is_trainable=True)
+    else:
+        model = get_peft_model(model, lora)
     model.print_trainable_parameters()
     model.train()
 
@@ -275,6 +334,17 @@ def main(argv: list[str] | None = None) -> None:
     records = load_records(data_path, args.sample, args.seed)
     examples = build_examples(records, tokenizer, args.max_length)
     print(f"{len(examples)} examples from {data_path} (max_length={args.max_length})")
+    repeat = {
+        kind: int(n)
+        for kind, n in (part.split("=") for part in args.task_repeat.split(",") if part)
+    }
+    task_examples = load_task_examples(args.task_data, tokenizer, args.max_length, repeat)
+    if task_examples:
+        kinds: dict[str, int] = {}
+        for ex in task_examples:
+            kinds[ex["kind"]] = kinds.get(ex["kind"], 0) + 1
+        print(f"{len(task_examples)} task examples {kinds}")
+        examples = examples + task_examples
     lengths = [len(ex["input_ids"]) for ex in examples]
     schedule = batch_schedule(
         lengths, args.batch_size, args.steps, args.seed, group=not args.no_group_by_length
@@ -335,11 +405,13 @@ def main(argv: list[str] | None = None) -> None:
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
         "examples": len(examples),
+        "task_examples": len(task_examples),
         "steps": args.steps,
         "wall_time_s": round(wall, 1),
         "final_loss_last_window": round(sum(r["loss"] for r in last) / len(last), 4),
     }
-    for key in ("output", "data", "base"):
+    summary["args"]["task_data"] = [str(p) for p in args.task_data]
+    for key in ("output", "data", "base", "init_adapter"):
         value = getattr(args, key)
         if value is not None:
             summary["args"][key] = public_name(value)

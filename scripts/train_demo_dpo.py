@@ -78,6 +78,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=2, help="SFT samples per instruction")
     p.add_argument("--sample-tokens", type=int, default=64, help="max tokens per SFT sample")
     p.add_argument("--sample-batch", type=int, default=32, help="rows per generate call")
+    p.add_argument(
+        "--task-pairs",
+        type=Path,
+        default=None,
+        help="task-format pairs (JSON lines {kind, prompt, chosen, rejected} from "
+        "scripts/build_demo_task_data.py: chosen = the task answer, rejected = an echo of the "
+        "prompt or an empty-argument call) added to the self-play pairs",
+    )
+    p.add_argument(
+        "--task-pair-counts",
+        default="rewrite=24,list=12,tool=12",
+        help="how many task pairs of each kind to draw (with --seed)",
+    )
     p.add_argument("--beta", type=float, default=0.1, help="DPO beta")
     p.add_argument(
         "--sft-weight",
@@ -219,6 +232,44 @@ def draw_pairs(
     return pairs
 
 
+def load_task_pairs(
+    path: Path, counts: str, tokenizer: Any, max_length: int, seed: int
+) -> list[dict[str, Any]]:
+    """Draw task pairs per kind; keep only those whose prompt and longer answer fit
+    ``max_length`` tokens (so truncation never removes the answers being compared)."""
+    want = {k: int(n) for k, n in (part.split("=") for part in counts.split(",") if part)}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rng = random.Random(seed)
+    rng.shuffle(rows)
+    taken: dict[str, int] = {}
+    pairs = []
+    for row in rows:
+        kind = row["kind"]
+        if taken.get(kind, 0) >= want.get(kind, 0):
+            continue
+        prompt_len = len(
+            tokenizer.apply_chat_template(
+                row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        )
+        answer_len = max(
+            len(tokenizer(row[k], add_special_tokens=False)["input_ids"])
+            for k in ("chosen", "rejected")
+        )
+        if prompt_len + answer_len + 2 > max_length:
+            continue
+        taken[kind] = taken.get(kind, 0) + 1
+        pairs.append(
+            {
+                "prompt": row["prompt"],
+                "chosen": [{"role": "assistant", "content": row["chosen"]}],
+                "rejected": [{"role": "assistant", "content": row["rejected"]}],
+                "kind": kind,
+            }
+        )
+    return pairs
+
+
 def loss_settings(sft_weight: float) -> dict[str, Any]:
     """TRL ``DPOConfig`` loss fields: plain sigmoid DPO, or DPO plus a weighted NLL term on
     the chosen answers (RPO) when ``sft_weight > 0``."""
@@ -344,14 +395,26 @@ def main(argv: list[str] | None = None) -> None:
         tmp.replace(pairs_path)
     pairs = [json.loads(line) for line in pairs_path.read_text().splitlines()]
     print(f"{len(pairs)} preference pairs in {pairs_path}", flush=True)
+    self_play = list(pairs)
+    task_pairs: list[dict[str, Any]] = []
+    if args.task_pairs:
+        task_pairs = load_task_pairs(
+            sft._resolve(args.task_pairs),
+            args.task_pair_counts,
+            tokenizer,
+            args.max_length,
+            args.seed,
+        )
+        print(f"{len(task_pairs)} task pairs from {args.task_pairs}", flush=True)
+        pairs = self_play + task_pairs
 
     model, log, wall = run_dpo(pairs, tokenizer, base, adapter, args)
     timings["dpo_s"] = round(wall, 1)
     output = sft._resolve(args.output)
     sft.save_adapter(model, output)
     write_curves(log, output)
-    rejected_lp = [p["rejected_mean_logprob"] for p in pairs]
-    all_lp = [s["mean_logprob"] for p in pairs for s in p["samples"]]
+    rejected_lp = [p["rejected_mean_logprob"] for p in self_play]
+    all_lp = [s["mean_logprob"] for p in self_play for s in p["samples"]]
     last = log[-10:]
     summary = {
         "command": sft.public_command("train_demo_dpo.py", sys.argv[1:]),
@@ -366,6 +429,11 @@ def main(argv: list[str] | None = None) -> None:
         "trl_version": __import__("trl").__version__,
         "torch_threads": torch.get_num_threads(),
         "pairs": len(pairs),
+        "self_play_pairs": len(self_play),
+        "task_pairs": {
+            kind: sum(1 for p in task_pairs if p["kind"] == kind)
+            for kind in sorted({p["kind"] for p in task_pairs})
+        },
         "samples_per_instruction": args.samples,
         "mean_logprob_all_samples": round(sum(all_lp) / len(all_lp), 4),
         "mean_logprob_rejected": round(sum(rejected_lp) / len(rejected_lp), 4),
@@ -376,7 +444,7 @@ def main(argv: list[str] | None = None) -> None:
         ),
         "wall_time_s": timings,
     }
-    for key in ("data", "work_dir", "output", "sft_adapter"):
+    for key in ("data", "work_dir", "output", "sft_adapter", "task_pairs"):
         value = getattr(args, key)
         if value is not None:
             resolved = sft._resolve(Path(value))

@@ -134,6 +134,18 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
         help=f"comma-separated stages to run (default: {','.join(STAGES)})",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--tasks",
+        default=None,
+        help="judge-free task evaluation instead of the sweep: comma-separated of tools, "
+        "rewrite, lists, or all (shared_core/eval/tasks.py; default methods aligned at "
+        "T 0.7/1.0/1.3, base, p-punc/p/nudging at γ 0.1/0.3/0.5)",
+    )
+    p.add_argument(
+        "--task-k",
+        default=None,
+        help="samples per prompt per task, e.g. tools=1,rewrite=2,lists=3 (the default)",
+    )
     return p
 
 
@@ -191,6 +203,10 @@ def run_eval_command(args: argparse.Namespace) -> int:
     )
     from .score import LazyScorer, aggregate_scores, score_generations
 
+    if getattr(args, "tasks", None):
+        from .tasks import run_task_command
+
+        return run_task_command(args)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
