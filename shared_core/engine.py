@@ -1,13 +1,17 @@
-"""The public BACO engine: request validation, batching of concurrent calls, streaming.
+"""The public BACO engine: request validation, the scheduler that batches every call, streaming.
 
-The decode itself (both models in lockstep, a router choosing each token) runs in
-:mod:`shared_core.eager_loop` and, on the graph path, :mod:`shared_core.graph_loop`; both
-share :mod:`shared_core.step` and :mod:`shared_core.rows`.
+Every ``generate`` and ``stream`` call becomes a :class:`~shared_core.scheduler.Request`; the
+engine's :class:`~shared_core.scheduler.Scheduler` runs all of them in one continuously
+batched decode (rows join and leave at step boundaries) through an executor chosen by the
+pair's capabilities: :class:`~shared_core.executors.EagerExecutor` (local pairs, remote
+token mode; with the graph path on, :class:`~shared_core.graph_executor.GraphExecutor`
+serves it) or :class:`~shared_core.chunk_executor.ChunkExecutor` (remote chunk mode).
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import secrets
 import threading
 from collections.abc import Iterator, Sequence
@@ -17,16 +21,15 @@ from typing import Any
 
 import torch
 
-from .batching import Cancelled, RequestQueue
-from .decode_options import DecodeContext, DecodeOptions, PreparedPrompt
-from .eager_loop import EagerDecode
+from .decode_options import DecodeOptions, PreparedPrompt
 from .graph import LENGTH_BUCKET, GraphCache
-from .memory import check_fits
 from .pair import ModelPair
 from .params import GenerationParams
 from .prompts import Prompt, aligned_prompt_ids, base_prompt_ids, normalise_messages
 from .remote import RemotePair
+from .rows import row_book
 from .sampling import prompt_seeds
+from .scheduler import Request, Scheduler
 from .structured import ConstraintError
 from .types import Generation, StreamEvent
 
@@ -89,21 +92,77 @@ class BacoEngine:
         self.defaults = defaults or GenerationParams()
         self.autocast_dtype = autocast_dtype
         self.options = options or DecodeOptions()
-        self._lock = threading.Lock()
         self._graphs = GraphCache()
-        self._queue = (
-            RequestQueue(self._run_batch, max_rows=self.options.max_batch_rows)
-            if self.options.batch_requests
-            else None
-        )
+        self._scheduler: Scheduler | None = None
+        self._scheduler_lock = threading.Lock()
 
     @property
     def tokenizer(self) -> Any:
         return self.pair.tokenizer
 
+    @property
+    def capabilities(self) -> Any:
+        """What the pair can do (:class:`~shared_core.backends.Capabilities`)."""
+        return self.pair.capabilities
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The engine's scheduler (started on first use)."""
+        with self._scheduler_lock:
+            if self._scheduler is None:
+                self._scheduler = self._new_scheduler()
+            return self._scheduler
+
+    def _new_scheduler(self) -> Scheduler:
+        capabilities = self.capabilities
+        if capabilities.executor == "chunk":
+            from .chunk_executor import ChunkExecutor
+
+            executor: Any = ChunkExecutor(self.pair, self._device_work)
+        else:
+            from .executors import EagerExecutor
+
+            executor = EagerExecutor(self.pair, self.options, self._compute)
+            if self._graph_wanted():
+                from .graph_executor import GraphExecutor
+
+                executor = GraphExecutor(executor, self._graphs, self._compute)
+        return Scheduler(
+            executor,
+            max_rows=self.options.max_batch_rows,
+            batch_requests=self.options.batch_requests,
+            joins=capabilities.joins,
+            fits=None if self.remote else self._check_fits,
+            device=self.pair.device,
+        )
+
+    def close(self) -> None:
+        """Stop the scheduler's loop (requests still running fail); the engine can be used
+        again afterwards (a new loop starts on the next call)."""
+        with self._scheduler_lock:
+            scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            scheduler.close()
+
     def params(self, **options: Any) -> GenerationParams:
         """The engine defaults with per-call ``options`` applied and validated."""
-        return self.defaults.with_overrides(**options)
+        params = self.defaults.with_overrides(**options)
+        capabilities = self.capabilities
+        limit = capabilities.logprobs_limit
+        if limit is not None and params.logprobs is not None and params.logprobs > limit:
+            raise ValueError(
+                f"logprobs={params.logprobs} exceeds the remote pair's top_logprobs={limit}: "
+                "ask for at most k alternatives (or raise top_logprobs)"
+            )
+        if params.constraint is not None and not capabilities.grammars:
+            raise ValueError(
+                "structured output and tools on a RemotePair need mode='token' (a proposal "
+                "sampled by the server cannot follow a grammar)"
+            )
+        k = capabilities.top_k_limit
+        if k is not None:  # sampling reads the servers' top-k: the local rules with top_k=k
+            params = replace(params, top_k=min(params.top_k or k, k))
+        return params
 
     def prepare(
         self, prompt: Prompt, index: int = 0, *, params: GenerationParams
@@ -142,28 +201,27 @@ class BacoEngine:
         a list of prompts, decoded together in one batch. ``options`` are
         :class:`GenerationParams` fields. Everything is validated before any model work: a bad
         prompt raises an error naming its index, or, with ``return_exceptions=True``, takes the
-        exception's place in the result while the other prompts are still generated; a batch
-        that fails while decoding (e.g. a server refused one prompt) is then retried prompt by
-        prompt, each with the samples it would have drawn in the batch.
+        exception's place in the result while the other prompts are still generated; a
+        request that fails while decoding (e.g. a server refused one prompt) is then retried
+        prompt by prompt, each with the samples it would have drawn in the batch.
         Setting ``cancel`` (e.g. when the client of a server request went away) stops this
         call's rows at the next step; it then returns the samples finished so far.
         """
         params, prepared, failures = self._prepare_all(prompts, options, return_exceptions)
-        results: list[list[Generation]] = []
+        results: list[Any] = []
         if prepared:
             batch = [p for _, p in prepared]
+            seeds = prompt_seeds(_seed(params), batch)
             if not return_exceptions or len(batch) == 1:
-                results = self._submit(batch, params, cancel)
+                results = self._run(batch, params, seeds, cancel)
             else:
-                if params.seed is None:  # one seed for the batch and any retry alone
-                    params = replace(params, seed=_seed(params))
                 try:
-                    results = self._submit(batch, params, cancel)
+                    results = self._run(batch, params, seeds, cancel)
                 except Exception:  # e.g. a server refused one prompt: retry each alone
                     results = []
-                    for one in batch:
+                    for one, seed in zip(batch, seeds, strict=True):
                         try:
-                            results.append(self._submit([one], params, cancel)[0])
+                            results.append(self._run([one], params, [seed], cancel)[0])
                         except Exception as exc:
                             results.append(exc)
         out: list[Any] = [None] * (len(prepared) + len(failures))
@@ -179,49 +237,83 @@ class BacoEngine:
                 out[index] = failed
         return out
 
-    def _submit(
+    def _request(
         self,
-        batch: list[PreparedPrompt],
-        params: GenerationParams,
-        cancel: threading.Event | None,
-    ) -> list[list[Generation]]:
-        """Decode ``batch`` through the request queue (or directly when it is off)."""
-        if self._queue is not None:
-            return self._queue.submit(batch, params, cancel)
-        cancelled = (
-            None
-            if cancel is None
-            else (lambda: set(range(len(batch))) if cancel.is_set() else set())
-        )
-        return self._run_batch(batch, params, prompt_seeds(_seed(params), batch), cancelled)
-
-    def _run_batch(
-        self,
-        prompts: Sequence[PreparedPrompt],
+        prompts: list[PreparedPrompt],
         params: GenerationParams,
         seeds: Sequence[int],
-        cancelled: Cancelled | None = None,
+        *,
+        emit: Any = None,
+        cancel: threading.Event | None = None,
+    ) -> Request:
+        spec = params.spec
+        longest = max(
+            max(len(p.aligned_ids) if spec.uses_aligned else 0, len(p.base_ids))
+            for p in prompts
+        )
+        return Request(
+            prompts,
+            params,
+            seeds,
+            row_book(self.pair, prompts, params),
+            emit=emit,
+            cancel=cancel,
+            tokens_per_row=longest + params.max_new_tokens + 1,
+        )
+
+    def _run(
+        self,
+        prompts: list[PreparedPrompt],
+        params: GenerationParams,
+        seeds: Sequence[int],
+        cancel: threading.Event | None = None,
     ) -> list[list[Generation]]:
-        """Decode ``prompts`` (one seed each, see :func:`prompt_seeds`) in one batch; ``n``
-        samples per prompt; the rows of prompts ``cancelled`` names stop early."""
-        prompts = list(prompts)
-        self._check_memory(prompts, params)
+        """Decode ``prompts`` (one seed each) through the scheduler and wait for them."""
         results: list[list[Generation | None]] = [[None] * params.n for _ in prompts]
-        for event in self._decode(prompts, params, seeds, cancelled):
+
+        def collect(event: StreamEvent) -> None:
             if event.generation is not None:
                 results[event.prompt_index][event.sample_index] = event.generation
+
+        request = self._request(prompts, params, seeds, emit=collect, cancel=cancel)
+        self.scheduler.submit(request)
+        request.done.wait()
+        if request.error is not None:
+            raise request.error
         return [[g for g in row if g is not None] for row in results]
 
     def stream(self, prompts: Prompt | Sequence[Prompt], **options: Any) -> Iterator[StreamEvent]:
         """Stream the samples of one prompt (or of several, batched) as :class:`StreamEvent` s.
 
-        Validation happens eagerly, when ``stream`` is called. Closing the iterator early
-        (``break``, ``close()``) stops the decode and releases the engine.
+        Validation happens eagerly, when ``stream`` is called; the request joins the running
+        batch when the iterator is first advanced. Closing the iterator early (``break``,
+        ``close()``, garbage collection) cancels the request: its rows leave the batch at the
+        next step.
         """
         params, prepared, _ = self._prepare_all(prompts, options, False)
         batch = [p for _, p in prepared]
-        self._check_memory(batch, params)
-        return self._decode(batch, params, prompt_seeds(_seed(params), batch))
+        seeds = prompt_seeds(_seed(params), batch)
+        self._check_alone(batch, params)
+        return self._stream(batch, params, seeds)
+
+    def _stream(
+        self, prompts: list[PreparedPrompt], params: GenerationParams, seeds: Sequence[int]
+    ) -> Iterator[StreamEvent]:
+        events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        done = object()
+        request = self._request(prompts, params, seeds, emit=events.put)
+        request.on_done(lambda _: events.put(done))
+        self.scheduler.submit(request)
+        try:
+            while True:
+                item = events.get()
+                if item is done:
+                    break
+                yield item
+            if request.error is not None:
+                raise request.error
+        finally:
+            request.cancel.set()
 
     def _prepare_all(
         self, prompts: Prompt | Sequence[Prompt], options: dict[str, Any], keep_going: bool
@@ -242,29 +334,24 @@ class BacoEngine:
                 failures[index] = exc
         return params, prepared, failures
 
-    def _check_memory(self, prompts: list[PreparedPrompt], params: GenerationParams) -> None:
-        """Refuse, with advice, a batch whose KV caches and logits cannot fit in free memory."""
-        if self.remote:
-            return  # the servers hold the KV caches
-        spec = params.spec
-        models = [
-            m
-            for m, used in (
-                (self.pair.base, spec.uses_base),
-                (self.pair.aligned, spec.uses_aligned),
-            )
-            if used
-        ]
-        longest = max(max(len(p.aligned_ids), len(p.base_ids)) for p in prompts)
-        need = (models, len(prompts) * params.n, longest + params.max_new_tokens)
+    def _check_alone(self, prompts: list[PreparedPrompt], params: GenerationParams) -> None:
+        """Refuse, eagerly and with advice, a request that cannot fit in memory even alone."""
+        if not self.remote:
+            self._check_fits([self._request(prompts, params, [0] * len(prompts))])
+
+    def _check_fits(self, requests: Sequence[Request]) -> None:
+        """Raise ``ValueError`` when ``requests``' rows together cannot fit in free memory."""
+        uses = [(r.params.spec.uses_base, r.params.spec.uses_aligned) for r in requests]
+        rows = sum(r.rows for r in requests)
+        longest = max(r.tokens_per_row for r in requests)
         try:
-            check_fits(*need, self.pair.vocab_size, self.pair.device)
+            self.pair.check_fits(uses, rows, longest)
         except ValueError:
             # idle graph runners' static caches are memory this request may have
             if not self._graphs.release_idle():
                 raise
             logger.info("baco: released idle graph runners to make room for a request")
-            check_fits(*need, self.pair.vocab_size, self.pair.device)
+            self.pair.check_fits(uses, rows, longest)
 
     def warmup(
         self,
@@ -276,53 +363,33 @@ class BacoEngine:
         """Compile (and on CUDA capture) the graph path's step ahead of use, for decodes of
         ``options`` (router, sampling knobs: those of the requests to come) with each number
         of ``rows`` (prompts × ``n``) and cache length in ``lengths`` (prompt + new tokens;
-        see :func:`~shared_core.graph.length_bucket`). Each shape runs the first steps of a
-        decode, waiting for its compile; returns the number of steps built. Nothing to do
-        (0) when the graph path is off."""
-        wanted = self.options.graph
-        if self.remote or not (self.pair.device.type == "cuda" if wanted is None else wanted):
+        see :func:`~shared_core.graph.length_bucket`). Returns the number of steps built;
+        nothing to do (0) when the graph path is off."""
+        if not self._graph_wanted():
             return 0
+        executor = self.scheduler.executor
         before = self._graphs.builds
         params = self.params(**options)
         prompt = self.prepare("Hi", params=params)
-        longest = max(len(prompt.aligned_ids), len(prompt.base_ids))
-        context = self._context(replace(self.options, graph_wait=True))
         for count in rows:
             for length in lengths:
-                budget = max(2, min(length, self.pair.context_window) - longest - 2)
-                shape = params.with_overrides(n=count, max_new_tokens=budget, stop=[])
-                events = EagerDecode(context, [prompt], shape, [0]).run()
-                for seen, _ in enumerate(events):
-                    if seen >= count:  # past step 0: the graph loop has its runner
-                        break
-                events.close()
+                executor.warm(self, prompt, params, count, length)  # type: ignore[attr-defined]
         return self._graphs.builds - before
 
-    # ------------------------------------------------------------------ decoding loop
+    # ------------------------------------------------------------------ model work
 
     @property
     def remote(self) -> bool:
         """True for a :class:`~shared_core.remote.RemotePair` (models behind servers)."""
         return isinstance(self.pair, RemotePair)
 
-    def _context(self, options: DecodeOptions) -> DecodeContext:
-        # a remote decode waits on HTTP, never on the lock that serialises local model work
-        compute = self._device_work if self.remote else self._compute
-        return DecodeContext(self.pair, options, compute, self._device_work, self._graphs)
-
-    def _decode(
-        self,
-        prompts: list[PreparedPrompt],
-        params: GenerationParams,
-        seeds: Sequence[int],
-        cancelled: Cancelled | None = None,
-    ) -> Iterator[StreamEvent]:
-        context = self._context(self.options)
-        if self.remote and self.pair.mode == "chunk":
-            from .remote_chunk import ChunkDecode
-
-            return ChunkDecode(context, prompts, params, seeds, cancelled).run()
-        return EagerDecode(context, prompts, params, seeds, cancelled).run()
+    def _graph_wanted(self) -> bool:
+        """Whether the graph path serves this engine (``DecodeOptions.graph``; by default
+        on for CUDA pairs)."""
+        if not self.capabilities.graphs:
+            return False
+        wanted = self.options.graph
+        return self.pair.device.type == "cuda" if wanted is None else wanted
 
     def _autocast(self) -> Any:
         if self.autocast_dtype is None:
@@ -331,17 +398,9 @@ class BacoEngine:
 
     @contextmanager
     def _compute(self) -> Iterator[None]:
-        """Model work of one step: under the engine lock, inference mode and autocast.
-
-        The lock is held per step, never across a ``yield``: an abandoned or slow stream never
-        blocks other calls, and concurrent decodes interleave step by step. (It also keeps the
-        two views of a one-weights pair from toggling the adapter under each other.)
-        """
-        with self._lock, torch.inference_mode(), self._autocast():
-            yield
-
-    @contextmanager
-    def _device_work(self) -> Iterator[None]:
-        """Inference mode and autocast without the lock: work on a decode's own buffers."""
+        """Model work of one step: inference mode and autocast (only the scheduler's thread
+        runs model work, so no lock is needed)."""
         with torch.inference_mode(), self._autocast():
             yield
+
+    _device_work = _compute

@@ -17,15 +17,15 @@ device:
   chosen token into their static caches (``logits_to_keep=1``: only the last hidden state
   goes through the output layer). It is compiled with ``torch.compile(fullgraph=True,
   dynamic=False)`` and, on CUDA, captured once per bucket as a ``torch.cuda.CUDAGraph``
-  that every later step replays. γ and the sampling knobs are read from tensors
-  (:class:`~shared_core.step.StepInputs`), so new values reuse the graph;
+  that every later step replays. γ, the router and the sampling knobs are per-row tensors
+  of the step's :class:`~shared_core.step.RowState`, so rows of any settings share the graph;
 - the host reads the chosen tokens once every ``sync_every`` steps (on CUDA through pinned
   memory with an event, while the device runs the next chunk), and detokenisation, stop
   strings and streaming happen then. A row the host finds finished late discards its extra
   tokens: each row draws from its own random stream, so outputs equal the eager path's.
 
-Used only when it can hold the request (see :func:`graph_fallback_reason`); otherwise the
-eager loop runs, with the reason in a debug log.
+Used only when it can hold the batch (see :func:`graph_fallback_reason`); otherwise the
+eager executor runs, with the reason in a debug log (:mod:`shared_core.graph_executor`).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from .decode_attention import decode_attention
 from .forward import _PLAIN_HEAD, _cache_argument, _unwrap, head_logits
 from .lora_split import RowSplit, row_split_unsupported
 from .model_state import Handover
-from .step import RowState, StepInputs, StepRules, decode_step
+from .step import RowState, StepRules, decode_step
 
 logger = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ def _load(buffers: _ModelBuffers, state: Handover) -> None:
     for half, rows in enumerate(parts):
         own = slice(half * samples, (half + 1) * samples)
         buffers.mask[rows, :columns] = state.mask[own, :columns]
-        buffers.position[rows] = state.next_position[own] + 1  # position of the step-1 token
+        buffers.position[rows] = state.next_position[own]
         buffers.logits[rows] = state.logits[own, : buffers.logits.shape[1]]
     buffers.column.fill_(columns)
 
@@ -316,9 +316,7 @@ class GraphState:
 def graph_step(rules: StepRules, state: GraphState, cache_arg: str) -> None:
     """One BACO step on fixed-shape buffers: choose, record, book-keep, feed both models."""
     base_logits, aligned_logits = state.view_logits()
-    result = decode_step(
-        rules, state.rows, base_logits, aligned_logits, state.step, first_step=False
-    )
+    result = decode_step(rules, state.rows, base_logits, aligned_logits)
     slot = (state.step - 1).remainder(state.out.shape[2]).view(1)  # graph steps start at 1
     state.out[0].index_copy_(1, slot, result.token.unsqueeze(-1))
     state.out[1].index_copy_(1, slot, result.owner.long().unsqueeze(-1))
@@ -327,6 +325,7 @@ def graph_step(rules: StepRules, state: GraphState, cache_arg: str) -> None:
             state.out[2 + part].index_copy_(1, slot, flags.long().unsqueeze(-1))
     state.rows.owner.copy_(result.owner)
     state.rows.prev_token.copy_(result.token)
+    state.rows.step.add_(1)
     state.generated.add_(1)
     ended = rules.vocab.is_end[result.token] | (state.generated >= state.budget)
     state.rows.finished.logical_or_(ended)
@@ -344,13 +343,7 @@ def _new_state(
 
     ring = 2 * sync_every
     return GraphState(
-        rows=RowState(
-            seeds=zeros(bucket),
-            sample_index=zeros(bucket),
-            owner=zeros(bucket, dtype=torch.bool),
-            prev_token=zeros(bucket),
-            finished=zeros(bucket, dtype=torch.bool),
-        ),
+        rows=RowState.zeros(bucket, device),
         step=zeros(),
         generated=zeros(bucket),
         budget=zeros(bucket),
@@ -385,9 +378,7 @@ class GraphRunner:
         device: torch.device,
         pool: Any = None,
     ) -> None:
-        self.inputs = StepInputs.allocate(device)
-        self.inputs.fill(rules)
-        self.rules = rules = rules.for_graph(self.inputs)
+        self.rules = rules
         self.bucket = bucket
         self.sync_every = sync_every
         models = {
@@ -445,21 +436,20 @@ class GraphRunner:
         rules: StepRules,
         rows: RowState,
         budget: Sequence[int],
-        generated: int,
+        generated: Sequence[int],
         handovers: dict[str, Handover],
     ) -> None:
-        """Copy a decode's knobs (from ``rules``) and its state after the first step into
-        the buffers (``handovers``: the eager model states under the names of ``layouts``);
-        padding rows are finished from the start."""
-        self.inputs.fill(rules)
+        """Copy a batch's rows (their settings included) and model states into the buffers
+        (``handovers``: the eager model states under the names of ``layouts``; ``generated``:
+        tokens each row has decided); padding rows are finished from the start."""
         state, count = self.state, rows.seeds.shape[0]
         for target, source in zip(state.rows.tensors(), rows.tensors(), strict=True):
             target.zero_()
             target[:count] = source
         state.rows.finished[count:] = True
-        state.step.fill_(generated)
+        state.step.fill_(1)
         state.generated.zero_()
-        state.generated[:count] = generated
+        state.generated[:count] = self._send(generated)
         state.budget.zero_()
         state.budget[:count] = self._send(budget)
         for name, handover in handovers.items():
@@ -468,7 +458,6 @@ class GraphRunner:
     def load_rows(self, other: GraphRunner, positions: Sequence[int]) -> None:
         """Continue ``other``'s decode with only its rows at ``positions`` (the live ones)."""
         state, source = self.state, other.state
-        self.inputs.copy_(other.inputs)
         index = self._send(positions)
         count = index.shape[0]
         for target, values in zip(state.rows.tensors(), source.rows.tensors(), strict=True):

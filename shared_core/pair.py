@@ -221,6 +221,48 @@ class ModelPair:
         aligned = adapter if adapter is not None else self.aligned_name
         return f"baco:{_short(self.base_name)}+{_short(aligned)}"
 
+    # ------------------------------------------------------------------ backend protocol
+
+    @property
+    def capabilities(self) -> Any:
+        """What this pair can do (:class:`~shared_core.backends.Capabilities`)."""
+        from .backends import Capabilities
+
+        return Capabilities()
+
+    def open_rows(
+        self,
+        prompts: list[Any],
+        repeats: list[int],
+        uses_base: list[bool],
+        uses_aligned: list[bool],
+        pad_id: int,
+        options: Any,
+    ) -> Any:
+        """Prefill ``prompts`` (``repeats[i]`` samples each) in the models their routers run;
+        returns the rows' :class:`~shared_core.backends.LocalRows`."""
+        from .backends import LocalRows, OpenRows, joint_forward
+
+        return LocalRows.open(
+            self,
+            OpenRows(prompts, repeats, uses_base, uses_aligned),
+            pad_id,
+            joint=joint_forward(self, options.joint_forward),
+            share_prefill=options.share_prefill,
+        )
+
+    def check_fits(self, uses: list[tuple[bool, bool]], rows: int, tokens_per_row: int) -> None:
+        """Raise ``ValueError`` when ``rows`` rows of ``tokens_per_row`` tokens, in the models
+        that ``uses`` (base, aligned) name, cannot fit in free memory."""
+        from .memory import check_fits
+
+        models = []
+        if any(b for b, _ in uses):
+            models.append(self.base)
+        if any(a for _, a in uses):
+            models.append(self.aligned)
+        check_fits(models, rows, tokens_per_row, self.vocab_size, self.device)
+
     @classmethod
     def from_pretrained(
         cls,

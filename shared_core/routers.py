@@ -49,7 +49,7 @@ class RouterSignals:
     top1_is_punct: torch.Tensor
     top1_is_function_word: torch.Tensor
     uniform: torch.Tensor
-    step: int
+    step: int | torch.Tensor
     base_logits: torch.Tensor | None
     aligned_logits: torch.Tensor | None
     vocab: VocabTables
@@ -87,6 +87,13 @@ class RouterSpec:
 
     def __call__(self, signals: RouterSignals) -> torch.Tensor:
         return self.decide(signals)
+
+    def decide_rows(self, signals: RouterSignals, gamma: torch.Tensor) -> torch.Tensor:
+        """The decision with γ read per row from ``gamma`` (``[rows]`` float64): rows of
+        one built-in router with different γ share one call. Callables decide as they are."""
+        if self.gamma is None or not isinstance(self.source, str):
+            return self.decide(signals)
+        return _BUILTINS[self.name].build(gamma)(signals)
 
     def with_gamma_input(self, gamma: torch.Tensor) -> RouterSpec:
         """This built-in router deciding with γ read from ``gamma`` (a 0-d float64 tensor)
@@ -234,14 +241,16 @@ def compute_signals(
     aligned_logits: torch.Tensor | None,
     vocab: VocabTables,
     *,
-    content_source: str,
+    content_source: str | torch.Tensor,
     uniform: torch.Tensor,
-    step: int,
+    step: int | torch.Tensor,
 ) -> RouterSignals:
     """Signals from each model's raw next-token distribution ``[batch, vocab]``.
 
     ``*_probs`` are the temperature-1 softmax of ``*_logits`` (passed in because the engine
     reuses them for sampling). A model that is not run contributes NaN signals.
+    ``content_source`` is ``"base"``/``"aligned"``, or per row a bool tensor (True: the
+    aligned model's top-1 token); ``step`` is the decode step (per row: a tensor).
     """
     reference = base_probs if base_probs is not None else aligned_probs
     if reference is None:
@@ -255,8 +264,14 @@ def compute_signals(
 
     p_base, h_base = stats(base_probs)
     p_aligned, h_aligned = stats(aligned_probs)
-    content = aligned_probs if content_source == "aligned" else base_probs
-    top1 = (content if content is not None else reference).argmax(-1)
+    if isinstance(content_source, torch.Tensor):  # per row: True reads the aligned model
+        if base_probs is None or aligned_probs is None:
+            top1 = reference.argmax(-1)
+        else:
+            top1 = torch.where(content_source, aligned_probs.argmax(-1), base_probs.argmax(-1))
+    else:
+        content = aligned_probs if content_source == "aligned" else base_probs
+        top1 = (content if content is not None else reference).argmax(-1)
     return RouterSignals(
         p_base=p_base,
         h_base=h_base,
@@ -281,24 +296,33 @@ def apply_guards(
     prev_token: torch.Tensor,
     vocab: VocabTables,
     *,
-    first_step: bool,
-    aligned_starts: bool,
-    aligned_can_stop: bool,
+    first_step: bool | torch.Tensor,
+    aligned_starts: bool | torch.Tensor,
+    aligned_can_stop: bool | torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply the word-boundary, start and end guards; return ``(owner_is_base, token)``.
 
     A change of owner takes effect only where both candidates start a new word, or right
     after a token that ends in whitespace/newline. The aligned model owns the first word
-    (``aligned_starts``) and may always end the response (``aligned_can_stop``).
+    (``aligned_starts``) and may always end the response (``aligned_can_stop``). Each flag
+    is one bool for the batch or a ``[rows]`` bool tensor.
     """
-    if first_step:
-        owner = torch.zeros_like(route_to_base) if aligned_starts else route_to_base
+    boundary = (
+        vocab.is_word_start[base_candidate] & vocab.is_word_start[aligned_candidate]
+    ) | vocab.ends_with_space[prev_token]
+    later = torch.where(boundary, route_to_base, prev_owner_base)
+    if isinstance(aligned_starts, torch.Tensor):
+        first = route_to_base & ~aligned_starts
     else:
-        boundary = (
-            vocab.is_word_start[base_candidate] & vocab.is_word_start[aligned_candidate]
-        ) | vocab.ends_with_space[prev_token]
-        owner = torch.where(boundary, route_to_base, prev_owner_base)
-    if aligned_can_stop:
-        owner = owner & ~vocab.is_end[aligned_candidate]
+        first = torch.zeros_like(route_to_base) if aligned_starts else route_to_base
+    if isinstance(first_step, torch.Tensor):
+        owner = torch.where(first_step, first, later)
+    else:
+        owner = first if first_step else later
+    stops = vocab.is_end[aligned_candidate]
+    if isinstance(aligned_can_stop, torch.Tensor):
+        owner = owner & ~(stops & aligned_can_stop)
+    elif aligned_can_stop:
+        owner = owner & ~stops
     token = torch.where(owner, base_candidate, aligned_candidate)
     return owner, token

@@ -242,3 +242,49 @@ class RowBook:
             generation=generation,
             logprobs=spelled,
         )
+
+
+def row_book(pair: Any, prompts: Sequence[Any], params: Any) -> RowBook:
+    """The row book of a request: ``n`` rows per prompt, each with its budget (clamped to the
+    context window), stop strings (the base template's too when the base model writes) and,
+    for a constrained request, its grammar matcher."""
+    spec = params.spec
+    stops = params.stop
+    if spec.uses_base:
+        stops = stops + tuple(s for s in pair.base_template.stop_strings if s not in stops)
+    constraint = params.constraint
+    if constraint is not None and constraint.whole_response:
+        stops = ()
+    protect = None if constraint is None else constraint.protected
+    rows = []
+    for prompt in prompts:
+        aligned = len(prompt.aligned_ids) if spec.uses_aligned else 0
+        base = len(prompt.base_ids) if spec.uses_base else 0
+        budget = min(params.max_new_tokens, pair.context_window - max(aligned, base))
+        prompt_tokens = len(prompt.aligned_ids if spec.uses_aligned else prompt.base_ids)
+        rows += [
+            Row(ResponseText(pair.tokenizer, stops, protect=protect), budget, prompt_tokens)
+            for _ in range(params.n)
+        ]
+    matchers = None
+    if constraint is not None:
+        vocab = pair.vocab
+        matchers = RowMatchers(
+            constraint, pair.tokenizer, vocab.end_ids, len(rows), vocab.never_generate, vocab.is_end
+        )
+    names = [
+        name
+        for name, used in ((pair.base_name, spec.uses_base), (pair.aligned_name, spec.uses_aligned))
+        if used
+    ]
+    return RowBook(
+        rows,
+        n=params.n,
+        end_ids=pair.vocab.end_ids,
+        router=spec.name,
+        gamma=spec.gamma,
+        model_names=names,
+        matchers=matchers,
+        logprobs=params.logprobs,
+        tokenizer=pair.tokenizer,
+    )

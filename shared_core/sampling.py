@@ -88,44 +88,54 @@ def stream_uniforms(streams: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return _to_unit(_mix32(streams.unsqueeze(-1) ^ _mix32(index + 0x165667B1)))
 
 
-def _is(value: float | torch.Tensor, neutral: float) -> bool:
-    """``value == neutral`` for a number; a tensor knob (a graph input) never counts. The
-    caller decides neutrality (:func:`shared_core.step.is_neutral`) and passes the neutral
-    number itself when a knob is neutral."""
-    return not isinstance(value, torch.Tensor) and value == neutral
+def _knob(value: float | torch.Tensor | None, neutral: float) -> float | torch.Tensor | None:
+    """``None`` for a knob that leaves the distribution as it is (absent, or the neutral
+    number); a tensor (per-row ``[rows, 1]`` or a 0-d graph input) is always applied: a row
+    at the neutral value comes out of the transform unchanged."""
+    if value is None or (not isinstance(value, torch.Tensor) and value == neutral):
+        return None
+    return value
 
 
 def sampling_probs(
     logits: torch.Tensor,
     *,
-    temperature: float | torch.Tensor,
-    top_k: int | torch.Tensor = 0,
+    temperature: float | torch.Tensor | None = None,
+    top_k: int | torch.Tensor | None = None,
     top_k_width: int = 0,
-    min_p: float | torch.Tensor = 0.0,
+    min_p: float | torch.Tensor | None = None,
     raw_probs: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Probabilities after temperature, top-k and min-p (float32, ``[batch, vocab]``).
 
-    ``raw_probs`` (the temperature-1 softmax, already computed for the router signals) is
-    reused when no transform changes it. ``temperature``, ``min_p`` and ``top_k`` may be 0-d
-    tensors (graph inputs): their transforms are then always applied; a tensor ``top_k`` is
-    read from a ``topk`` of ``top_k_width`` (≥ the value) columns.
+    Each knob is a number for the whole batch or a tensor: ``temperature`` and ``min_p``
+    ``[batch, 1]`` (or 0-d), ``top_k`` ``[batch]`` (0: off for that row), read from a
+    ``topk`` of ``top_k_width`` (≥ every row's value) columns. ``raw_probs`` (the
+    temperature-1 softmax, already computed for the router signals) is reused when no
+    transform applies.
     """
-    if raw_probs is not None and _is(temperature, 1.0) and _is(top_k, 0) and _is(min_p, 0.0):
+    temperature = _knob(temperature, 1.0)
+    min_p = _knob(min_p, 0.0)
+    top_k = _knob(top_k, 0)
+    if raw_probs is not None and temperature is None and top_k is None and min_p is None:
         return raw_probs
     scores = logits.float()
-    if not _is(temperature, 1.0):
+    if temperature is not None:
         scores = scores / temperature
+    vocab = scores.shape[-1]
     if isinstance(top_k, torch.Tensor):
-        values = torch.topk(scores, top_k_width, dim=-1).values
-        position = (top_k.clamp(1, top_k_width) - 1).expand(scores.shape[0], 1)
-        kth = values.gather(-1, position)
+        width = min(top_k_width or vocab, vocab)
+        values = torch.topk(scores, width, dim=-1).values
+        k = top_k.reshape(-1).expand(scores.shape[0])
+        kth = values.gather(-1, (k.clamp(1, width) - 1).unsqueeze(-1))
+        active = ((k > 0) & (k < vocab)).unsqueeze(-1)
+        kth = torch.where(active, kth, float("-inf"))
         scores = scores.masked_fill(scores < kth, float("-inf"))
-    elif 0 < top_k < scores.shape[-1]:
-        kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]
+    elif top_k is not None and 0 < top_k < vocab:
+        kth = torch.topk(scores, int(top_k), dim=-1).values[..., -1:]
         scores = scores.masked_fill(scores < kth, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
-    if not _is(min_p, 0.0):
+    if min_p is not None:
         threshold = probs.max(-1, keepdim=True).values * min_p
         probs = probs.masked_fill(probs < threshold, 0.0)
     return probs
@@ -144,7 +154,8 @@ def sample_tokens(
     probs: torch.Tensor,
     streams: torch.Tensor,
     *,
-    top_p: float | torch.Tensor = 1.0,
+    top_p: float | torch.Tensor | None = None,
+    full: bool = True,
     static_shapes: bool = False,
 ) -> torch.Tensor:
     """Draw one token per row from ``probs`` using the row's random stream (:func:`row_streams`).
@@ -156,18 +167,35 @@ def sample_tokens(
     shares its batch. (Inverse-CDF sampling over 262k tokens flips between neighbouring tail
     tokens at the rounding level of the cumulative sum, several percent of draws.)
 
-    With ``top_p < 1`` only the nucleus (smallest set of most likely tokens whose mass reaches
-    ``top_p``, plus any token as likely as its least likely one) is kept. A row whose nucleus
-    lies within its ``_NUCLEUS_FIRST`` most likely tokens (the usual case) races among those;
-    a wider nucleus races over the whole vocabulary by blocks, as ``top_p = 1`` does.
-    ``static_shapes`` (no host synchronisation, for compiled graphs) computes both for every
-    row and picks per row; the eager path widens only when a row needs it. Both give the
-    same token, whatever order a sort puts equal probabilities in.
+    ``top_p`` (a number, or per row ``[rows, 1]``; rows at 1 sample the whole distribution)
+    keeps only the nucleus: the smallest set of most likely tokens whose mass reaches
+    ``top_p``, plus any token as likely as its least likely one. A row whose nucleus lies
+    within its ``_NUCLEUS_FIRST`` most likely tokens (the usual case) races among those; a
+    wider nucleus races over the whole vocabulary by blocks, as ``top_p = 1`` does. ``full``
+    says whether some row samples the whole distribution (False: every row has a nucleus).
+    ``static_shapes`` (no host synchronisation, for compiled graphs) computes every path
+    for every row and picks per row; the eager path computes each row's path only. Both
+    give the same token, whatever order a sort puts equal probabilities in.
     """
     streams = streams.to(probs.device)
-    if isinstance(top_p, torch.Tensor) or top_p < 1.0:  # a tensor: a graph input
+    if top_p is None or (not isinstance(top_p, torch.Tensor) and top_p >= 1.0):
+        return _sample_full(probs, streams)
+    if not isinstance(top_p, torch.Tensor) or top_p.dim() == 0 or not full:
         return _sample_nucleus(probs, streams, top_p, static_shapes)
-    return _sample_full(probs, streams)
+    nucleus = (top_p < 1.0).reshape(-1)
+    if static_shapes:
+        whole = _sample_full(probs, streams)
+        return torch.where(nucleus, _sample_nucleus(probs, streams, top_p, True), whole)
+    rows = nucleus.nonzero().squeeze(-1)
+    if rows.numel() == 0:
+        return _sample_full(probs, streams)
+    if rows.numel() == nucleus.numel():
+        return _sample_nucleus(probs, streams, top_p, False)
+    rest = (~nucleus).nonzero().squeeze(-1)
+    token = torch.empty(nucleus.shape[0], dtype=torch.long, device=probs.device)
+    token[rows] = _sample_nucleus(probs[rows], streams[rows], top_p[rows], False)
+    token[rest] = _sample_full(probs[rest], streams[rest])
+    return token
 
 
 def _race(weights: torch.Tensor, streams: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -1,16 +1,21 @@
-"""One BACO decode step, as a function of tensors: the eager loop and the graph path share it.
+"""One BACO decode step, as a function of tensors: every executor calls it.
 
 Given both models' next-token logits for every row, :func:`decode_step` masks the tokens that
 must not be generated, computes the router signals, routes, draws a candidate from each
-model, applies the guards and returns the chosen token and its owner per row. Everything is
-vectorised over the batch; with ``StepRules.static_shapes`` it also has fixed shapes and no
-host synchronisation, so it can be compiled with ``fullgraph=True`` and captured as a CUDA
-graph (:mod:`shared_core.graph`).
+model, applies the guards and returns the chosen token and its owner per row. Every setting
+is a per-row tensor of :class:`RowState` (temperature, top-k/top-p/min-p, router, γ, guards,
+``min_new_tokens``, the row's own step), so rows of different requests share one step.
+:class:`StepRules` says only which transforms *some* row needs (so a batch without top-k
+never runs one) and which routers the batch holds. With ``StepRules.static_shapes`` the step
+has fixed shapes and no host synchronisation, so it can be compiled with ``fullgraph=True``
+and captured as a CUDA graph (:mod:`shared_core.graph`). Chunk mode over two servers passes
+the token a server proposed (``proposed``), which then stands for the owner's own draw.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -26,179 +31,246 @@ from .sampling import (
 )
 from .vocab import VocabTables
 
-#: A decode step number: a Python int (eager) or a 0-d long tensor (compiled graphs).
-Step = int | torch.Tensor
-
-
-#: The knobs a compiled graph reads from tensors (:class:`StepInputs`), so one graph serves
-#: every value; only whether each is at its neutral value changes the graph (and, for
-#: ``top_k``, its power-of-two bucket: see :func:`top_k_bucket`).
-KNOBS = ("gamma", "temperature", "top_p", "min_p", "min_new_tokens", "top_k")
-#: Sampling knobs whose neutral value means "no transform": the one place that rule lives.
-NEUTRAL = {"temperature": 1.0, "top_p": 1.0, "min_p": 0.0, "min_new_tokens": 0, "top_k": 0}
-#: The smallest top-k bucket (top-k values are read from a ``topk`` of the bucket's width).
+#: The smallest top-k width a compiled step reads (top-k values come from a ``topk`` of this
+#: width or more, a power of two, so nearby values share a graph).
 MIN_TOP_K_BUCKET = 64
 
 
-def is_neutral(name: str, value: float) -> bool:
-    """Whether the sampling knob ``name`` at ``value`` leaves the distribution as it is."""
-    if name == "top_p":
-        return value >= 1.0
-    return value == NEUTRAL[name]
-
-
 def top_k_bucket(top_k: int, vocab: int) -> int:
-    """The ``topk`` width a compiled step reads a ``top_k`` knob from: a power of two (at
-    least :data:`MIN_TOP_K_BUCKET`) capped at the vocabulary, so nearby values share a graph;
-    0 when top-k is off or keeps the whole vocabulary."""
+    """The ``topk`` width a compiled step reads a ``top_k`` from: a power of two (at least
+    :data:`MIN_TOP_K_BUCKET`) capped at the vocabulary; 0 when top-k is off or keeps the
+    whole vocabulary."""
     if top_k <= 0 or top_k >= vocab:
         return 0
     return min(vocab, max(MIN_TOP_K_BUCKET, 1 << (top_k - 1).bit_length()))
 
 
 @dataclass(frozen=True)
-class StepInputs:
-    """γ and the sampling knobs as 0-d tensors at fixed addresses (graph inputs).
+class RowSettings:
+    """One row's decoding settings as host values (from its request's ``GenerationParams``).
 
-    Stored as float64 (``min_new_tokens`` as long), so comparing or scaling a tensor by one
-    rounds exactly as a Python number would.
+    ``router`` is an index into the batch's :attr:`StepRules.routers`.
     """
 
-    gamma: torch.Tensor
-    temperature: torch.Tensor
-    top_p: torch.Tensor
-    min_p: torch.Tensor
-    min_new_tokens: torch.Tensor
-    top_k: torch.Tensor
-
-    @classmethod
-    def allocate(cls, device: torch.device) -> StepInputs:
-        def zero(name: str) -> torch.Tensor:
-            integer = name in ("min_new_tokens", "top_k")
-            return torch.zeros((), dtype=torch.long if integer else torch.float64, device=device)
-
-        return cls(*(zero(k) for k in KNOBS))
-
-    def fill(self, rules: StepRules) -> None:
-        """Set the knobs to those of ``rules`` (a router without γ stores 0)."""
-        values = {k: getattr(rules, k) for k in KNOBS if k != "gamma"}
-        values["gamma"] = rules.spec.gamma or 0.0
-        for name in KNOBS:
-            getattr(self, name).fill_(values[name])
-
-    def copy_(self, other: StepInputs) -> None:
-        for name in KNOBS:
-            getattr(self, name).copy_(getattr(other, name))
-
-
-@dataclass(frozen=True)
-class StepRules:
-    """Everything a step needs that stays fixed for a whole decode.
-
-    With ``inputs`` (the graph path), the knobs' values are read from those tensors; the
-    numbers held here then only say which knobs are at their neutral value (temperature 1,
-    ``top_p`` 1, ``min_p`` 0, ``min_new_tokens`` 0), which changes what the step computes.
-    """
-
-    vocab: VocabTables
-    spec: RouterSpec
+    router: int = 0
+    gamma: float = 0.0
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
     min_p: float = 0.0
     min_new_tokens: int = 0
+    content_aligned: bool = False
     aligned_starts: bool = True
     aligned_can_stop: bool = True
-    pad_id: int = 0
-    static_shapes: bool = False
-    inputs: StepInputs | None = None
 
     @classmethod
-    def from_params(cls, params, vocab: VocabTables, pad_id: int) -> StepRules:
-        """Rules of a :class:`~shared_core.params.GenerationParams`."""
+    def of(cls, params, router: int = 0) -> RowSettings:
+        """The settings of a :class:`~shared_core.params.GenerationParams`."""
+        spec = params.spec
         return cls(
-            vocab=vocab,
-            spec=params.spec,
+            router=router,
+            gamma=spec.gamma or 0.0,
             temperature=params.temperature,
             top_k=params.top_k,
             top_p=params.top_p,
             min_p=params.min_p,
             min_new_tokens=params.min_new_tokens,
+            content_aligned=spec.content_source == "aligned",
             aligned_starts=params.aligned_starts,
             aligned_can_stop=params.aligned_can_stop,
+        )
+
+
+@dataclass(frozen=True)
+class StepRules:
+    """What a step computes for a batch: the vocabulary tables, the batch's routers (rows
+    point into this tuple) and which transforms some row needs. Rows at a transform's
+    neutral value (temperature 1, ``top_k`` 0, ``min_p`` 0) come out of it unchanged, so a
+    row draws the same tokens whatever else shares its batch.
+
+    ``greedy`` / ``sampled``: some row has temperature 0 / above 0; ``top_k``: the width of
+    the ``topk`` read (0: no row uses top-k); ``nucleus`` / ``full``: some row samples with
+    ``top_p < 1`` / with the whole distribution.
+    """
+
+    vocab: VocabTables
+    routers: tuple[RouterSpec, ...]
+    pad_id: int = 0
+    temperature: bool = False
+    greedy: bool = False
+    sampled: bool = True
+    top_k: int = 0
+    nucleus: bool = False
+    full: bool = True
+    min_p: bool = False
+    min_new_tokens: bool = False
+    static_shapes: bool = False
+
+    @classmethod
+    def for_rows(
+        cls,
+        vocab: VocabTables,
+        routers: Sequence[RouterSpec],
+        settings: Sequence[RowSettings],
+        pad_id: int = 0,
+        *,
+        static_shapes: bool = False,
+    ) -> StepRules:
+        """The rules of a batch of rows with ``settings``; with ``static_shapes`` (compiled
+        steps) the top-k width is bucketed and both top-p paths are kept."""
+        top_k = max((s.top_k for s in settings if 0 < s.top_k < vocab.size), default=0)
+        return cls(
+            vocab=vocab,
+            routers=tuple(routers),
             pad_id=pad_id,
+            temperature=any(s.temperature not in (0.0, 1.0) for s in settings),
+            greedy=any(s.temperature == 0.0 for s in settings),
+            sampled=static_shapes or any(s.temperature > 0.0 for s in settings),
+            top_k=top_k_bucket(top_k, vocab.size) if static_shapes else top_k,
+            nucleus=any(s.top_p < 1.0 for s in settings),
+            full=static_shapes or any(s.top_p >= 1.0 for s in settings),
+            min_p=any(s.min_p > 0.0 for s in settings),
+            min_new_tokens=any(s.min_new_tokens > 0 for s in settings),
+            static_shapes=static_shapes,
         )
 
-    def with_static_shapes(self) -> StepRules:
-        return replace(self, static_shapes=True)
+    def router_table(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per router of the batch: whether it runs the base / the aligned model."""
+        uses_base = torch.tensor([r.uses_base for r in self.routers], device=device)
+        uses_aligned = torch.tensor([r.uses_aligned for r in self.routers], device=device)
+        return uses_base, uses_aligned
 
-    def for_graph(self, inputs: StepInputs) -> StepRules:
-        """Fixed shapes, and the knobs read from ``inputs`` (γ included)."""
-        spec = self.spec.with_gamma_input(inputs.gamma)
-        return replace(self, static_shapes=True, inputs=inputs, spec=spec)
+    @property
+    def single_router(self) -> RouterSpec | None:
+        return self.routers[0] if len(self.routers) == 1 else None
 
-    def structure(self) -> tuple:
-        """What a compiled step depends on besides shapes: everything but the knobs'
-        values (see :data:`KNOBS`): which knobs are neutral, and the top-k bucket."""
-        spec = self.spec
-        neutral = tuple(is_neutral(name, getattr(self, name)) for name in NEUTRAL)
-        return (
-            (spec.name, spec.content_source, self.temperature == 0.0),
-            neutral,
-            top_k_bucket(self.top_k, self.vocab.size),
-            (self.aligned_starts, self.aligned_can_stop, self.pad_id),
-        )
+    @property
+    def uses_base(self) -> bool:
+        return any(r.uses_base for r in self.routers)
 
-    def knob(self, name: str) -> float | torch.Tensor:
-        """A sampling knob as a step reads it: its neutral value as a plain number (the
-        transform is then skipped), else the graph input when there are inputs, else the
-        number."""
-        value = getattr(self, name)
-        if name in NEUTRAL and is_neutral(name, value):
-            return NEUTRAL[name]
-        if name == "top_k" and top_k_bucket(value, self.vocab.size) == 0:
-            return 0  # keeps the whole vocabulary
-        return value if self.inputs is None else getattr(self.inputs, name)
+    @property
+    def uses_aligned(self) -> bool:
+        return any(r.uses_aligned for r in self.routers)
+
+
+_FLOAT = ("temperature", "top_p", "min_p")
 
 
 @dataclass
 class RowState:
-    """Per-row tensors carried from one step to the next (``[rows]`` each)."""
+    """Per-row tensors (``[rows]`` each): what a step reads and carries to the next.
+
+    ``step`` is the row's own decode step (tokens decided so far): rows that joined the
+    batch at different times sit at different steps.
+    """
 
     seeds: torch.Tensor
     sample_index: torch.Tensor
     owner: torch.Tensor  # True: the last token came from the base model
     prev_token: torch.Tensor
     finished: torch.Tensor
+    step: torch.Tensor
+    router: torch.Tensor
+    gamma: torch.Tensor  # float64: γ compares as the Python number would
+    temperature: torch.Tensor
+    top_k: torch.Tensor
+    top_p: torch.Tensor
+    min_p: torch.Tensor
+    min_new_tokens: torch.Tensor
+    content_aligned: torch.Tensor
+    aligned_starts: torch.Tensor
+    aligned_can_stop: torch.Tensor
 
     @classmethod
-    def start(cls, seeds: torch.Tensor, sample_index: torch.Tensor, pad_id: int) -> RowState:
-        rows = seeds.shape[0]
-        device = seeds.device
+    def build(
+        cls,
+        seeds: Sequence[int],
+        sample_index: Sequence[int],
+        settings: Sequence[RowSettings],
+        pad_id: int,
+        device: torch.device | str = "cpu",
+    ) -> RowState:
+        """Rows at their first step, one per entry of ``settings``."""
+
+        def column(name: str, dtype: torch.dtype) -> torch.Tensor:
+            return torch.tensor([getattr(s, name) for s in settings], dtype=dtype, device=device)
+
+        count = len(settings)
+        long = torch.long
         return cls(
-            seeds=seeds,
-            sample_index=sample_index,
-            owner=torch.zeros(rows, dtype=torch.bool, device=device),
-            prev_token=torch.full((rows,), pad_id, dtype=torch.long, device=device),
-            finished=torch.zeros(rows, dtype=torch.bool, device=device),
+            seeds=torch.tensor(list(seeds), dtype=long, device=device),
+            sample_index=torch.tensor(list(sample_index), dtype=long, device=device),
+            owner=torch.zeros(count, dtype=torch.bool, device=device),
+            prev_token=torch.full((count,), pad_id, dtype=long, device=device),
+            finished=torch.zeros(count, dtype=torch.bool, device=device),
+            step=torch.zeros(count, dtype=long, device=device),
+            router=column("router", long),
+            gamma=column("gamma", torch.float64),
+            temperature=column("temperature", torch.float32),
+            top_k=column("top_k", long),
+            top_p=column("top_p", torch.float32),
+            min_p=column("min_p", torch.float32),
+            min_new_tokens=column("min_new_tokens", long),
+            content_aligned=column("content_aligned", torch.bool),
+            aligned_starts=column("aligned_starts", torch.bool),
+            aligned_can_stop=column("aligned_can_stop", torch.bool),
         )
+
+    @classmethod
+    def start(
+        cls,
+        seeds: torch.Tensor,
+        sample_index: torch.Tensor,
+        pad_id: int,
+        settings: RowSettings | None = None,
+    ) -> RowState:
+        """Rows of one setting (default: :class:`RowSettings`) at their first step."""
+        count = seeds.shape[0]
+        return cls.build(
+            seeds.tolist(),
+            sample_index.tolist(),
+            [settings or RowSettings()] * count,
+            pad_id,
+            seeds.device,
+        )
+
+    @classmethod
+    def zeros(cls, rows: int, device: torch.device | str) -> RowState:
+        """Fixed-address buffers for ``rows`` rows (graph runners)."""
+        settings = [RowSettings()] * rows
+        state = cls.build([0] * rows, [0] * rows, settings, 0, device)
+        state.finished.fill_(True)
+        return state
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return tuple(getattr(self, f.name) for f in fields(self))
 
     def select(self, index: torch.Tensor) -> RowState:
         """The rows at ``index`` (finished rows leave the batch)."""
         return RowState(*(t[index] for t in self.tensors()))
 
-    def tensors(self) -> tuple[torch.Tensor, ...]:
-        return (self.seeds, self.sample_index, self.owner, self.prev_token, self.finished)
+    def cat(self, other: RowState) -> RowState:
+        """These rows followed by ``other``'s (rows joining the batch)."""
+        return RowState(*(torch.cat([a, b]) for a, b in zip(self.tensors(), other.tensors())))
+
+    def advance(self, result: StepResult) -> None:
+        """Carry a step's choice to the next step."""
+        self.owner = result.owner
+        self.prev_token = result.token
+        self.step = self.step + 1
 
 
 @dataclass
 class StepResult:
-    """What a step chose; ``*_broken`` flag rows whose distribution was NaN (None: not run)."""
+    """What a step chose. ``*_broken`` flag rows whose distribution was NaN (None: that
+    model was not run); ``proposal_kept`` (chunk mode) flags rows whose proposed token the
+    rules allowed."""
 
     token: torch.Tensor
     owner: torch.Tensor
     base_broken: torch.Tensor | None
     aligned_broken: torch.Tensor | None
+    proposal_kept: torch.Tensor | None = None
 
 
 def decode_step(
@@ -206,79 +278,107 @@ def decode_step(
     rows: RowState,
     base_logits: torch.Tensor | None,
     aligned_logits: torch.Tensor | None,
-    step: Step,
     *,
-    first_step: bool,
     allowed: torch.Tensor | None = None,
     drawable: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
+    proposed: tuple[torch.Tensor, torch.Tensor] | None = None,
+    uses: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> StepResult:
-    """Choose every row's next token from both models' raw logits ``[rows, ≥ vocab]``.
+    """Choose every row's next token from both models' logits ``[rows, ≥ vocab]``.
 
     ``allowed`` (``[rows, vocab]`` bool, e.g. a grammar's mask) restricts both models alike.
     ``drawable`` (base, aligned; ``[rows, vocab]`` bool or None) limits what each model's
     candidate is drawn from without changing the router's signals (a remote model's logits
     hold its top-k and a spread tail: the tail counts for the signals, never for a draw).
-    Finished rows get ``rules.pad_id``. Updates nothing in place.
+    ``proposed`` = ``(tokens, by_base)``: a token per row that the owner's server sampled
+    (chunk mode); it stands for that model's candidate where the rules allow it (else the
+    candidate is drawn here, and ``proposal_kept`` is False). ``uses`` = (base, aligned)
+    ``[rows]`` bool: which rows run each model (default: from the rows' routers); a row's
+    logits of a model it does not run are ignored. Finished rows get ``rules.pad_id``.
+    Updates nothing in place.
     """
-    base = clean_logits(rules, base_logits, step, allowed)
-    aligned = clean_logits(rules, aligned_logits, step, allowed)
+    if uses is None:
+        table_base, table_aligned = rules.router_table(rows.router.device)
+        uses = (table_base[rows.router], table_aligned[rows.router])
+    base = clean_logits(rules, rows, base_logits, allowed)
+    aligned = clean_logits(rules, rows, aligned_logits, allowed)
     base_draw, aligned_draw = (
         logits if mask is None or logits is None else logits.masked_fill(~mask, float("-inf"))
         for logits, mask in ((base, drawable[0]), (aligned, drawable[1]))
     )
     base_probs = None if base is None else torch.softmax(base, -1)
     aligned_probs = None if aligned is None else torch.softmax(aligned, -1)
-    spec = rules.spec
-    if spec.single_model:
-        logits, probs, purpose = (
-            (base_draw, base_probs, BASE_DRAW)
-            if spec.uses_base
-            else (aligned_draw, aligned_probs, ALIGNED_DRAW)
-        )
-        token = draw_candidate(rules, rows, logits, probs, step, purpose)
-        owner = torch.full_like(rows.owner, spec.uses_base)
+    base_token = aligned_token = None
+    if base is not None:
+        base_token = draw_candidate(rules, rows, base_draw, base_probs, BASE_DRAW)
+    if aligned is not None:
+        aligned_token = draw_candidate(rules, rows, aligned_draw, aligned_probs, ALIGNED_DRAW)
+    base_token = aligned_token if base_token is None else base_token
+    aligned_token = base_token if aligned_token is None else aligned_token
+    assert base_token is not None and aligned_token is not None, "no model's logits given"
+    kept = None
+    if proposed is not None:
+        tokens, by_base = proposed
+        if base is None or aligned is None:
+            mine = base if aligned is None else aligned
+        else:
+            mine = torch.where(by_base.unsqueeze(-1), base, aligned)
+        assert mine is not None
+        inside = tokens < rules.vocab.size
+        score = mine.gather(1, tokens.clamp(max=mine.shape[1] - 1).unsqueeze(-1)).squeeze(-1)
+        kept = inside & torch.isfinite(score)
+        base_token = torch.where(by_base & kept, tokens, base_token)
+        aligned_token = torch.where(~by_base & kept, tokens, aligned_token)
+    base_rows, aligned_rows = uses
+    if base is None or aligned is None:
+        owner = torch.full_like(rows.owner, base is not None)
     else:
-        route = route_rows(rules, rows, base, aligned, base_probs, aligned_probs, step)
-        base_token = draw_candidate(rules, rows, base_draw, base_probs, step, BASE_DRAW)
-        aligned_token = draw_candidate(rules, rows, aligned_draw, aligned_probs, step, ALIGNED_DRAW)
-        owner, token = apply_guards(
+        route = route_rows(rules, rows, base, aligned, base_probs, aligned_probs)
+        guarded, _ = apply_guards(
             route,
             rows.owner,
             base_token,
             aligned_token,
             rows.prev_token,
             rules.vocab,
-            first_step=first_step,
-            aligned_starts=rules.aligned_starts,
-            aligned_can_stop=rules.aligned_can_stop,
+            first_step=rows.step == 0,
+            aligned_starts=rows.aligned_starts,
+            aligned_can_stop=rows.aligned_can_stop,
         )
+        # single-model rows (the base / aligned baselines) take their model's draw, unguarded
+        owner = torch.where(base_rows & aligned_rows, guarded, base_rows)
+    token = torch.where(owner, base_token, aligned_token)
     return StepResult(
         token=torch.where(rows.finished, rules.pad_id, token),
         owner=owner,
-        base_broken=broken_rows(base_probs),
-        aligned_broken=broken_rows(aligned_probs),
+        base_broken=broken_rows(base_probs, base_rows),
+        aligned_broken=broken_rows(aligned_probs, aligned_rows),
+        proposal_kept=kept,
     )
 
 
 def clean_logits(
-    rules: StepRules, logits: torch.Tensor | None, step: Step, allowed: torch.Tensor | None
+    rules: StepRules, rows: RowState, logits: torch.Tensor | None, allowed: torch.Tensor | None
 ) -> torch.Tensor | None:
     """Slice to the tokenizer's vocabulary (padded output layers) and mask banned tokens:
-    never-generated ids, end tokens before ``min_new_tokens``, and what ``allowed`` excludes."""
+    never-generated ids, end tokens before a row's ``min_new_tokens``, and what ``allowed``
+    excludes. The router's signals read this constrained distribution (docs/design.md)."""
     if logits is None:
         return None
     vocab = rules.vocab
-    banned = vocab.never_generate
-    if not is_neutral("min_new_tokens", rules.min_new_tokens):
-        banned = banned | (vocab.is_end & (step < rules.knob("min_new_tokens")))
+    banned = vocab.never_generate.unsqueeze(0)
+    if rules.min_new_tokens:
+        early = (rows.step < rows.min_new_tokens).unsqueeze(-1)
+        banned = banned | (vocab.is_end.unsqueeze(0) & early)
     if allowed is not None:
         banned = banned | ~allowed
     return logits[:, : vocab.size].float().masked_fill(banned, float("-inf"))
 
 
-def broken_rows(probs: torch.Tensor | None) -> torch.Tensor | None:
-    """Rows whose distribution is NaN (a NaN anywhere in the logits spreads to the row)."""
-    return None if probs is None else probs[:, 0].isnan()
+def broken_rows(probs: torch.Tensor | None, used: torch.Tensor) -> torch.Tensor | None:
+    """Rows that run this model and whose distribution is NaN (a NaN anywhere in the logits
+    spreads to the row)."""
+    return None if probs is None else probs[:, 0].isnan() & used
 
 
 def route_rows(
@@ -288,28 +388,32 @@ def route_rows(
     aligned: torch.Tensor | None,
     base_probs: torch.Tensor | None,
     aligned_probs: torch.Tensor | None,
-    step: Step,
 ) -> torch.Tensor:
-    """The router's per-row decision (True = base), checked for shape."""
-    spec = rules.spec
+    """Each row's router decision (True = base): one call per router of the batch (not per
+    row), each row reading its own router's answer, with its own γ."""
     signals = compute_signals(
         base_probs,
         aligned_probs,
         base,
         aligned,
         rules.vocab,
-        content_source=spec.content_source,
-        uniform=row_uniforms(rows.seeds, rows.sample_index, step, ROUTER_DRAW),
-        step=step,
+        content_source=rows.content_aligned,
+        uniform=row_uniforms(rows.seeds, rows.sample_index, rows.step, ROUTER_DRAW),
+        step=rows.step,
     )
-    route = spec(signals)
     count = rows.seeds.shape[0]
-    if not isinstance(route, torch.Tensor) or route.shape != (count,):
-        raise TypeError(
-            f"router {spec.name!r} must return a bool tensor of shape [{count}], "
-            f"got {getattr(route, 'shape', type(route).__name__)}"
-        )
-    return route.to(torch.bool)
+    route = torch.zeros(count, dtype=torch.bool, device=rows.seeds.device)
+    for index, spec in enumerate(rules.routers):
+        decision = spec.decide_rows(signals, rows.gamma)
+        if not isinstance(decision, torch.Tensor) or decision.shape != (count,):
+            raise TypeError(
+                f"router {spec.name!r} must return a bool tensor of shape [{count}], "
+                f"got {getattr(decision, 'shape', type(decision).__name__)}"
+            )
+        if len(rules.routers) == 1:
+            return decision.to(torch.bool)
+        route = torch.where(rows.router == index, decision.to(torch.bool), route)
+    return route
 
 
 def draw_candidate(
@@ -317,47 +421,57 @@ def draw_candidate(
     rows: RowState,
     logits: torch.Tensor,
     raw_probs: torch.Tensor,
-    step: Step,
     purpose: int,
 ) -> torch.Tensor:
-    """One model's candidate token per row, from the row's own random stream."""
-    if rules.temperature == 0.0:
-        return logits.argmax(-1)
+    """One model's candidate token per row, from the row's own random stream (greedy rows:
+    the most likely token)."""
+    greedy = logits.argmax(-1) if rules.greedy else None
+    if greedy is not None and not rules.sampled:
+        return greedy
+    temperature = None
+    if rules.temperature or rules.greedy:
+        temperature = torch.where(rows.temperature > 0, rows.temperature, 1.0).unsqueeze(-1)
     probs = sampling_probs(
         logits,
-        temperature=rules.knob("temperature"),
-        top_k=rules.knob("top_k"),
-        top_k_width=top_k_bucket(rules.top_k, rules.vocab.size),
-        min_p=rules.knob("min_p"),
+        temperature=temperature,
+        top_k=rows.top_k if rules.top_k else None,
+        top_k_width=rules.top_k,
+        min_p=rows.min_p.unsqueeze(-1) if rules.min_p else None,
         raw_probs=raw_probs,
     )
-    streams = row_streams(rows.seeds, rows.sample_index, step, purpose)
-    return sample_tokens(
-        probs, streams, top_p=rules.knob("top_p"), static_shapes=rules.static_shapes
+    streams = row_streams(rows.seeds, rows.sample_index, rows.step, purpose)
+    token = sample_tokens(
+        probs,
+        streams,
+        top_p=rows.top_p.unsqueeze(-1) if rules.nucleus else None,
+        full=rules.full,
+        static_shapes=rules.static_shapes,
     )
+    return token if greedy is None else torch.where(rows.temperature == 0, greedy, token)
 
 
 def token_logprobs(
     rules: StepRules,
+    rows: RowState,
     base_logits: torch.Tensor | None,
     aligned_logits: torch.Tensor | None,
     result: StepResult,
-    step: Step,
     top: int,
     allowed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each row's chosen-token log-probability under the model that produced it (its
-    distribution after temperature, before top-k/top-p/min-p truncation; temperature 1 for
-    greedy decoding) and that model's ``top`` most likely tokens: ``([rows], [rows, top]
-    log-probabilities, [rows, top] ids)``. Masked tokens (never generated, grammar) count
-    as impossible, as they were for the draw."""
-    base = clean_logits(rules, base_logits, step, allowed)
-    aligned = clean_logits(rules, aligned_logits, step, allowed)
+    distribution after the row's temperature, before top-k/top-p/min-p truncation;
+    temperature 1 for greedy rows) and that model's ``top`` most likely tokens: ``([rows],
+    [rows, top] log-probabilities, [rows, top] ids)``. Masked tokens (never generated,
+    grammar) count as impossible, as they were for the draw."""
+    base = clean_logits(rules, rows, base_logits, allowed)
+    aligned = clean_logits(rules, rows, aligned_logits, allowed)
     if base is None or aligned is None:
         logits = base if aligned is None else aligned
     else:
         logits = torch.where(result.owner.unsqueeze(-1), base, aligned)
-    temperature = rules.temperature if rules.temperature > 0 else 1.0
+    assert logits is not None
+    temperature = torch.where(rows.temperature > 0, rows.temperature, 1.0).unsqueeze(-1)
     logprobs = torch.log_softmax(logits / temperature, dim=-1)
     chosen = logprobs.gather(1, result.token.clamp(max=logits.shape[1] - 1).unsqueeze(-1))
     best, ids = logprobs.topk(min(top, logprobs.shape[1]), dim=-1)

@@ -417,7 +417,7 @@ def test_base_model_reads_a_space_after_its_assistant_cue(tiny_pair, monkeypatch
 
 def test_space_slot_rows_match_a_plain_forward_of_the_spaced_text(tiny_pair):
     """Rows with and without a space slot in one batch each equal an unbatched forward."""
-    from shared_core.model_state import ModelState as _ModelState
+    from shared_core.model_state import ModelRows
 
     tokenizer = tiny_pair.tokenizer
     space_id = tiny_pair.vocab.space_id
@@ -426,9 +426,9 @@ def test_space_slot_rows_match_a_plain_forward_of_the_spaced_text(tiny_pair):
         [tokenizer.convert_tokens_to_ids("1"), tokenizer.convert_tokens_to_ids("ĠT")]
     )
     with torch.inference_mode():
-        state = _ModelState(tiny_pair.base, prompts, 1, 0, 4)
-        state.step(first, 0, (space_id, torch.tensor([True, False])))
-        state.step(first, 1)
+        state = ModelRows.prefill(tiny_pair.base, prompts, [1, 1], 0)
+        state.feed(first, (space_id, torch.tensor([True, False])))
+        state.feed(first)
         expected_rows = [
             prompts[0] + [space_id, int(first[0]), int(first[0])],
             prompts[1] + [int(first[1]), int(first[1])],
