@@ -201,13 +201,18 @@ class BacoFields(BaseModel):
         default=GenerationParams.min_new_tokens,
         description="End tokens are blocked until this many tokens are generated.",
     )
-    top_p: float = Field(
-        default=0.95,
-        description="Nucleus sampling mass (0.95 cuts the long junk tail of large "
-        "vocabularies; 1 disables it).",
+    top_p: float | None = Field(
+        default=None,
+        description="Nucleus sampling mass; 1 disables it. None: the pair's default, 1 on the "
+        "embedded demo pair (with min_p 0.05, measured in docs/results.md) and 0.95 on other "
+        "pairs (cuts the long junk tail of large vocabularies).",
     )
     top_k: int = Field(default=GenerationParams.top_k, description="Top-k filter; 0 disables.")
-    min_p: float = Field(default=GenerationParams.min_p, description="Min-p filter; 0 disables.")
+    min_p: float | None = Field(
+        default=None,
+        description="Min-p filter; 0 disables it. None: the pair's default, 0.05 on the "
+        "embedded demo pair and 0 on other pairs.",
+    )
     n: int = Field(
         default=GenerationParams.n, description="Samples per request, from one batched decode."
     )
@@ -436,11 +441,36 @@ def pop_structure(
     return request, json_schema_constraint(schema)
 
 
+#: Sampling filters of a pair other than the embedded demo pair, when the adapter leaves
+#: ``top_p``/``min_p`` unset: top-p 0.95 cuts the junk tail of a large vocabulary.
+USER_PAIR_SAMPLING = {"top_p": 0.95, "min_p": 0.0}
+
+
+def pair_sampling_defaults(adapter: object) -> dict[str, float]:
+    """``top_p``/``min_p`` for an adapter that leaves them unset: the demo pair's measured
+    filters (``shared_core.demo.DEMO_TOP_P``/``DEMO_MIN_P``) when it runs the embedded pair
+    (no model, adapter or server given), :data:`USER_PAIR_SAMPLING` otherwise."""
+    local = not (getattr(adapter, "base_url", None) or getattr(adapter, "aligned_url", None))
+    named = any(
+        getattr(adapter, f, None) for f in ("base_model", "aligned_model", "aligned_adapter")
+    )
+    if local and not named:
+        from .demo import DEMO_MIN_P, DEMO_TOP_P
+
+        return {"top_p": DEMO_TOP_P, "min_p": DEMO_MIN_P}
+    return dict(USER_PAIR_SAMPLING)
+
+
 def field_options(adapter: object) -> dict[str, Any]:
-    """The values of an adapter's decoding-option fields (absent fields are skipped)."""
-    return {
+    """The values of an adapter's decoding-option fields (absent fields are skipped);
+    unset ``top_p``/``min_p`` get the pair's defaults (:func:`pair_sampling_defaults`)."""
+    options = {
         name: getattr(adapter, name) for name in ADAPTER_OPTION_FIELDS if hasattr(adapter, name)
     }
+    for name, value in pair_sampling_defaults(adapter).items():
+        if name in options and options[name] is None:
+            options[name] = value
+    return options
 
 
 def merge_options(

@@ -117,12 +117,20 @@ def test_both_adapters_expose_the_shared_fields_unchanged():
 def test_both_adapters_have_the_same_defaults_and_validation():
     chat, llm = (adapter() for adapter in _adapters())
     assert field_options(chat) == field_options(llm)
-    assert field_options(llm)["top_p"] == 0.95 and field_options(llm)["aligned_starts"] is True
+    assert field_options(llm)["aligned_starts"] is True
+    # The embedded pair samples with its measured filters; other pairs with top_p 0.95.
+    assert (field_options(llm)["top_p"], field_options(llm)["min_p"]) == (1.0, 0.05)
     assert chat.model_name == llm.model_name == DEMO_MODEL_NAME
     pair = {"base_model": "org/b", "aligned_model": "org/a"}
     assert (
         _adapters()[0](**pair).model_name == _adapters()[1](**pair).model_name == "baco:org/b+org/a"
     )
+    for adapter in _adapters():
+        user = field_options(adapter(**pair))
+        assert (user["top_p"], user["min_p"]) == (0.95, 0.0)
+        mine = field_options(adapter(top_p=0.9, min_p=0.1, **pair))
+        assert (mine["top_p"], mine["min_p"]) == (0.9, 0.1)
+        assert field_options(adapter(top_p=0.8))["min_p"] == 0.05  # unset one keeps its default
     for adapter in _adapters():
         with pytest.raises(ValueError, match="top_p"):
             adapter(top_p=2.0)

@@ -199,9 +199,9 @@ def test_fields_become_engine_options(fake: FakeEngine) -> None:
         "temperature": 0.5,
         "max_new_tokens": 9,
         "min_new_tokens": 2,
-        "top_p": 0.95,
+        "top_p": 1.0,  # the embedded pair's measured filters (top_p/min_p left unset)
         "top_k": 5,
-        "min_p": 0.0,
+        "min_p": 0.05,
         "n": 1,
         "seed": 3,
     }

@@ -106,7 +106,7 @@ def test_fields_and_per_call_kwargs_reach_the_engine(fake_engine) -> None:
     assert (kind, prompt) == ("generate", "hi")
     assert options["router"] == "p-fc" and options["gamma"] == 0.2 and options["top_k"] == 5
     assert options["max_new_tokens"] == 9 and options["min_new_tokens"] == 2
-    assert options["seed"] == 4 and options["top_p"] == 0.95
+    assert options["seed"] == 4 and (options["top_p"], options["min_p"]) == (1.0, 0.05)
     assert options["stop"] == ["END"]
     assert "formatted" not in options and "timeout" not in options
     assert response.text == "Hello world"
