@@ -15,7 +15,7 @@ import math
 import secrets
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..params import GenerationParams
@@ -200,12 +200,10 @@ _VALIDATION_ORDER = (
 
 
 def supports_json_schema() -> bool:
-    """Whether structured output is available: the engine takes ``json_schema`` and the
-    grammar engine of the ``structured`` extra (llguidance) is installed. Without it,
-    ``response_format`` and tool calls answer 400 "not supported"."""
-    return "json_schema" in {f.name for f in fields(GenerationParams)} and (
-        importlib.util.find_spec("llguidance") is not None
-    )
+    """Whether structured output is available: the grammar engine of the ``structured`` extra
+    (llguidance) is installed. Without it, ``response_format`` and tool calls answer 400 "not
+    supported"."""
+    return importlib.util.find_spec("llguidance") is not None
 
 
 # ----------------------------------------------------------------------------- requests

@@ -251,6 +251,22 @@ def test_bad_serve_flags_fail_before_loading(
 TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
 
 
+def test_structured_output_is_supported_exactly_when_llguidance_is_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    installed = find_spec("llguidance") is not None
+    assert supports_json_schema() is installed
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llguidance" else find_spec(name, *a),
+    )
+    assert supports_json_schema() is False
+
+
 def test_structured_fields_map_onto_the_engine_grammar_option() -> None:
     if not supports_json_schema():
         pytest.skip("the engine has no structured output")
