@@ -95,8 +95,7 @@ def make_llm(args: argparse.Namespace, scratch: str) -> Baco:
         "router": args.router,
         "gamma": args.gamma,
         "max_tokens": args.max_tokens,
-        "top_p": 0.95,
-    }
+    }  # top_p/min_p: the adapter's defaults (the demo pair's measured filters)
     if not args.tiny:
         return Baco(**options)  # the embedded demo pair
     from shared_core.testing import save_tiny_pair
@@ -112,8 +111,10 @@ def run(
     index: VectorStoreIndex,
     args: argparse.Namespace,
     stats: BacoStatistics,
-) -> None:
+) -> dict[str, int]:
     """Rewrite and retrieve ``args.rounds`` times; print queries, passages and totals."""
+    from shared_core.eval.tasks import is_echo
+
     all_queries: list[str] = []
     passages: set[str] = set()
     gamma = "router default" if llm.gamma is None else llm.gamma
@@ -139,10 +140,17 @@ def run(
             passages.add(node.node.get_content())
             print(f"   [{node.score:.3f}] {node.node.get_content()}")
     distinct = len({q.lower() for q in all_queries})
+    echoes = sum(1 for q in all_queries if is_echo(q) or q.strip() == args.question)
     print(
-        f"{label}: {distinct} distinct of {len(all_queries)} rewritten queries; "
-        f"{len(passages)} of {len(CORPUS)} passages retrieved"
+        f"{label}: {distinct} distinct of {len(all_queries)} rewritten queries "
+        f"({echoes} echo the prompt); {len(passages)} of {len(CORPUS)} passages retrieved"
     )
+    return {
+        "queries": len(all_queries),
+        "distinct": distinct,
+        "echoes": echoes,
+        "passages": len(passages),
+    }
 
 
 def main() -> None:
@@ -169,10 +177,15 @@ def main() -> None:
         llm = make_llm(args, scratch)
         print(f"LLM: {llm.metadata.model_name}; embeddings: {type(embed_model).__name__}")
         print(f"task: rewrite {args.question!r} as search queries over {len(CORPUS)} passages")
-        run("BACO", llm, index, args, stats)
+        b = run("BACO", llm, index, args, stats)
         # The same loaded weights, aligned model alone: the usual single-model rewriting.
         aligned = llm.model_copy(update={"router": "aligned", "gamma": None})
-        run("aligned only", aligned, index, args, stats)
+        a = run("aligned only", aligned, index, args, stats)
+    print(
+        f"\ncomparison (BACO vs aligned only, {args.rounds} rounds): distinct queries "
+        f"{b['distinct']} vs {a['distinct']}, echoes of the prompt {b['echoes']} vs "
+        f"{a['echoes']}, passages retrieved {b['passages']} vs {a['passages']} of {len(CORPUS)}"
+    )
 
 
 if __name__ == "__main__":

@@ -58,9 +58,10 @@ def main(argv: list[str] | None = None) -> None:
             seed=0,
         )
     else:
-        llm = ChatBaco(max_tokens=args.max_tokens, top_p=0.95, seed=0)
+        llm = ChatBaco(max_tokens=args.max_tokens, seed=0)  # the demo pair's sampling defaults
 
     print(f"task: {args.k} business ideas (name, tagline, category) for {args.topic}")
+    distinct = {}
     for label, options in (
         ("aligned alone", {"router": "aligned"}),
         (f"BACO ({args.router} γ={args.gamma})", {"router": args.router, "gamma": args.gamma}),
@@ -75,6 +76,12 @@ def main(argv: list[str] | None = None) -> None:
         )
         for idea in ideas:
             print(f"  [{idea.category}] {idea.name!r}: {idea.tagline!r}")
+        distinct[label] = (len(ideas), len(names), len(taglines), len(categories))
+    a, b = distinct.values()
+    print(
+        f"\ncomparison (BACO vs aligned alone): distinct names {b[1]} vs {a[1]}, taglines "
+        f"{b[2]} vs {a[2]}, categories {b[3]} vs {a[3]}, valid ideas {b[0]} vs {a[0]}"
+    )
 
 
 if __name__ == "__main__":
