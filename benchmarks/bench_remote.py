@@ -99,7 +99,11 @@ def main() -> None:
             base_dir, aligned_dir = save_tiny_pair(Path(folder))
             local = ModelPair.from_pretrained(str(base_dir), str(aligned_dir))
             fakes = [
-                stack.enter_context(FakeCompletionServer(m, name=n, end_ids=local.end_ids))
+                stack.enter_context(
+                    FakeCompletionServer(
+                        m, name=n, end_ids=local.end_ids, tokenizer=local.tokenizer
+                    )
+                )
                 for m, n in ((local.base, "base"), (local.aligned, "aligned"))
             ]
             urls = (fakes[0].url, fakes[1].url)

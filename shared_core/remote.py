@@ -39,7 +39,6 @@ from typing import Any, Literal, TypeVar
 
 import torch
 
-from .pair import check_same_vocabulary
 from .prompts import PlainTemplate
 from .remote_client import CompletionServer, RemoteServerError, TopLogprobs
 from .vocab import VocabTables, end_token_ids, vocab_tables_for
@@ -47,6 +46,13 @@ from .vocab import VocabTables, end_token_ids, vocab_tables_for
 __all__ = ["RemotePair", "RemoteServerError", "dense_logits"]
 
 T = TypeVar("T")
+#: Text that both servers must tokenize as the local tokenizer does (RemotePair's first use):
+#: words with and without a leading space, digits, punctuation, whitespace runs, a newline
+#: and non-ASCII letters, symbols and an emoji.
+VOCABULARY_PROBE = (
+    "Hello, world! The year 2025: naïve café, Straße, 東京, Привет 🙂\n"
+    "  indented\ttab; (a+b)*3 = 42 -- 'quotes' \"too\"."
+)
 Mode = Literal["token", "chunk"]
 MODES = ("token", "chunk")
 
@@ -109,12 +115,12 @@ class RemotePair:
     docstring. ``timeout`` (seconds per request) and ``retries`` (for connection errors and
     429/502/503/504, with backoff): every request is idempotent. ``context_window``: the
     models' context length when the servers do not report ``max_model_len``.
+    ``check_vocabulary``: on first use, check that both servers tokenize a probe text as
+    ``tokenizer`` does (their ``/tokenize`` and ``/detokenize``; :meth:`check_vocabulary`).
     """
 
     remote = True
     shares_weights = False
-    base = None
-    aligned = None
 
     def __init__(
         self,
@@ -133,6 +139,7 @@ class RemotePair:
         context_window: int | None = None,
         base_template: PlainTemplate | None = None,
         end_ids: Sequence[int] = (),
+        check_vocabulary: bool = True,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -149,7 +156,6 @@ class RemotePair:
         self.chunk_tokens = chunk_tokens
         self.tokenizer = _load_tokenizer(tokenizer)
         self.base_tokenizer = self.tokenizer
-        check_same_vocabulary(self.tokenizer, self.tokenizer, "base", "aligned")
         self.base_template = base_template or PlainTemplate()
         self.vocab_size = len(self.tokenizer)
         self.end_ids = end_token_ids(self.tokenizer, list(end_ids))
@@ -164,6 +170,41 @@ class RemotePair:
         self.aligned_url = self.servers["aligned"].base_url
         self._context_window = context_window
         self._names: dict[str, str] = {}
+        self._vocabulary_checked = not check_vocabulary
+
+    # ------------------------------------------------------------------ backend protocol
+
+    @property
+    def capabilities(self) -> Any:
+        """What a remote pair can do: grammars in token mode only, log-probabilities and
+        sampling within the servers' top-k, no compiled graphs; chunk mode runs on the chunk
+        executor (:class:`~shared_core.backends.Capabilities`)."""
+        from .backends import Capabilities
+
+        return Capabilities(
+            grammars=self.mode == "token",
+            logprobs_limit=self.top_logprobs,
+            top_k_limit=self.top_logprobs,
+            graphs=False,
+            joins=True,
+            executor="chunk" if self.mode == "chunk" else "eager",
+        )
+
+    def open_rows(
+        self,
+        prompts: list[Any],
+        repeats: list[int],
+        uses_base: list[bool],
+        uses_aligned: list[bool],
+        pad_id: int,
+        options: Any,
+    ) -> Any:
+        """Ask both servers for the prompts' next-token distributions (token mode); returns
+        the rows' :class:`~shared_core.remote_rows.RemoteRows`."""
+        from .backends import OpenRows
+        from .remote_rows import RemoteRows
+
+        return RemoteRows(self, OpenRows(prompts, repeats, uses_base, uses_aligned))
 
     @property
     def device(self) -> torch.device:
@@ -195,14 +236,16 @@ class RemotePair:
 
     @property
     def context_window(self) -> int:
-        if self._context_window is None:
-            self.connect()
+        if self._context_window is None or not self._vocabulary_checked:
+            self.connect()  # every decode reads this first: the servers are checked once
         return self._context_window or 4096
 
     def connect(self) -> None:
-        """Ask each server for its model name and context window (once)."""
+        """Ask each server for its model name and context window, and check that it
+        tokenizes as the local tokenizer does (:meth:`check_vocabulary`); once."""
         named = len(self._names) == 2 and all(s.model for s in self.servers.values())
         if named and self._context_window is not None:
+            self.check_vocabulary()
             return
 
         async def ask() -> list[tuple[str, int | None]]:
@@ -216,6 +259,70 @@ class RemotePair:
         if self._context_window is None:
             known = [n for n in (base_len, aligned_len) if n]
             self._context_window = min(known) if known else 4096
+        self.check_vocabulary()
+
+    def check_vocabulary(self) -> None:
+        """Check (once) that both servers tokenize :data:`VOCABULARY_PROBE` into the ids the
+        local tokenizer gives it and turn those ids back into the same text: the engine
+        tokenizes prompts and reads the servers' token ids with the local tokenizer, so a
+        server with another vocabulary would give silently wrong text. Raises ``ValueError``
+        naming the server and the first differing token (``check_vocabulary=False`` at
+        construction skips this, e.g. for a server without ``/tokenize``)."""
+        if self._vocabulary_checked:
+            return
+        tokenizer = self.tokenizer
+        local = list(tokenizer.encode(VOCABULARY_PROBE, add_special_tokens=False))
+        local_text = tokenizer.decode(local)
+
+        async def ask() -> list[tuple[list[int], str]]:
+            async def one(server: CompletionServer) -> tuple[list[int], str]:
+                return await server.tokenize(VOCABULARY_PROBE), await server.detokenize(local)
+
+            return await asyncio.gather(*(one(s) for s in self.servers.values()))
+
+        answers = dict(zip(self.servers, self._loop.run(ask()), strict=True))
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        ids = {role: got for role, (got, _) in answers.items()}
+        wrong = [role for role in ids if ids[role] != local]
+        if wrong:
+            role = wrong[0]
+            server = self.servers[role]
+            at = next(
+                (i for i, (a, b) in enumerate(zip(ids[role], local, strict=False)) if a != b),
+                min(len(ids[role]), len(local)),
+            )
+
+            def show(seq: list[int]) -> str:
+                if at >= len(seq):
+                    return "nothing (the ids end there)"
+                return f"id {seq[at]} ({tokenizer.decode([seq[at]])!r})"
+
+            agree = (
+                " Both servers tokenize it alike: the local tokenizer is not theirs."
+                if len(wrong) == 2 and ids["base"] == ids["aligned"]
+                else " The two servers also disagree with each other."
+                if len(wrong) == 2
+                else ""
+            )
+            raise ValueError(
+                f"{server.label} ({server.model}) does not tokenize like the local tokenizer "
+                f"{name!r}: in the probe text {VOCABULARY_PROBE!r}, token {at} is "
+                f"{show(ids[role])} on the server and {show(local)} locally.{agree} Serve "
+                "both models with the tokenizer passed as tokenizer=, or pass theirs."
+            )
+        for role, (_, text) in answers.items():
+            if text != local_text:
+                server = self.servers[role]
+                at = next(
+                    (i for i, (a, b) in enumerate(zip(text, local_text, strict=False)) if a != b),
+                    min(len(text), len(local_text)),
+                )
+                raise ValueError(
+                    f"{server.label} ({server.model}) turns the probe's token ids into "
+                    f"{text[at : at + 20]!r} at character {at} where the local tokenizer "
+                    f"{name!r} gives {local_text[at : at + 20]!r}: the vocabularies differ."
+                )
+        self._vocabulary_checked = True
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run ``coroutine`` on the pair's HTTP loop and wait for it (from any thread)."""

@@ -205,6 +205,35 @@ class CompletionServer:
                 return int(value) if isinstance(value, int) else None
         return None
 
+    @property
+    def root_url(self) -> str:
+        """The server's root: vLLM serves ``/tokenize`` and ``/detokenize`` there, not under
+        ``/v1``."""
+        return self.base_url.removesuffix("/v1")
+
+    async def tokenize(self, text: str) -> list[int]:
+        """The ids the server's tokenizer gives ``text`` (vLLM's ``POST /tokenize``, no special
+        tokens added)."""
+        body = {"model": await self.model_name(), "prompt": text, "add_special_tokens": False}
+        answer = await self._request("POST", f"{self.root_url}/tokenize", body)
+        tokens = (answer or {}).get("tokens") if isinstance(answer, dict) else None
+        if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+            raise RemoteServerError(
+                self.label, f"/tokenize answered without a 'tokens' list: {answer!r:.200}"
+            )
+        return tokens
+
+    async def detokenize(self, ids: list[int]) -> str:
+        """The text the server's tokenizer gives ``ids`` (vLLM's ``POST /detokenize``)."""
+        body = {"model": await self.model_name(), "tokens": ids}
+        answer = await self._request("POST", f"{self.root_url}/detokenize", body)
+        text = answer.get("prompt") if isinstance(answer, dict) else None
+        if not isinstance(text, str):
+            raise RemoteServerError(
+                self.label, f"/detokenize answered without a 'prompt': {answer!r:.200}"
+            )
+        return text
+
     async def _complete(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         body = {
             "model": await self.model_name(),

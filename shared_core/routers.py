@@ -34,7 +34,9 @@ from .vocab import VocabTables
 
 @dataclass(frozen=True)
 class RouterSignals:
-    """Per-row signals computed from each model's raw (temperature-1) distribution.
+    """Per-row signals computed from each model's constrained (temperature-1) distribution:
+    the logits with never-generated tokens, end tokens before ``min_new_tokens`` and a
+    grammar's exclusions removed, before temperature and truncation (docs/design.md §2).
 
     Tensors have shape ``[batch]``. ``top1`` is the argmax token of the content-source model;
     ``uniform`` is a per-row random number in (0, 1) from the sample's own random stream.
@@ -245,7 +247,8 @@ def compute_signals(
     uniform: torch.Tensor,
     step: int | torch.Tensor,
 ) -> RouterSignals:
-    """Signals from each model's raw next-token distribution ``[batch, vocab]``.
+    """Signals from each model's next-token distribution ``[batch, vocab]`` (the engine
+    passes the constrained one, see :class:`RouterSignals`).
 
     ``*_probs`` are the temperature-1 softmax of ``*_logits`` (passed in because the engine
     reuses them for sampling). A model that is not run contributes NaN signals.

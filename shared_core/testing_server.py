@@ -7,7 +7,8 @@ It answers ``GET /v1/models`` and ``POST /v1/completions`` with prompts as token
 ``prompt_logprobs`` (vLLM's per-position ``{"N": {"logprob", "rank"}}`` form), ``seed``,
 ``temperature``, ``top_k``, ``top_p``, ``min_p`` and ``min_tokens``, sampling in vLLM's
 order (temperature, min-p, top-k, top-p). ``fail_status``, ``delay`` and ``logprob_cap``
-simulate a failing, slow or stingy server.
+simulate a failing, slow or stingy server. Given a ``tokenizer``, it also answers vLLM's
+``POST /tokenize`` and ``/detokenize`` at its root (recorded in ``tokenize_requests``).
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ class FakeCompletionServer:
         end_ids: tuple[int, ...] = (),
         max_model_len: int = 512,
         max_logprobs: int = 50,
+        tokenizer: Any = None,
     ) -> None:
         self.model = model
+        self.tokenizer = tokenizer
         self.name = name
         self.end_ids = tuple(end_ids)
         self.max_model_len = max_model_len
@@ -53,6 +56,7 @@ class FakeCompletionServer:
         self.delay = 0.0
         self.logprob_cap: int | None = None
         self.requests: list[dict[str, Any]] = []
+        self.tokenize_requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._server = _QuietServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -164,6 +168,18 @@ class FakeCompletionServer:
         choices = [self._choice(i, list(p), body) for i, p in enumerate(prompts)]
         return 200, {"object": "text_completion", "model": self.name, "choices": choices}
 
+    def tokenize(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """The answer to vLLM's ``POST /tokenize`` or ``/detokenize`` (at the server root)."""
+        if self.tokenizer is None:
+            return 404, {"error": {"message": "not found"}}
+        if body.get("model") not in (None, self.name):
+            return 404, {"error": {"message": f"model {body.get('model')!r} not found"}}
+        if path == "/detokenize":
+            return 200, {"prompt": self.tokenizer.decode(list(body["tokens"]))}
+        special = bool(body.get("add_special_tokens", True))
+        ids = list(self.tokenizer.encode(body["prompt"], add_special_tokens=special))
+        return 200, {"count": len(ids), "max_model_len": self.max_model_len, "tokens": ids}
+
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
 
@@ -191,6 +207,10 @@ class FakeCompletionServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
+                if self.path.rstrip("/") in ("/tokenize", "/detokenize"):
+                    server.tokenize_requests.append(body)  # not in requests, never failed
+                    self._send(*server.tokenize(self.path.rstrip("/"), body))
+                    return
                 server.requests.append(body)
                 if server.delay:
                     time.sleep(server.delay)

@@ -64,9 +64,11 @@ def fake_servers(tiny_pair):
     ``RemotePair`` tests (one pair per test module)."""
     from shared_core.testing_server import FakeCompletionServer
 
-    ends = tiny_pair.end_ids
+    ends, tok = tiny_pair.end_ids, tiny_pair.tokenizer
     with (
-        FakeCompletionServer(tiny_pair.base, name="tiny-base", end_ids=ends) as base,
-        FakeCompletionServer(tiny_pair.aligned, name="tiny-aligned", end_ids=ends) as aligned,
+        FakeCompletionServer(tiny_pair.base, name="tiny-base", end_ids=ends, tokenizer=tok) as base,
+        FakeCompletionServer(
+            tiny_pair.aligned, name="tiny-aligned", end_ids=ends, tokenizer=tok
+        ) as aligned,
     ):
         yield base, aligned

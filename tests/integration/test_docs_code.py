@@ -135,10 +135,10 @@ def remote_servers(stand_ins: dict[str, str]) -> Iterator[dict[str, str]]:
     from shared_core.testing_server import FakeCompletionServer
 
     pair = ModelPair.from_pretrained(stand_ins["base"], stand_ins["aligned"])
-    ends = pair.end_ids
+    common = {"end_ids": pair.end_ids, "max_model_len": 2048, "tokenizer": pair.tokenizer}
     with (
-        FakeCompletionServer(pair.base, name="base", end_ids=ends, max_model_len=2048) as base,
-        FakeCompletionServer(pair.aligned, name="aligned", end_ids=ends, max_model_len=2048) as al,
+        FakeCompletionServer(pair.base, name="base", **common) as base,
+        FakeCompletionServer(pair.aligned, name="aligned", **common) as al,
     ):
         yield dict(zip(REMOTE_URLS, (base.url, al.url), strict=True))
 

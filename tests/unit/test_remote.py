@@ -233,3 +233,105 @@ def test_a_pair_closes_its_connections(fake_servers, tiny_pair_paths):
         BacoEngine(pair).generate("Hi", max_new_tokens=2)
     assert not pair._loop.loop.is_running()
     assert all(s._client.is_closed for s in pair.servers.values())
+
+
+# ---------------------------------------------------------------- the servers' vocabulary
+
+
+class _Swapped:
+    """A tokenizer that gives ids ``a`` and ``b`` each other's strings (a server that serves
+    another vocabulary); ``shout`` also upper-cases what it decodes."""
+
+    def __init__(self, tokenizer, a: int, b: int, *, shout: bool = False) -> None:
+        self.tokenizer, self.swap, self.shout = tokenizer, {a: b, b: a}, shout
+
+    def encode(self, text, add_special_tokens=True):
+        ids = self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        return [self.swap.get(i, i) for i in ids]
+
+    def decode(self, ids):
+        text = self.tokenizer.decode([self.swap.get(i, i) for i in ids])
+        return text.upper() if self.shout else text
+
+
+def _servers(tiny_pair, base_tokenizer, aligned_tokenizer):
+    from contextlib import ExitStack
+
+    from shared_core.testing_server import FakeCompletionServer
+
+    stack = ExitStack()
+    servers = [
+        stack.enter_context(
+            FakeCompletionServer(model, name=name, end_ids=tiny_pair.end_ids, tokenizer=tok)
+        )
+        for model, name, tok in (
+            (tiny_pair.base, "tiny-base", base_tokenizer),
+            (tiny_pair.aligned, "tiny-aligned", aligned_tokenizer),
+        )
+    ]
+    return stack, servers
+
+
+def _probe_ids(tokenizer) -> list[int]:
+    from shared_core.remote import VOCABULARY_PROBE
+
+    return tokenizer.encode(VOCABULARY_PROBE, add_special_tokens=False)
+
+
+def test_first_use_checks_both_servers_vocabulary_once(fake_servers, tiny_pair_paths):
+    from shared_core.remote import VOCABULARY_PROBE
+
+    for server in fake_servers:
+        server.tokenize_requests.clear()
+    pair = remote(fake_servers, tiny_pair_paths, mode="token")
+    engine = BacoEngine(pair)
+    engine.generate("Hi", max_new_tokens=2, seed=0)
+    engine.generate("Hi", max_new_tokens=2, seed=1)
+    for server in fake_servers:
+        tokenize, detokenize = server.tokenize_requests  # once per server, not per decode
+        assert tokenize["prompt"] == VOCABULARY_PROBE and not tokenize["add_special_tokens"]
+        assert detokenize["tokens"] == _probe_ids(pair.tokenizer)
+        assert tokenize["model"] == detokenize["model"] == server.name
+
+
+def test_a_server_with_another_vocabulary_is_named_with_the_first_differing_token(
+    tiny_pair, tiny_pair_paths
+):
+    tok = tiny_pair.tokenizer
+    ids = _probe_ids(tok)
+    other = next(i for i in range(len(tok)) if i not in ids)
+    stack, servers = _servers(tiny_pair, tok, _Swapped(tok, ids[3], other))
+    with stack:
+        pair = remote(servers, tiny_pair_paths, mode="token")
+        with pytest.raises(ValueError) as info:
+            BacoEngine(pair).generate("Hi", max_new_tokens=2)
+        message = str(info.value)
+        assert message.startswith(f"aligned server {servers[1].url} (tiny-aligned)")
+        shown = f"token 3 is id {other} ({tok.decode([other])!r}) on the server and id {ids[3]}"
+        assert shown in message and "Both servers" not in message
+        assert servers[0].requests == servers[1].requests == []  # nothing decoded
+
+
+def test_servers_that_agree_with_each_other_but_not_locally(tiny_pair, tiny_pair_paths):
+    tok = tiny_pair.tokenizer
+    ids = _probe_ids(tok)
+    swapped = _Swapped(tok, ids[0], ids[1]) if ids[0] != ids[1] else _Swapped(tok, ids[0], 5)
+    stack, servers = _servers(tiny_pair, swapped, swapped)
+    with stack, pytest.raises(ValueError, match=r"^base server .* token 0 is .*Both servers"):
+        remote(servers, tiny_pair_paths, mode="chunk").connect()
+
+
+def test_a_server_that_decodes_differently_is_named(tiny_pair, tiny_pair_paths):
+    tok = tiny_pair.tokenizer
+    stack, servers = _servers(tiny_pair, _Swapped(tok, 0, 0, shout=True), tok)
+    with stack, pytest.raises(ValueError, match=r"^base server .* turns the probe's token ids"):
+        remote(servers, tiny_pair_paths).connect()
+
+
+def test_a_server_without_tokenize_fails_unless_the_check_is_off(tiny_pair, tiny_pair_paths):
+    stack, servers = _servers(tiny_pair, None, tiny_pair.tokenizer)
+    with stack:
+        with pytest.raises(RemoteServerError, match=r"base server .*/tokenize answered 404"):
+            remote(servers, tiny_pair_paths).connect()
+        pair = remote(servers, tiny_pair_paths, mode="token", check_vocabulary=False)
+        assert len(BacoEngine(pair).generate("Hi", max_new_tokens=3, seed=0)[0]) == 1

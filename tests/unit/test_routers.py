@@ -252,3 +252,94 @@ def test_p_family_at_gamma_one_routes_even_a_certain_base_to_the_base(router):
     assert certain.p_base.tolist() == [1.0, 0.5]
     assert resolve_router(router, 1.0)(certain).tolist() == [True, True]
     assert resolve_router(router, 0.999)(certain).tolist() == [False, True]
+
+
+# ------------------------------------------- which distribution the engine's routers read
+# docs/design.md §2: the signals come from the constrained distribution, the one the token is
+# drawn from (never-generated tokens, end tokens before min_new_tokens and a grammar's mask
+# removed), before temperature and truncation. Checked through the public engine with a
+# callable router that records what it is shown.
+
+
+def _recording_router(decide):
+    seen: list[dict] = []
+
+    def recording(signals):
+        decision = decide(signals)
+        seen.append(
+            {
+                "p": signals.p_base.clone(),
+                "h": signals.h_base.clone(),
+                "logits": signals.base_logits.clone(),
+                "decision": decision.clone(),
+            }
+        )
+        return decision
+
+    return recording, seen
+
+
+def _engine(pair):
+    from shared_core import BacoEngine
+    from shared_core.engine import DecodeOptions
+
+    return BacoEngine(pair, options=DecodeOptions(batch_requests=False, graph=False))
+
+
+def test_p_and_h_read_the_distribution_without_end_tokens_during_min_new_tokens(tiny_pair):
+    options = {"max_new_tokens": 4, "seed": 3, "temperature": 1.0}
+    free, free_seen = _recording_router(resolve_router("p", 0.5))
+    held, held_seen = _recording_router(resolve_router("p", 0.5))
+    _engine(tiny_pair).generate("Name a color.", router=free, **options)
+    _engine(tiny_pair).generate("Name a color.", router=held, min_new_tokens=4, **options)
+    ends = list(tiny_pair.end_ids)
+    # The first step sees the same prompt in both decodes: the same model distribution.
+    raw, shown = free_seen[0]["logits"][0], held_seen[0]["logits"][0]
+    assert torch.isfinite(raw[ends]).all() and torch.isinf(shown[ends]).all()
+    assert torch.equal(torch.isinf(raw), torch.isinf(shown) & ~_ends_mask(raw, ends))
+    # P and H are those of the raw distribution with the end tokens taken out (renormalised).
+    constrained = torch.softmax(raw.masked_fill(_ends_mask(raw, ends), float("-inf")), -1)
+    expected_h = -(constrained[constrained > 0] * constrained[constrained > 0].log()).sum()
+    assert held_seen[0]["p"].item() == pytest.approx(constrained.max().item(), rel=1e-5)
+    assert held_seen[0]["h"].item() == pytest.approx(expected_h.item(), rel=1e-4)
+    raw_p = torch.softmax(raw, -1)
+    assert free_seen[0]["p"].item() == pytest.approx(raw_p.max().item(), rel=1e-5)
+    if raw_p[ends].sum() > 1e-4:  # the tiny model gives its end tokens some mass
+        assert held_seen[0]["p"].item() > free_seen[0]["p"].item()
+    # Every step before min_new_tokens hides the end tokens from the router.
+    for record in held_seen:
+        assert torch.isinf(record["logits"][:, ends]).all()
+
+
+def _ends_mask(logits: torch.Tensor, ends: list[int]) -> torch.Tensor:
+    mask = torch.zeros_like(logits, dtype=torch.bool)
+    mask[ends] = True
+    return mask
+
+
+def test_p_and_h_decisions_under_a_grammar_follow_the_constrained_distribution(tiny_pair):
+    pytest.importorskip("llguidance", reason="grammars need the structured extra")
+    # A schema that leaves no choice at most steps: where one token is allowed, the
+    # constrained distribution is certain (p = 1, h = 0), so P (γ 0.5) and H (γ 0.1) keep the
+    # aligned model, whatever the random model's raw distribution (spread thin) would say.
+    schema = {"type": "string", "enum": ["alphabet soup"]}
+    for name, gamma in (("p", 0.5), ("h", 0.1)):
+        router, seen = _recording_router(resolve_router(name, gamma))
+        out = _engine(tiny_pair).generate(
+            "Name a soup.", router=router, json_schema=schema, max_new_tokens=24, seed=1
+        )
+        assert out[0][0].text == '"alphabet soup"'
+        forced = [r for r in seen if torch.isfinite(r["logits"][0]).sum() == 1]
+        assert forced, "the grammar left a choice at every step"
+        for record in forced:
+            assert record["p"].item() == pytest.approx(1.0)
+            assert record["h"].item() == pytest.approx(0.0, abs=1e-6)
+            assert not record["decision"].any()  # aligned: the constrained model is certain
+        for record in seen:  # p and h are the constrained distribution's, at every step
+            probs = torch.softmax(record["logits"][0], -1)
+            assert record["p"].item() == pytest.approx(probs.max().item(), rel=1e-5)
+    # Unconstrained, the same random model is unsure at some steps, and P sends them to the
+    # base: the aligned decisions above come from the grammar's mask.
+    router, seen = _recording_router(resolve_router("p", 0.5))
+    _engine(tiny_pair).generate("Name a soup.", router=router, max_new_tokens=8, seed=1)
+    assert any(bool(r["decision"].all()) for r in seen)

@@ -125,3 +125,18 @@ def test_chunk_mode_matches_token_mode_in_distribution(vllm_pair):
             for rows in samples.values()
         ]
         assert chi_square_p(*counts) > 0.001, f"position {position}"
+
+
+def test_first_use_checks_the_servers_vocabulary(vllm_pair):
+    """vLLM's own ``/tokenize`` and ``/detokenize`` (at the server root) agree with the local
+    tokenizer; a local tokenizer that is not the servers' is refused on first use."""
+    from shared_core.testing import build_tiny_tokenizer
+
+    pair = remote(vllm_pair, mode="token")
+    pair.check_vocabulary()  # raises if either server tokenizes the probe otherwise
+    assert pair._vocabulary_checked
+    other = RemotePair(
+        vllm_pair.base.url, vllm_pair.aligned.url, tokenizer=build_tiny_tokenizer(vocab_size=300)
+    )
+    with pytest.raises(ValueError, match=r"^base server http://\S+/v1 \(\S+\) does not tokenize"):
+        BacoEngine(other).generate("Hi", max_new_tokens=2)
