@@ -63,7 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("prompt", help="the user prompt")
     gen.add_argument("--system", default=None, help="optional system message")
-    gen.add_argument("--stream", action="store_true", help="stream the first sample's tokens")
+    gen.add_argument(
+        "--stream",
+        action="store_true",
+        help="print the first sample's tokens as they come (then every sample's statistics "
+        "and the other samples' text)",
+    )
     add_model_args(gen)
     _add_sampling_args(gen)
 
@@ -143,19 +148,33 @@ def run_generate(args: argparse.Namespace) -> int:
     set_torch_threads(args.threads)
     engine = BacoEngine(load_pair(args))
     if args.stream:
+        # Sample 1's tokens as they come; every sample's statistics (and the other samples'
+        # text, decoded in the same batch) once it is done.
+        print(f"--- sample 1/{args.n}  (streamed)", flush=True)
+        finished: dict[int, Any] = {}
         for event in engine.stream(prompt, **options):
             if event.sample_index == 0:
                 print(event.text_delta, end="", flush=True)
+            if event.generation is not None:
+                finished[event.sample_index] = event.generation
         print()
+        for index in sorted(finished):
+            _print_sample(finished[index], args.n, text=index != 0)
         return 0
     for generation in engine.generate(prompt, **options)[0]:
-        print(
-            f"--- sample {generation.sample_index + 1}/{args.n}  base share "
-            f"{generation.base_share:.2f}  switches {generation.switches}  "
-            f"({generation.finish_reason})"
-        )
-        print(generation.text)
+        _print_sample(generation, args.n)
     return 0
+
+
+def _print_sample(generation: Any, n: int, *, text: bool = True) -> None:
+    """A sample's header line (base share, switches, finish reason), then its text."""
+    print(
+        f"--- sample {generation.sample_index + 1}/{n}  base share "
+        f"{generation.base_share:.2f}  switches {generation.switches}  "
+        f"({generation.finish_reason})"
+    )
+    if text:
+        print(generation.text)
 
 
 def run_demo_command(args: argparse.Namespace) -> int:

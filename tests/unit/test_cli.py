@@ -55,11 +55,26 @@ def test_generate_stream(tiny_pair_paths, capsys):
             "--seed",
             "2",
             "-n",
-            "1",
+            "3",
         ]
     )
     assert code == 0
-    assert capsys.readouterr().out.strip()
+    out = capsys.readouterr().out
+    from shared_core import BacoEngine, ModelPair
+
+    expected = BacoEngine(ModelPair.from_pretrained(str(base), str(aligned))).generate(
+        "Hi", n=3, max_new_tokens=6, seed=2
+    )[0]
+    # every sample with its statistics, as the README says; sample 1 streamed first
+    for g in expected:
+        header = (
+            f"--- sample {g.sample_index + 1}/3  base share {g.base_share:.2f}  "
+            f"switches {g.switches}  ({g.finish_reason})"
+        )
+        assert header in out
+        assert g.text in out
+    assert out.startswith(f"--- sample 1/3  (streamed)\n{expected[0].text}")
+    assert out.count("--- sample") == 4  # the streamed one's opening line, then 3 headers
 
 
 def test_bad_router_is_reported_without_loading(capsys):
