@@ -21,12 +21,12 @@ EXAMPLES = {
     "langchain_chain.py": ["--samples", "2", "--max-tokens", "6"],
     "rag_query_rewrite.py": ["--rounds", "1", "--max-tokens", "8", "--embed", "hash"],
 }
-EXPECTED = {
-    "brainstorm.py": "Distinct ideas",
-    "agent_pipeline.py": "answer:",
-    "structured_brainstorm.py": "valid ideas",
+EXPECTED = {  # the four task examples end with a comparison computed from their output
+    "brainstorm.py": "\ncomparison: BACO gave ",
+    "agent_pipeline.py": "\ncomparison (BACO vs aligned alone): ",
+    "structured_brainstorm.py": "\ncomparison (BACO vs aligned alone): distinct names ",
     "langchain_chain.py": "p-punc",
-    "rag_query_rewrite.py": "aligned",
+    "rag_query_rewrite.py": "\ncomparison (BACO vs aligned only, 1 rounds): distinct queries ",
 }
 
 
