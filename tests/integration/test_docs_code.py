@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 pytest.importorskip("llguidance", reason="the docs' structured-output blocks need it")
-pytest.importorskip("langchain_openai", reason="the README's client block needs the dev extra")
+pytest.importorskip("langchain_openai", reason="the README's client block needs the client extra")
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ["README.md", "docs/langchain.md", "docs/llama_index.md"]

@@ -152,3 +152,87 @@ def test_the_checks_catch_a_wrong_command() -> None:
     ):
         with pytest.raises(AssertionError):
             check(wrong)
+
+
+def _requirement_closure(extras: list[str]) -> set[str]:
+    """Distributions that ``pip install -e ".[extras]"`` installs: baco's dependencies and the
+    extras' (self-references followed), then what those declare, transitively (as far as
+    they are installed here to be read)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = PYPROJECT["project"]
+    optional = project["optional-dependencies"]
+    todo = list(project["dependencies"]) + [r for extra in extras for r in optional[extra]]
+    seen: set[str] = set()
+    while todo:
+        requirement = Requirement(todo.pop())
+        name = canonicalize_name(requirement.name)
+        if name == "baco":
+            todo += [r for extra in requirement.extras for r in optional[extra]]
+            continue
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            declared = metadata.requires(requirement.name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for line in declared:
+            nested = Requirement(line)
+            extras_asked = requirement.extras or {""}
+            if nested.marker is None or any(
+                nested.marker.evaluate({"extra": e}) for e in extras_asked
+            ):
+                todo.append(line)
+    return seen
+
+
+def test_the_serve_sections_install_line_covers_its_client_snippets() -> None:
+    """After the Serving section's install command, the README's client snippets import: each
+    module they import comes from a distribution that command installs."""
+    from importlib import metadata
+
+    from packaging.utils import canonicalize_name
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Serving") :]
+    section = section[: section.index("\n## ", 1)]
+    install = next(
+        argv for _, argv in shell_commands_of(section) if argv[:2] == ["bash", "scripts/install.sh"]
+    )
+    closure = _requirement_closure(install[2].split(","))
+    blocks = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    modules = {
+        m
+        for block in blocks
+        if "/v1" in block
+        for m in re.findall(r"^(?:from|import) ([\w.]+)", block, re.MULTILINE)
+    }
+    assert {"langchain_openai", "llama_index.llms.openai_like"} <= modules
+    owners = metadata.packages_distributions()
+    for module in sorted(modules):
+        top = module.split(".")[0]
+        if top in {"shared_core", "langchain_baco", "llama_index_baco"}:
+            continue
+        dists = {canonicalize_name(d) for d in owners.get(top, [])}
+        if top == "llama_index":  # a namespace: the distribution named after the module
+            dists = {canonicalize_name("llama-index-" + module.split(".", 1)[1].replace(".", "-"))}
+        assert dists & closure, (
+            f"the README's client snippet imports {module}, which "
+            f"`{shlex.join(install)}` does not install"
+        )
+
+
+def shell_commands_of(text: str) -> list[tuple[int, list[str]]]:
+    """``shell_commands`` for a piece of Markdown instead of a file."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".md", delete=False) as handle:
+        handle.write(text)
+    try:
+        return shell_commands(Path(handle.name))
+    finally:
+        Path(handle.name).unlink()
