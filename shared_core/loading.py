@@ -7,11 +7,21 @@ pair); they check those arguments and read ``.gguf`` paths through these two fun
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["KWARG_NAMES", "check_pair_args", "split_model_ref"]
+__all__ = [
+    "KWARG_NAMES",
+    "check_pair_args",
+    "hub_offline",
+    "hub_unreachable_reason",
+    "split_model_ref",
+]
 
 #: How the three pair arguments are called in keyword APIs (adapters, registry).
 KWARG_NAMES: tuple[str, str, str] = ("base_model", "aligned_model", "aligned_adapter")
@@ -72,3 +82,66 @@ def split_model_ref(ref: str | os.PathLike[str]) -> tuple[str, dict[str, str]]:
     if text.startswith(("/", ".", "~")) or text.count("/") > 1:
         raise FileNotFoundError(f"model folder not found: {text}")
     return text, {}  # a hub id such as "org/name"
+
+
+#: Seconds a connection to the Hugging Face Hub may take before the Hub counts as unreachable.
+HUB_PROBE_TIMEOUT = 3.0
+_hub_probes: dict[str, tuple[float, str | None]] = {}
+
+
+def hub_unreachable_reason(timeout: float | None = None) -> str | None:
+    """Why the Hugging Face Hub cannot be reached now, or ``None`` when it can.
+
+    ``HF_HUB_OFFLINE`` counts as unreachable; otherwise one TCP connection to the Hub's
+    endpoint (``HF_ENDPOINT``) is tried for ``timeout`` seconds (default
+    :data:`HUB_PROBE_TIMEOUT`; name resolution included). An answer is remembered for a minute.
+    Loading a hub id then searches only the local Hub cache and fails in seconds, instead of
+    huggingface_hub retrying every file for most of a minute.
+    """
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true"}:
+        return "HF_HUB_OFFLINE is set"
+    endpoint = constants.ENDPOINT
+    known = _hub_probes.get(endpoint)
+    if known is not None and time.monotonic() - known[0] < 60:
+        return known[1]
+    wait = HUB_PROBE_TIMEOUT if timeout is None else timeout
+    url = urlsplit(endpoint)
+    host, port = url.hostname or "", url.port or (80 if url.scheme == "http" else 443)
+    outcome: list[str | None] = []
+
+    def connect() -> None:
+        import socket
+
+        try:
+            socket.create_connection((host, port), timeout=wait).close()
+            outcome.append(None)
+        except OSError as exc:
+            outcome.append(f"{type(exc).__name__}: {exc}")
+
+    probe = threading.Thread(target=connect, daemon=True, name="baco-hub-probe")
+    probe.start()
+    probe.join(wait)
+    reason = outcome[0] if outcome else f"no answer within {wait:g} s"
+    if reason is not None:
+        reason = f"the Hugging Face Hub at {endpoint} is unreachable ({reason})"
+    _hub_probes[endpoint] = (time.monotonic(), reason)
+    return reason
+
+
+@contextlib.contextmanager
+def hub_offline() -> Iterator[None]:
+    """huggingface_hub's offline mode for the duration of a load (the Hub is unreachable
+    anyway): transformers also asks the Hub for files it was not told to fetch with
+    ``local_files_only`` (e.g. an ``adapter_config.json``), each after five retries."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before

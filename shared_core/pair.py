@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .loading import check_pair_args, split_model_ref
+from .loading import check_pair_args, hub_offline, hub_unreachable_reason, split_model_ref
 from .prompts import PlainTemplate
 from .vocab import VocabTables, end_token_ids, vocab_tables_for
 
@@ -30,18 +30,27 @@ def _load(ref: ModelRef, *, dtype: Any, device_map: Any, hf_kwargs: dict[str, An
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     location, extra = split_model_ref(ref)
+    offline = None
+    if not Path(location).exists() and not hf_kwargs.get("local_files_only"):
+        offline = hub_unreachable_reason()  # a hub id: look in the local cache only, at once
+        if offline is not None:
+            hf_kwargs = dict(hf_kwargs, local_files_only=True)
     model_kwargs = dict(hf_kwargs, **extra)
     if dtype is not None:
         model_kwargs["dtype"] = dtype
     if device_map is not None:
         model_kwargs["device_map"] = device_map
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location, **extra, **_tokenizer_kwargs(hf_kwargs))
-        model = AutoModelForCausalLM.from_pretrained(location, **model_kwargs)
+        with hub_offline() if offline else contextlib.nullcontext():
+            tokenizer = AutoTokenizer.from_pretrained(
+                location, **extra, **_tokenizer_kwargs(hf_kwargs)
+            )
+            model = AutoModelForCausalLM.from_pretrained(location, **model_kwargs)
     except OSError as exc:
+        searched = f" ({offline}; only the local Hub cache was searched)" if offline else ""
         raise OSError(
             f"could not load model {os.fspath(ref)!r}: {exc}. Pass a local folder or .gguf "
-            "file, or a hub id when the Hugging Face Hub is reachable."
+            f"file, or a hub id when the Hugging Face Hub is reachable{searched}."
         ) from exc
     model.eval()
     return _Loaded(model=model, tokenizer=tokenizer, name=os.fspath(ref))

@@ -77,13 +77,13 @@ def test_joint_forward_of_one_weights_pair_changes_no_output(
     _save_random_lora(base_path, tmp_path / "adapter")
     pair = ModelPair.from_pretrained(base_path, aligned_adapter=tmp_path / "adapter")
     states = []
-    original = model_state.ModelState.__init__
+    original = model_state.ModelRows.prefill.__func__
 
-    def counting(self, *args, **kwargs):
+    def counting(cls, *args, **kwargs):
         states.append(kwargs.get("adapters"))
-        original(self, *args, **kwargs)
+        return original(cls, *args, **kwargs)
 
-    monkeypatch.setattr(model_state.ModelState, "__init__", counting)
+    monkeypatch.setattr(model_state.ModelRows, "prefill", classmethod(counting))
     prompts = ["Tell me a story.", "Name a color.", "x"]
     # a stop string ends rows at different steps, so compaction is exercised too
     options = {"n": 3, "max_new_tokens": 40, "seed": 5, "router": router, "stop": ["e"]}
@@ -129,6 +129,70 @@ def test_unreachable_hub_id_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(OSError, match="could not load model 'org/not-a-model'"):
         ModelPair.from_pretrained("org/not-a-model", "org/not-a-model-it")
+
+
+@pytest.fixture
+def hub_unreachable(monkeypatch):
+    """The Hub's endpoint refuses connections (nothing listens on 127.0.0.1:9), and offline
+    mode is off: what a machine without network looks like to huggingface_hub."""
+    import huggingface_hub.constants
+
+    from shared_core import loading
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(loading, "_hub_probes", {})
+
+
+def test_a_hub_id_fails_fast_when_the_hub_is_unreachable(hub_unreachable):
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(OSError) as info:
+        ModelPair.from_pretrained("org/not-a-model", "org/not-a-model-it")
+    assert time.monotonic() - start < 10  # huggingface_hub's retries alone take ~46 s
+    message = str(info.value)
+    assert message.startswith("could not load model 'org/not-a-model'")
+    assert "Pass a local folder or .gguf file" in message
+    assert "http://127.0.0.1:9 is unreachable" in message and "local Hub cache" in message
+
+
+def test_a_cached_hub_id_still_loads_when_the_hub_is_unreachable(
+    hub_unreachable, tiny_pair_paths, tmp_path
+):
+    import shutil
+    import time
+
+    for role, folder in zip(("base", "aligned"), tiny_pair_paths, strict=True):
+        repo = tmp_path / f"models--org--tiny-{role}"
+        shutil.copytree(folder, repo / "snapshots" / "0123abcd")
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text("0123abcd")
+    start = time.monotonic()
+    pair = ModelPair.from_pretrained("org/tiny-base", "org/tiny-aligned", cache_dir=str(tmp_path))
+    assert time.monotonic() - start < 10  # no retries for files the cache does not have
+    assert (pair.base_name, pair.aligned_name) == ("org/tiny-base", "org/tiny-aligned")
+
+
+def test_the_hub_probe_gives_up_after_its_timeout(monkeypatch):
+    import socket
+    import time
+
+    import huggingface_hub.constants
+
+    from shared_core import loading
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(loading, "_hub_probes", {})
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: time.sleep(5))
+    start = time.monotonic()
+    reason = loading.hub_unreachable_reason(timeout=0.2)
+    assert time.monotonic() - start < 2
+    assert reason is not None and "no answer within 0.2 s" in reason
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert loading.hub_unreachable_reason() == "HF_HUB_OFFLINE is set"
 
 
 def test_different_vocabularies_name_both_models_and_first_mismatch():
