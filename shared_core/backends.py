@@ -119,7 +119,7 @@ class LocalRows:
         b = _index(rows.uses_base)
         a = _index(rows.uses_aligned)
         space_id = pair.vocab.space_id
-        if joint:
+        if joint and b and a:
             name = pair.aligned.active_adapter
             state = ModelRows.prefill(
                 pair.aligned,
@@ -235,10 +235,31 @@ class LocalRows:
             elif len(kept) < len(state):
                 state.select(torch.tensor(kept, dtype=torch.long, device=state.mask.device))
 
+    def to_joint(self) -> None:
+        """Turn one-view rows of a one-weights pair into the joint form (the base view's
+        cache is the shared model's with the adapter off), so they can join joint rows."""
+        if self.joint is not None:
+            return
+        peft_model = self.pair.aligned
+        parts = []
+        if self.base is not None:
+            self.base.model, self.base.adapters = peft_model, [NO_ADAPTER] * len(self.base)
+            parts.append(self.base)
+        if self.aligned is not None:
+            name = peft_model.active_adapter
+            self.aligned.adapters = [name] * len(self.aligned)
+            parts.append(self.aligned)
+        joint = parts[0]
+        for part in parts[1:]:
+            joint.merge(part)
+        self.base = self.aligned = None
+        self.joint = joint
+
     def merge(self, other: LocalRows) -> None:
         if self.joint is not None or other.joint is not None:
-            if self.joint is None or other.joint is None:
-                raise ValueError("joint and split rows cannot share a batch")
+            self.to_joint()
+            other.to_joint()
+            assert self.joint is not None and other.joint is not None
             mine_b, theirs_b = self._base_count, other._base_count
             mine_total, theirs_total = len(self.joint), len(other.joint)
             self.joint.merge(other.joint)

@@ -93,6 +93,7 @@ class BacoEngine:
         self.autocast_dtype = autocast_dtype
         self.options = options or DecodeOptions()
         self._graphs = GraphCache()
+        self._lock = threading.Lock()
         self._scheduler: Scheduler | None = None
         self._scheduler_lock = threading.Lock()
 
@@ -126,7 +127,7 @@ class BacoEngine:
             if self._graph_wanted():
                 from .graph_executor import GraphExecutor
 
-                executor = GraphExecutor(executor, self._graphs, self._compute)
+                executor = GraphExecutor(executor, self._graphs, self._compute, self._device_work)
         return Scheduler(
             executor,
             max_rows=self.options.max_batch_rows,
@@ -248,8 +249,7 @@ class BacoEngine:
     ) -> Request:
         spec = params.spec
         longest = max(
-            max(len(p.aligned_ids) if spec.uses_aligned else 0, len(p.base_ids))
-            for p in prompts
+            max(len(p.aligned_ids) if spec.uses_aligned else 0, len(p.base_ids)) for p in prompts
         )
         return Request(
             prompts,
@@ -398,9 +398,14 @@ class BacoEngine:
 
     @contextmanager
     def _compute(self) -> Iterator[None]:
-        """Model work of one step: inference mode and autocast (only the scheduler's thread
-        runs model work, so no lock is needed)."""
-        with torch.inference_mode(), self._autocast():
+        """Model work: inference mode, autocast and the engine lock. The scheduler's thread
+        does all request work; the lock keeps a graph build that runs the models (on its
+        own thread) from toggling a one-weights pair's adapter under a step."""
+        with self._lock, torch.inference_mode(), self._autocast():
             yield
 
-    _device_work = _compute
+    @contextmanager
+    def _device_work(self) -> Iterator[None]:
+        """Inference mode and autocast without the lock: work on buffers of one's own."""
+        with torch.inference_mode(), self._autocast():
+            yield

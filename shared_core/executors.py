@@ -42,13 +42,16 @@ class StepPlan:
     """One step of the batch. ``keep``: positions of the last step's rows that stay (the
     rest leave: finished, cancelled or failed); ``joins``: admitted requests whose rows are
     appended; ``rows``: the batch after both; ``allowed``: grammar masks ``[rows, V]``
-    (``None``: no row is constrained); ``logprobs``: most alternatives any row asks for."""
+    (``None``: no row is constrained); ``logprobs``: most alternatives any row asks for;
+    ``waiting``: requests still waiting for room (an executor may then keep the batch
+    where rows can join)."""
 
     keep: list[int]
     joins: list[Request]
     rows: list[RowRef]
     allowed: torch.Tensor | None = None
     logprobs: int | None = None
+    waiting: int = 0
 
 
 @dataclass

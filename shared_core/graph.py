@@ -24,8 +24,8 @@ device:
   strings and streaming happen then. A row the host finds finished late discards its extra
   tokens: each row draws from its own random stream, so outputs equal the eager path's.
 
-Used only when it can hold the batch (see :func:`graph_fallback_reason`); otherwise the
-eager executor runs, with the reason in a debug log (:mod:`shared_core.graph_executor`).
+Used only when it can hold the batch (:func:`~shared_core.graph_executor.
+batch_fallback_reason`); otherwise the eager executor runs, with the reason in a debug log.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import torch
 
 from .decode_attention import decode_attention
 from .forward import _PLAIN_HEAD, _cache_argument, _unwrap, head_logits
-from .lora_split import RowSplit, row_split_unsupported
+from .lora_split import RowSplit
 from .model_state import Handover
 from .step import RowState, StepRules, decode_step
 
@@ -102,47 +102,6 @@ def _graph_model_reason(model: Any, columns: int) -> str | None:
             f"prompt + max_new_tokens need {columns} cache columns, more than the sliding "
             f"window ({window}) holds (static sliding caches are not supported)"
         )
-    return None
-
-
-def graph_fallback_reason(
-    pair: Any,
-    params: Any,
-    *,
-    rows: int,
-    joint: bool,
-    lazy: bool,
-    constrained: bool,
-    columns: int = 0,
-) -> str | None:
-    """Why a decode must take the eager loop, or ``None`` when the graph path can run it.
-
-    ``columns``: the cache columns the decode needs (prompt, space slot and new tokens)."""
-    spec = params.spec
-    if not isinstance(spec.source, str):
-        return "a custom router callable (it may branch on tensors or run host code)"
-    if constrained:
-        return "grammar-constrained decoding (its token mask is filled on the host every step)"
-    if getattr(params, "logprobs", None) is not None:
-        return "log-probabilities requested (read on the host every step)"
-    if joint:
-        reason = row_split_unsupported(pair.aligned)
-        if reason is not None:
-            return f"a one-weights pair's joint forward: {reason}"
-    elif getattr(pair, "shares_weights", False) and spec.uses_base and spec.uses_aligned:
-        reason = row_split_unsupported(pair.aligned) or "DecodeOptions.joint_forward is off"
-        return f"a one-weights pair's two views without the joint forward: {reason}"
-    if lazy:
-        return "lazy aligned catch-up (data-dependent forwards)"
-    if batch_bucket(rows) is None:
-        return f"{rows} rows exceed the largest batch bucket {BATCH_BUCKETS[-1]}"
-    for name, model, used in (
-        ("base", pair.base, spec.uses_base),
-        ("aligned", pair.aligned, spec.uses_aligned),
-    ):
-        reason = _graph_model_reason(model, columns) if used else None
-        if reason is not None:
-            return f"the {name} model: {reason}"
     return None
 
 

@@ -96,7 +96,9 @@ class ModelRows:
         if not share_prefill:
             prompt_ids = [ids for ids, r in zip(prompt_ids, repeats, strict=True) for _ in range(r)]
             if adapter_list is not None:
-                adapter_list = [a for a, r in zip(adapter_list, repeats, strict=True) for _ in range(r)]
+                adapter_list = [
+                    a for a, r in zip(adapter_list, repeats, strict=True) for _ in range(r)
+                ]
             repeats = [1] * len(prompt_ids)
         device = next(model.parameters()).device
         width = max(len(ids) for ids in prompt_ids)
@@ -132,9 +134,7 @@ class ModelRows:
     def columns(self) -> int:
         return self.mask.shape[1]
 
-    def feed(
-        self, tokens: torch.Tensor, space: tuple[int, torch.Tensor] | None = None
-    ) -> None:
+    def feed(self, tokens: torch.Tensor, space: tuple[int, torch.Tensor] | None = None) -> None:
         """Append one token per row and compute the next logits. ``space`` = ``(space_id,
         rows)`` feeds ``space_id`` before the token on the marked rows, in a column that the
         other rows leave masked out."""

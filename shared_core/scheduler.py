@@ -215,9 +215,7 @@ class Scheduler:
             for p, ref in enumerate(self._batch)
             if not ref.request.done.is_set() and not ref.request.book.finished(ref.row)
         ]
-        rows = [self._batch[p] for p in keep] + [
-            RowRef(r, i) for r in joins for i in range(r.rows)
-        ]
+        rows = [self._batch[p] for p in keep] + [RowRef(r, i) for r in joins for i in range(r.rows)]
         if not rows:
             self.executor.execute(StepPlan(keep=[], joins=[], rows=[]))
             self._set_batch([])
@@ -229,6 +227,7 @@ class Scheduler:
             rows=rows,
             allowed=self._allowed(rows),
             logprobs=max((k for k in asked if k is not None), default=None),
+            waiting=len(self._waiting),
         )
         try:
             output = self.executor.execute(plan)

@@ -251,7 +251,8 @@ class RowState:
 
     def cat(self, other: RowState) -> RowState:
         """These rows followed by ``other``'s (rows joining the batch)."""
-        return RowState(*(torch.cat([a, b]) for a, b in zip(self.tensors(), other.tensors())))
+        pairs = zip(self.tensors(), other.tensors(), strict=True)
+        return RowState(*(torch.cat([a, b]) for a, b in pairs))
 
     def advance(self, result: StepResult) -> None:
         """Carry a step's choice to the next step."""

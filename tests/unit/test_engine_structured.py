@@ -90,35 +90,27 @@ def test_unsupported_schema_fails_before_model_work(tiny_engine, monkeypatch) ->
     def no_decode(*args, **kwargs):
         raise AssertionError("the decode must not start")
 
-    monkeypatch.setattr(tiny_engine, "_decode", no_decode)
+    monkeypatch.setattr(tiny_engine.scheduler, "submit", no_decode)
     with pytest.raises(ValueError, match="not"):
         tiny_engine.generate(PROMPT, json_schema={"not": {"type": "string"}})
     with pytest.raises(ValueError, match="look-around"):
         tiny_engine.stream(PROMPT, json_schema={"type": "string", "pattern": "(?!x)"})
 
 
-def test_different_schemas_are_not_merged(tiny_engine) -> None:
-    from shared_core.batching import batch_key
-
+def test_grammar_rows_of_different_schemas_share_a_batch_with_free_rows(tiny_engine) -> None:
+    """Concurrent requests with two schemas and none decode in one batch (each row follows its
+    own grammar or none), and a seeded request gets the samples it gets alone."""
     other = {
         "type": "object",
         "properties": {"ok": {"type": "boolean"}},
         "required": ["ok"],
         "additionalProperties": False,  # else extra keys with unbounded strings may follow
     }
-    assert batch_key(tiny_engine.params(json_schema=SCHEMA)) == batch_key(
-        tiny_engine.params(json_schema=json.loads(json.dumps(SCHEMA)))
-    )
-    assert batch_key(tiny_engine.params(json_schema=SCHEMA)) != batch_key(
-        tiny_engine.params(json_schema=other)
-    )
-    assert batch_key(tiny_engine.params(json_schema=SCHEMA)) != batch_key(tiny_engine.params())
+    engine = BacoEngine(tiny_engine.pair)
     results: dict[int, list] = {}
 
     def call(i: int, schema: dict | None) -> None:
-        results[i] = tiny_engine.generate(
-            PROMPT, json_schema=schema, n=2, max_new_tokens=80, seed=i
-        )[0]
+        results[i] = engine.generate(PROMPT, json_schema=schema, n=2, max_new_tokens=80, seed=i)[0]
 
     threads = [
         threading.Thread(target=call, args=(i, schema))
@@ -132,8 +124,9 @@ def test_different_schemas_are_not_merged(tiny_engine) -> None:
         for sample in results[i]:
             if schema is not None:
                 _valid(sample.text, schema)
+    assert engine.scheduler.peak_rows > 2  # requests shared steps
     # the same schema and seed alone gives the same samples as inside a merged batch
-    alone = tiny_engine.generate(PROMPT, json_schema=SCHEMA, n=2, max_new_tokens=80, seed=2)
+    alone = engine.generate(PROMPT, json_schema=SCHEMA, n=2, max_new_tokens=80, seed=2)
     assert [g.token_ids for g in alone[0]] == [g.token_ids for g in results[2]]
 
 
@@ -322,13 +315,14 @@ def test_joint_forward_of_a_one_weights_pair_stays_valid(tiny_pair_paths, tmp_pa
     )
     pair = ModelPair.from_pretrained(base_path, aligned_adapter=adapter)
     joints = []
-    original = engine_module.JointState.__init__
+    original = engine_module.ModelRows.prefill.__func__
 
-    def spy(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        joints.append(self)
+    def spy(cls, *args, **kwargs):
+        if kwargs.get("adapters") is not None:  # both views in one mixed-adapter state
+            joints.append(kwargs["adapters"])
+        return original(cls, *args, **kwargs)
 
-    monkeypatch.setattr(engine_module.JointState, "__init__", spy)
+    monkeypatch.setattr(engine_module.ModelRows, "prefill", classmethod(spy))
     out = BacoEngine(pair).generate(
         PROMPT, json_schema=SCHEMA, n=3, max_new_tokens=120, seed=0, router="rand"
     )

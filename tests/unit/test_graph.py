@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from shared_core import BacoEngine
 from shared_core.engine import DecodeOptions
-from shared_core.graph import BATCH_BUCKETS, batch_bucket, graph_fallback_reason, length_bucket
+from shared_core.graph import BATCH_BUCKETS, batch_bucket, length_bucket
 from shared_core.routers import ROUTER_NAMES
 
 PROMPTS = ["Tell me a story about a girl and her dog.", "Name a color.", "Write a haiku."]
@@ -288,18 +288,21 @@ def test_lazy_decodes_stay_on_the_eager_loop(tiny_pair, caplog):
     assert not graph._graphs._free
 
 
-def test_fallback_reasons(tiny_pair):
-    from shared_core.params import GenerationParams
-
-    params = GenerationParams(router="p-punc")
-    common = {"rows": 4, "joint": False, "lazy": False, "constrained": False}
-    assert graph_fallback_reason(tiny_pair, params, **common) is None
-    assert "grammar" in graph_fallback_reason(tiny_pair, params, **{**common, "constrained": True})
-    joint = graph_fallback_reason(tiny_pair, params, **{**common, "joint": True})
-    assert "joint forward" in joint and "not a peft model" in joint
-    assert "lazy" in graph_fallback_reason(tiny_pair, params, **{**common, "lazy": True})
-    too_many = {**common, "rows": BATCH_BUCKETS[-1] + 1}
-    assert "bucket" in graph_fallback_reason(tiny_pair, params, **too_many)
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        ({"json_schema": {"type": "object"}}, "grammar"),
+        ({"logprobs": 2}, "log-probabilities"),
+        ({"n": BATCH_BUCKETS[-1] + 1, "max_new_tokens": 2}, "bucket"),
+    ],
+)
+def test_batches_the_graph_cannot_hold_stay_eager_with_a_reason(tiny_pair, caplog, options, reason):
+    graph = _engine(tiny_pair, graph=True, graph_backend="eager")
+    options = {"max_new_tokens": 6, "seed": 1, **options}
+    with caplog.at_level(logging.DEBUG, logger="shared_core"):
+        graph.generate(PROMPTS[1], **options)
+    assert reason in caplog.text
+    assert not graph._graphs._free
 
 
 def test_graph_is_off_by_default_on_cpu(tiny_pair):
