@@ -378,9 +378,9 @@ def test_eval_cli_no_judge_with_calibration(prompt_file, tiny_pair_paths, tmp_pa
     assert list(cal.routers) == ["p"] and [g for g, _ in cal.routers["p"]] == [0.3, 0.9]
     shares = [s for _, s in cal.monotone_points("p")]
     low, high = min(shares), max(shares)
-    if high > low:
-        g = gamma_for_base_share("p", (low + high) / 2, out / "calibration.json")
-        assert 0.3 <= g <= 0.9
+    assert high > low  # seeded: γ 0.9 routes more to the base than γ 0.3 on the tiny pair
+    g = gamma_for_base_share("p", (low + high) / 2, out / "calibration.json")
+    assert 0.3 <= g <= 0.9
     # a rerun finds everything done: no new records
     before = (out / "generations.jsonl").read_bytes()
     assert run_eval_command(args) == 0

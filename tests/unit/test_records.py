@@ -86,3 +86,15 @@ def test_training_scripts_record_public_names() -> None:
     )
     assert not machine_paths(command)
     assert script.public_name(ROOT / "runs" / "sft") == "runs/sft"
+
+
+def test_demo_pair_tests_skip_only_for_the_missing_weights_package(monkeypatch) -> None:
+    """The shipped adapter is no reason to skip: with it gone the demo tests must fail."""
+    from pathlib import Path
+
+    from shared_core import demo_models
+    from shared_core.testing import demo_pair_skips
+
+    monkeypatch.setattr(demo_models, "demo_adapter_path", lambda: Path("/nonexistent"))
+    marks = demo_pair_skips()
+    assert [m.kwargs["reason"] for m in marks if m.args[0]] == []  # the package is installed

@@ -286,27 +286,53 @@ def _engine(pair):
     return BacoEngine(pair, options=DecodeOptions(batch_requests=False, graph=False))
 
 
-def test_p_and_h_read_the_distribution_without_end_tokens_during_min_new_tokens(tiny_pair):
+@pytest.fixture(scope="module")
+def keen_to_end_pair(tiny_pair_paths):
+    """The tiny pair with its end tokens' logits raised 10 above the best other token's: its
+    raw distributions put nearly all their mass on ending, so raw and constrained signals
+    differ by a lot."""
+    from shared_core import ModelPair
+
+    pair = ModelPair.from_pretrained(*(str(p) for p in tiny_pair_paths))
+    ends = list(pair.end_ids)
+
+    def boost(module, inputs, output):
+        output = output.clone()
+        output[..., ends] = output.max(-1, keepdim=True).values + 10.0
+        return output
+
+    for model in (pair.base, pair.aligned):
+        model.get_output_embeddings().register_forward_hook(boost)
+    return pair
+
+
+def test_p_and_h_read_the_distribution_without_end_tokens_during_min_new_tokens(
+    keen_to_end_pair,
+):
+    pair = keen_to_end_pair
     options = {"max_new_tokens": 4, "seed": 3, "temperature": 1.0}
     free, free_seen = _recording_router(resolve_router("p", 0.5))
     held, held_seen = _recording_router(resolve_router("p", 0.5))
-    _engine(tiny_pair).generate("Name a color.", router=free, **options)
-    _engine(tiny_pair).generate("Name a color.", router=held, min_new_tokens=4, **options)
-    ends = list(tiny_pair.end_ids)
+    _engine(pair).generate("Name a color.", router=free, **options)
+    _engine(pair).generate("Name a color.", router=held, min_new_tokens=4, **options)
+    ends = list(pair.end_ids)
     # The first step sees the same prompt in both decodes: the same model distribution.
     raw, shown = free_seen[0]["logits"][0], held_seen[0]["logits"][0]
     assert torch.isfinite(raw[ends]).all() and torch.isinf(shown[ends]).all()
     assert torch.equal(torch.isinf(raw), torch.isinf(shown) & ~_ends_mask(raw, ends))
-    # P and H are those of the raw distribution with the end tokens taken out (renormalised).
-    constrained = torch.softmax(raw.masked_fill(_ends_mask(raw, ends), float("-inf")), -1)
-    expected_h = -(constrained[constrained > 0] * constrained[constrained > 0].log()).sum()
-    assert held_seen[0]["p"].item() == pytest.approx(constrained.max().item(), rel=1e-5)
-    assert held_seen[0]["h"].item() == pytest.approx(expected_h.item(), rel=1e-4)
     raw_p = torch.softmax(raw, -1)
+    assert raw_p[ends].sum() > 0.9  # raw, the model all but ends here
     assert free_seen[0]["p"].item() == pytest.approx(raw_p.max().item(), rel=1e-5)
-    if raw_p[ends].sum() > 1e-4:  # the tiny model gives its end tokens some mass
-        assert held_seen[0]["p"].item() > free_seen[0]["p"].item()
+    # During min_new_tokens, P and H are those of the distribution without the end tokens
+    # (renormalised), far from the raw one's.
+    constrained = torch.softmax(raw.masked_fill(_ends_mask(raw, ends), float("-inf")), -1)
+    kept = constrained[constrained > 0]
+    assert held_seen[0]["p"].item() == pytest.approx(constrained.max().item(), rel=1e-5)
+    assert held_seen[0]["h"].item() == pytest.approx(-(kept * kept.log()).sum().item(), rel=1e-4)
+    assert abs(held_seen[0]["p"].item() - raw_p.max().item()) > 0.05
+    assert held_seen[0]["decision"].item() == (constrained.max().item() < 0.5)
     # Every step before min_new_tokens hides the end tokens from the router.
+    assert len(held_seen) == 4
     for record in held_seen:
         assert torch.isinf(record["logits"][:, ends]).all()
 
