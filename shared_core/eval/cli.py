@@ -144,7 +144,7 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--task-k",
         default=None,
-        help="samples per prompt per task, e.g. tools=1,rewrite=2,lists=3 (the default)",
+        help="samples per prompt per task, e.g. tools=1,rewrite=2,lists=2 (the default)",
     )
     return p
 

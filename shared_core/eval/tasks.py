@@ -500,17 +500,21 @@ def run_tasks(
     """Generate what is missing for every (task, setting, prompt) into ``out/tasks`` and
     return that folder. ``engine`` is a BacoEngine or a zero-argument callable making one
     (called only when something is missing). ``k``: samples per prompt and task (default
-    tools 1, rewrite 2, lists 3). Every setting uses the same seed, top_p and min_p."""
+    tools 1, rewrite 2, lists 2). Every setting uses the same seed, top_p and min_p."""
     folder = Path(out) / "tasks"
     folder.mkdir(parents=True, exist_ok=True)
-    k = {"tools": 1, "rewrite": 2, "lists": 3, **(k or {})}
-    for name in tasks:
-        data = load_task(name)
-        items = task_prompts(name, data)[:limit]
-        path = folder / f"{name}.jsonl"
-        done = {(r["setting"], r["prompt_id"]) for r in _read(path)}
-        for setting in settings:
-            todo = [x for x in items if (setting.key, x[0]["id"]) not in done]
+    k = {"tools": 1, "rewrite": 2, "lists": 2, **(k or {})}
+    loaded = {name: task_prompts(name, load_task(name))[:limit] for name in tasks}
+    done = {
+        name: {(r["setting"], r["prompt_id"]) for r in _read(folder / f"{name}.jsonl")}
+        for name in tasks
+    }
+    # Setting by setting (every task of a setting before the next one), so a run cut short
+    # has whole settings.
+    for setting in settings:
+        for name in tasks:
+            path = folder / f"{name}.jsonl"
+            todo = [x for x in loaded[name] if (setting.key, x[0]["id"]) not in done[name]]
             for start in range(0, len(todo), batch_prompts):
                 chunk = todo[start : start + batch_prompts]
                 if callable(engine) and not hasattr(engine, "generate"):
@@ -716,6 +720,7 @@ def run_task_command(args: Any) -> int:
             top_p=args.top_p,
             min_p=args.min_p,
             seed=args.seed,
+            batch_prompts=args.batch_prompts,
             limit=args.limit,
             log=say,
         )
