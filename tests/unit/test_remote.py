@@ -180,9 +180,12 @@ def test_closing_a_stream_stops_the_requests(fake_servers, tiny_pair_paths, mode
     events = BacoEngine(pair).stream("Hi", max_new_tokens=50, min_new_tokens=50)
     next(events)
     events.close()
+    # the scheduler runs ahead of the stream's reader: the step in flight when the stream
+    # closed may still send its requests (one per model), then the rows leave the batch
+    time.sleep(0.2)
     sent = sum(len(s.requests) for s in fake_servers)
     assert sent < 10  # a 50-token decode sends 50 (chunk: 50) or 100 (token) requests
-    time.sleep(0.2)
+    time.sleep(0.3)
     assert sum(len(s.requests) for s in fake_servers) == sent
 
 
@@ -335,3 +338,58 @@ def test_a_server_without_tokenize_fails_unless_the_check_is_off(tiny_pair, tiny
             remote(servers, tiny_pair_paths).connect()
         pair = remote(servers, tiny_pair_paths, mode="token", check_vocabulary=False)
         assert len(BacoEngine(pair).generate("Hi", max_new_tokens=3, seed=0)[0]) == 1
+
+
+@pytest.mark.parametrize("router", ["p-punc", "rand", "nudging", "aligned"])
+def test_chunk_mode_gives_token_mode_s_tokens_exactly_when_greedy(
+    fake_servers, tiny_pair_paths, router
+):
+    """Both modes choose with the same step function (``decode_step``; chunk mode gives it
+    the server's proposal as the owner's candidate): with greedy draws the proposal is the
+    draw token mode makes, so the tokens, owners and texts are equal, for every router
+    (``rand`` routes by the rows' seeded streams in both)."""
+    options = {
+        "n": 2,
+        "seed": 11,
+        "max_new_tokens": 16,
+        "router": router,
+        "gamma": 0.5,
+        "temperature": 0,
+    }
+    results = {}
+    for mode in ("token", "chunk"):
+        pair = remote(fake_servers, tiny_pair_paths, mode=mode, top_logprobs=8, chunk_tokens=4)
+        results[mode] = BacoEngine(pair).generate(PROMPTS, **options)
+    for token_row, chunk_row in zip(results["token"], results["chunk"], strict=True):
+        assert [g.token_ids for g in chunk_row] == [g.token_ids for g in token_row]
+        assert [g.sources for g in chunk_row] == [g.sources for g in token_row]
+    if router != "aligned":
+        sources = {s for row in results["chunk"] for g in row for s in g.sources}
+        assert sources == {"base", "aligned"}  # both models wrote: the handover was exercised
+
+
+def test_concurrent_chunk_mode_requests_share_their_scoring_requests(fake_servers, tiny_pair_paths):
+    """Rows of concurrent calls are one batch: each round scores all their proposals in one
+    request per server, so four concurrent calls send fewer requests than four alone."""
+    pair = remote(fake_servers, tiny_pair_paths, mode="chunk", top_logprobs=8, chunk_tokens=3)
+    engine = BacoEngine(pair)
+    pair.connect()
+    options = {"max_new_tokens": 12, "min_new_tokens": 12, "router": "rand", "gamma": 0.5}
+    for server in fake_servers:
+        server.requests.clear()
+    for seed in range(4):
+        engine.generate("Tell me a story.", seed=seed, **options)
+    alone = sum(len(s.requests) for s in fake_servers)
+    for server in fake_servers:
+        server.requests.clear()
+    threads = [
+        threading.Thread(
+            target=engine.generate, args=("Tell me a story.",), kwargs={"seed": s, **options}
+        )
+        for s in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(len(s.requests) for s in fake_servers) < alone
