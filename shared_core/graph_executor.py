@@ -113,6 +113,7 @@ class GraphExecutor:
         self.step = 1  # the ring's next step
         self.wait = self.options.graph_wait
         self.taken = 0  # batches the graph path ran (for tests and metrics)
+        self.declined: tuple[int, ...] | None = None  # the batch the graph path last declined
 
     # ------------------------------------------------------------------ the interface
 
@@ -146,6 +147,10 @@ class GraphExecutor:
             return False
         if bool((eager.rows.step == 0).any()):
             return False
+        members = tuple(sorted({ref.request.id for ref in plan.rows}))
+        if members == self.declined:  # asked for this batch already: it stays eager
+            return False
+        self.declined = members
         budgets = [ref.request.book.rows[ref.row].budget for ref in plan.rows]
         kept_rows = eager.rows.select(torch.tensor(plan.keep, dtype=torch.long))
         remaining = max(b - int(s) for b, s in zip(budgets, kept_rows.step.tolist(), strict=True))
@@ -314,7 +319,7 @@ class GraphExecutor:
         the first steps of such a decode (waiting for the compile)."""
         longest = max(len(prompt.aligned_ids), len(prompt.base_ids))
         budget = max(3, min(length, engine.pair.context_window) - longest - 3)
-        shape = params.with_overrides(n=rows, max_new_tokens=budget, stop=[], min_new_tokens=2)
+        shape = params.with_overrides(n=rows, max_new_tokens=budget, stop=[])
         self.wait = True
         try:
             stream = engine._stream([prompt], shape, [0])

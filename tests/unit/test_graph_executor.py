@@ -1,5 +1,6 @@
-"""The graph loop as a server needs it (shared_core/graph_loop.py, GraphCache builds): compiles
-outside the engine lock, few of them, freed prefill caches, nothing built per chunk."""
+"""The graph executor as a server needs it (shared_core/graph_executor.py, GraphCache builds):
+compiles off the request path, few of them, freed prefill caches, nothing built per chunk,
+the batch handed back to the eager executor when rows join."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 from shared_core import BacoEngine, ModelPair
 from shared_core.engine import DecodeOptions
 from shared_core.graph import GraphRunner
-from shared_core.model_state import ModelState
+from shared_core.model_state import ModelRows
 
 PROMPTS = ["Tell me a story about a girl and her dog.", "Name a color.", "Write a haiku."]
 
@@ -113,13 +114,13 @@ def test_varied_max_new_tokens_reuse_one_compiled_step_per_length_bucket(tiny_pa
 
 def test_the_prefill_cache_is_freed_once_the_static_caches_hold_it(tiny_pair, monkeypatch):
     caches: list[weakref.ref] = []
-    hand_over = ModelState.hand_over
+    hand_over = ModelRows.hand_over
 
     def spy(state):
         caches.append(weakref.ref(state.cache))
         return hand_over(state)
 
-    monkeypatch.setattr(ModelState, "hand_over", spy)
+    monkeypatch.setattr(ModelRows, "hand_over", spy)
     runs = _runs(monkeypatch)
     engine = _engine(tiny_pair, graph_wait=True, graph_sync_every=2)
     stream = engine.stream(PROMPTS[0], n=2, max_new_tokens=40, seed=1, min_new_tokens=30)
@@ -215,7 +216,7 @@ def test_the_chunk_loop_builds_no_tensor_from_host_values(tiny_pair, monkeypatch
 
 
 def test_idle_runners_are_released_when_a_request_needs_their_memory(tiny_pair, monkeypatch):
-    import shared_core.engine as engine_module
+    import shared_core.memory as engine_module
 
     engine = _engine(tiny_pair, graph_wait=True)
     engine.generate(PROMPTS[1], n=2, max_new_tokens=8, seed=0)
@@ -246,3 +247,27 @@ def test_warmup_builds_shapes_ahead_and_is_a_no_op_without_the_graph_path(tiny_p
     assert engine.warmup(rows=[1, 3], lengths=[100, 200]) == 4  # 2 row × 2 length buckets
     assert engine.warmup(rows=[1], lengths=[100]) == 0  # already built
     assert _engine(tiny_pair, graph=False).warmup(rows=[1]) == 0
+
+
+def test_rows_joining_a_graph_batch_hand_it_back_and_keep_every_sample(tiny_pair, monkeypatch):
+    """A request arriving while the graph path runs the batch: at the next chunk boundary the
+    batch goes back to the eager executor (static caches copied into dynamic ones), the
+    newcomer joins, and the graph path takes the merged batch again; both requests get the
+    samples they get alone."""
+    runs = _runs(monkeypatch)
+    engine = _engine(tiny_pair, graph_wait=True, graph_sync_every=2, batch_requests=True)
+    eager = _engine(tiny_pair, graph=False)
+    long = {"router": "p-punc", "n": 2, "max_new_tokens": 40, "min_new_tokens": 40, "seed": 1}
+    short = {"router": "rand", "gamma": 0.5, "n": 1, "max_new_tokens": 12, "seed": 2}
+    stream = engine.stream(PROMPTS[0], **long)
+    events = [next(stream) for _ in range(12)]
+    assert runs  # the long request is on the graph path
+    executor = engine.scheduler.executor
+    taken = executor.taken
+    joined = engine.generate(PROMPTS[1], **short)
+    events += list(stream)
+    finals = sorted((e for e in events if e.generation), key=lambda e: e.sample_index)
+    expected = eager.generate(PROMPTS[0], **long)[0]
+    assert [e.generation.token_ids for e in finals] == [g.token_ids for g in expected]
+    assert _summary(joined) == _summary(eager.generate(PROMPTS[1], **short))
+    assert executor.taken > taken  # handed back for the join, then taken again
