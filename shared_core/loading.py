@@ -119,7 +119,7 @@ def hub_unreachable_reason(timeout: float | None = None) -> str | None:
         try:
             socket.create_connection((host, port), timeout=wait).close()
             outcome.append(None)
-        except OSError as exc:
+        except Exception as exc:  # any failure to connect: unreachable
             outcome.append(f"{type(exc).__name__}: {exc}")
 
     probe = threading.Thread(target=connect, daemon=True, name="baco-hub-probe")
