@@ -80,6 +80,13 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     remote.add_argument(
         "--request-timeout", type=float, default=60.0, help="seconds per server request"
     )
+    remote.add_argument(
+        "--no-vocabulary-check",
+        dest="check_vocabulary",
+        action="store_false",
+        help="skip the first-use check that both servers tokenize like --tokenizer (for "
+        "servers without vLLM's /tokenize)",
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -138,6 +145,7 @@ def remote_pair(args: argparse.Namespace) -> Any:
         top_logprobs=args.remote_top_logprobs,
         chunk_tokens=args.chunk_tokens,
         timeout=args.request_timeout,
+        check_vocabulary=getattr(args, "check_vocabulary", True),
     )
 
 

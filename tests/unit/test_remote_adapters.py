@@ -88,6 +88,21 @@ def test_baco_generate_takes_the_remote_flags(fake_servers, tiny_pair_paths, cap
     assert status == 0 and out.count("--- sample") == 2
 
 
+def test_no_vocabulary_check_reaches_the_remote_pair(fake_servers, tiny_pair_paths):
+    from shared_core.cli import build_parser
+    from shared_core.cli_common import load_pair
+
+    urls = ["--base-url", fake_servers[0].url, "--aligned-url", fake_servers[1].url]
+    urls += ["--tokenizer", str(tiny_pair_paths[1])]
+    for flags, checks in (([], True), (["--no-vocabulary-check"], False)):
+        args = build_parser().parse_args(["generate", "Hi", *urls, *flags])
+        pair = load_pair(args)
+        try:
+            assert pair._vocabulary_checked is not checks
+        finally:
+            pair.close()
+
+
 def test_the_remote_flags_are_checked(fake_servers, capsys):
     from shared_core.cli import main
 
