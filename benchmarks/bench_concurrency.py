@@ -1,18 +1,26 @@
-"""Concurrent requests on one engine: per-step lock vs the request queue, in one run.
+"""Concurrent calls on one engine against one batched call, old and new engine in one run.
 
-16 clients (threads) each ask for one sample of their own prompt with their own seed, all at
-once. Modes, all on the same engine weights and settings:
+Scenarios, each on the same weights, all rows generating exactly ``--max-new-tokens`` tokens
+(``min_new_tokens`` = ``max_new_tokens``, so every scenario does the same work) except the
+mixed one:
 
-  serial         the requests one after another (no concurrency)
-  lock           16 threads, request batching off: decodes interleave step by step
-  queue          16 threads, request batching on: waiting requests share one batched decode
-  one_batch      one ``generate`` call with all 16 prompts (the ideal batch, for reference)
+  one_call      one ``generate`` call holding all ``--clients`` prompts (the ideal batch)
+  streams       ``--clients`` concurrent ``stream`` calls, one prompt each
+  mixed         ``--clients`` concurrent ``generate`` calls whose settings differ
+                (max_new_tokens 16-48, temperature 0.7/1.0, routers p-punc/rand/p/h-punc,
+                γ 0.2/0.4)
+  join          a long batch decoding; a new request arrives: wall time to its first token,
+                against the time of one step of that batch
 
-Reports wall time, generated tokens/s, the ratio to ``serial``, mean and max request latency,
-and whether every request got the same tokens in every mode. Prints a table and writes JSON.
+Reports generated tokens/s and its ratio to ``one_call`` (mixed: to ``one_call`` too), peak
+RSS, and (new engine) the scheduler's steps between the join request's arrival and its first
+token. ``--compare REV`` runs the whole benchmark a second time on the engine of git
+revision ``REV`` (checked out into a temporary worktree, run in its own process) and prints
+both, so the old and the new engine are measured in one run on one machine.
 
-    python benchmarks/bench_concurrency.py --threads 1            # demo pair, CPU
-    python benchmarks/bench_concurrency.py --tiny                 # quick smoke run
+    python benchmarks/bench_concurrency.py --pair mid --threads 1 --compare 4898fce
+    python benchmarks/bench_concurrency.py --pair demo --threads 1 --clients 32
+    python benchmarks/bench_concurrency.py --pair tiny            # quick smoke run
 """
 
 from __future__ import annotations
@@ -21,142 +29,226 @@ import argparse
 import json
 import os
 import platform
+import resource
+import subprocess
+import sys
+import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 
+HERE = Path(__file__).resolve().parent
 SUBJECTS = [
     "a coffee shop", "a cat", "a rocket", "a bakery", "a river", "a robot", "a garden",
     "a violin", "a mountain village", "a detective", "a lighthouse", "a library",
     "a dragon", "a bicycle", "a storm", "a teapot",
 ]  # fmt: skip
+#: The mixed scenario's settings, cycled over the clients.
+MIXED = [
+    {"router": "p-punc", "gamma": 0.2, "temperature": 0.7, "max_new_tokens": 16},
+    {"router": "rand", "gamma": 0.4, "temperature": 1.0, "max_new_tokens": 48},
+    {"router": "p", "gamma": 0.2, "temperature": 1.0, "max_new_tokens": 32},
+    {"router": "h-punc", "gamma": 0.4, "temperature": 0.7, "max_new_tokens": 24},
+]
 
 
-def load_engine(args: argparse.Namespace, batch_requests: bool, pair=None):
-    from shared_core import BacoEngine, ModelPair
-    from shared_core.engine import DecodeOptions
+def prompts(count: int) -> list[str]:
+    return [f"Write a short story about {SUBJECTS[i % len(SUBJECTS)]}." for i in range(count)]
 
-    if pair is None:
-        if args.tiny:
-            from shared_core.testing import save_tiny_pair
 
-            folder = Path(args.out).parent / "tiny_pair"
-            if not (folder / "base").exists():
-                save_tiny_pair(folder)
-            pair = ModelPair.from_pretrained(folder / "base", folder / "aligned")
-        else:
-            pair = ModelPair.demo()
-    return BacoEngine(pair, options=DecodeOptions(batch_requests=batch_requests))
+def load_pair(name: str, out: Path):
+    from shared_core import ModelPair
+
+    if name == "demo":
+        return ModelPair.demo()
+    if name == "tiny":
+        from shared_core.testing import save_tiny_pair
+
+        folder = out.parent / "tiny_pair"
+        if not (folder / "base").exists():
+            save_tiny_pair(folder)
+        return ModelPair.from_pretrained(folder / "base", folder / "aligned")
+    sys.path.insert(0, str(HERE))
+    import bench_decode
+
+    return bench_decode.random_pair(name, one_weights=False)
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_scenarios(args: argparse.Namespace) -> dict[str, Any]:
+    from shared_core import BacoEngine
+
+    pair = load_pair(args.pair, Path(args.out))
+    engine = BacoEngine(pair)
+    texts = prompts(args.clients)
+    fixed = {"max_new_tokens": args.max_new_tokens, "min_new_tokens": args.max_new_tokens}
+    common = {"router": args.router, "gamma": args.gamma, **fixed}
+    engine.generate(texts[:2], seed=0, max_new_tokens=4)  # warm-up: first-call costs
+    rows: dict[str, Any] = {}
+
+    def timed(name: str, work) -> None:
+        start = time.perf_counter()
+        tokens = work()
+        seconds = time.perf_counter() - start
+        rows[name] = {"seconds": seconds, "tokens": tokens, "tok_s": tokens / seconds}
+        print(f"  {name:<10} {tokens:6d} tokens {seconds:8.2f} s {tokens / seconds:8.1f} tok/s")
+
+    def one_call() -> int:
+        out = engine.generate(texts, seed=1, **common)
+        return sum(len(g.token_ids) for row in out for g in row)
+
+    def streams() -> int:
+        counts = [0] * len(texts)
+
+        def client(i: int) -> None:
+            for event in engine.stream(texts[i], seed=100 + i, **common):
+                if event.generation is not None:
+                    counts[i] = len(event.generation.token_ids)
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(len(texts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return sum(counts)
+
+    def mixed() -> int:
+        counts = [0] * len(texts)
+
+        def client(i: int) -> None:
+            options = MIXED[i % len(MIXED)]
+            out = engine.generate(texts[i], seed=200 + i, **options)
+            counts[i] = sum(len(g.token_ids) for g in out[0])
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(len(texts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return sum(counts)
+
+    timed("one_call", one_call)
+    timed("streams", streams)
+    timed("mixed", mixed)
+    for name in ("streams", "mixed"):
+        rows[name]["ratio"] = rows[name]["tok_s"] / rows["one_call"]["tok_s"]
+    rows["join"] = join_latency(engine, texts, common)
+    print(
+        f"  join       first token after {rows['join']['first_token_s']:.2f} s "
+        f"({rows['join']['step_s']:.3f} s per step of the running batch; "
+        f"{rows['join']['steps']} scheduler steps)"
+    )
+    rows["peak_rss_mib"] = peak_rss_mib()
+    return rows
+
+
+def join_latency(engine, texts: list[str], common: dict[str, Any]) -> dict[str, Any]:
+    """A long batch runs; a one-row request arrives: seconds (and scheduler steps, where the
+    engine has a scheduler) until its first token."""
+    long = {**common, "max_new_tokens": 4 * common["max_new_tokens"]}
+    long["min_new_tokens"] = long["max_new_tokens"]
+    times: list[float] = []
+    stream = engine.stream(texts, seed=7, **long)
+    for _ in range(len(texts) * 4):  # a few steps in
+        next(stream)
+        times.append(time.perf_counter())
+    step = (times[-1] - times[0]) / 3
+    scheduler = getattr(engine, "_scheduler", None)
+    steps_before = getattr(scheduler, "steps", None)
+    arrival = time.perf_counter()
+    steps_at_first = None
+    for _event in engine.stream(texts[0], seed=8, max_new_tokens=2):
+        first = time.perf_counter() - arrival
+        steps_at_first = getattr(scheduler, "steps", None)
+        break
+    stream.close()
+    steps = None if steps_before is None else steps_at_first - steps_before
+    return {"first_token_s": first, "step_s": step, "steps": steps}
+
+
+def render(label: str, rows: dict[str, Any]) -> str:
+    lines = [
+        f"{label}",
+        f"{'scenario':<12}{'tok/s':>10}{'× one_call':>12}",
+        f"{'one_call':<12}{rows['one_call']['tok_s']:>10.1f}{1.0:>12.2f}",
+        f"{'streams':<12}{rows['streams']['tok_s']:>10.1f}{rows['streams']['ratio']:>12.2f}",
+        f"{'mixed':<12}{rows['mixed']['tok_s']:>10.1f}{rows['mixed']['ratio']:>12.2f}",
+        f"join: first token {rows['join']['first_token_s']:.2f} s = "
+        f"{rows['join']['first_token_s'] / rows['join']['step_s']:.1f} steps of "
+        f"{rows['join']['step_s']:.3f} s (scheduler steps: {rows['join']['steps']})",
+        f"peak RSS {rows['peak_rss_mib']:.0f} MiB",
+    ]
+    return "\n".join(lines)
+
+
+def worktree(rev: str) -> Path:
+    """A checkout of ``rev`` in a temporary git worktree (reused within a run)."""
+    root = Path(tempfile.gettempdir()) / f"baco-bench-{rev}"
+    if not root.exists():
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(root), rev],
+            cwd=HERE.parent,
+            check=True,
+            capture_output=True,
+        )
+    return root
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pair", default="mid", help="demo, tiny, or a bench_decode arch")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--router", default="p-punc")
     parser.add_argument("--gamma", type=float, default=0.3)
-    parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--tiny", action="store_true", help="tiny random pair (smoke test)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--compare", default=None, help="git revision of an engine to compare")
+    parser.add_argument("--engine-root", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default="benchmarks/out/bench_concurrency.json")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    prompts = [f"Suggest a name for {SUBJECTS[i % len(SUBJECTS)]}." for i in range(args.clients)]
-    options = {
-        "router": args.router,
-        "gamma": args.gamma,
-        "top_p": args.top_p,
-        "max_new_tokens": args.max_new_tokens,
-        "min_new_tokens": args.max_new_tokens,  # equal work in every mode
-    }
-    lock_engine = load_engine(args, batch_requests=False)
-    queue_engine = load_engine(args, batch_requests=True, pair=lock_engine.pair)
-    warm = {**options, "max_new_tokens": 2, "min_new_tokens": 2}
-    lock_engine.generate(prompts[0], seed=0, **warm)  # warm-up
-
-    def request(engine, i: int) -> tuple[list[int], float]:
-        start = time.perf_counter()
-        sample = engine.generate(prompts[i], seed=i, **options)[0][0]
-        return sample.token_ids, time.perf_counter() - start
-
-    def concurrent(engine) -> list[tuple[list[int], float]]:
-        barrier = threading.Barrier(args.clients)
-
-        def client(i: int):
-            barrier.wait()
-            return request(engine, i)
-
-        with ThreadPoolExecutor(args.clients) as pool:
-            return list(pool.map(client, range(args.clients)))
-
-    def one_batch() -> list[tuple[list[int], float]]:
-        # One decode of all prompts, each with its own seed (the queue's batch runner).
-        start = time.perf_counter()
-        params = queue_engine.params(**options)
-        prepared = [queue_engine.prepare(p, i, params=params) for i, p in enumerate(prompts)]
-        out = queue_engine._run_batch(prepared, params, list(range(args.clients)))
-        return [(row[0].token_ids, time.perf_counter() - start) for row in out]
-
-    modes: dict[str, Any] = {
-        "serial": lambda: [request(lock_engine, i) for i in range(args.clients)],
-        "lock": lambda: concurrent(lock_engine),
-        "queue": lambda: concurrent(queue_engine),
-        "one_batch": one_batch,
-    }
-    rows, outputs = [], {}
-    for name, run in modes.items():
-        start = time.perf_counter()
-        results = run()
-        wall = time.perf_counter() - start
-        outputs[name] = [tokens for tokens, _ in results]
-        latencies = [latency for _, latency in results]
-        tokens = sum(len(t) for t in outputs[name])
-        rows.append(
-            {
-                "mode": name,
-                "wall_s": wall,
-                "tokens": tokens,
-                "tokens_per_s": tokens / wall,
-                "mean_latency_s": sum(latencies) / len(latencies),
-                "max_latency_s": max(latencies),
-            }
-        )
-        print(f"done {name}: {wall:.1f} s", flush=True)
-    serial = rows[0]["tokens_per_s"]
-    for row in rows:
-        row["ratio_vs_serial"] = row["tokens_per_s"] / serial
-        row["same_tokens_as_serial"] = outputs[row["mode"]] == outputs["serial"]
-    print(
-        f"{'mode':<12}{'wall s':>9}{'tok/s':>9}{'× serial':>10}{'mean lat s':>12}"
-        f"{'max lat s':>11}{'same tokens':>13}"
-    )
-    for r in rows:
-        print(
-            f"{r['mode']:<12}{r['wall_s']:>9.1f}{r['tokens_per_s']:>9.1f}"
-            f"{r['ratio_vs_serial']:>10.2f}{r['mean_latency_s']:>12.1f}{r['max_latency_s']:>11.1f}"
-            f"{r['same_tokens_as_serial']!s:>13}"
-        )
-    meta = {
+    torch.manual_seed(0)
+    result: dict[str, Any] = {
+        "command": " ".join(sys.argv),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "torch_threads": torch.get_num_threads(),
+        "pair": args.pair,
         "clients": args.clients,
         "max_new_tokens": args.max_new_tokens,
-        "router": args.router,
-        "gamma": args.gamma,
-        "top_p": args.top_p,
-        "pair": "tiny" if args.tiny else "demo",
-        "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "queue_batches": queue_engine._queue.batches_run if queue_engine._queue else None,
     }
-    Path(args.out).write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
-    print(f"wrote {args.out}")
+    if args.engine_root is not None:  # the child process of --compare: report and exit
+        print(json.dumps(run_scenarios(args)))
+        return
+    engines = {"new": None}
+    if args.compare:
+        engines = {f"old ({args.compare})": worktree(args.compare), "new": None}
+    for label, root in engines.items():
+        print(f"{label} engine:")
+        if root is None:
+            rows = run_scenarios(args)
+        else:
+            env = {**os.environ, "PYTHONPATH": str(root)}
+            cmd = [sys.executable, __file__, *sys.argv[1:], "--engine-root", str(root)]
+            cmd = [c for i, c in enumerate(cmd) if not (cmd[i - 1] == "--compare" or c == "--compare")]
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+            print("\n".join(line for line in done.stdout.splitlines()[:-1]))
+            rows = json.loads(done.stdout.splitlines()[-1])
+        result[label] = rows
+    print()
+    for label in engines:
+        print(render(f"{label} engine", result[label]))
+        print()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -89,11 +89,13 @@ VARIANTS = [
 
 
 #: Llama-style configs for the GPU runs (random weights): (hidden, layers, heads, kv heads,
-#: MLP width, vocabulary). "mini" is a CPU smoke-test size with the same code path.
+#: MLP width, vocabulary). "mini" is a CPU smoke-test size with the same code path; "mid"
+#: (8 layers x 512 hidden) the CPU size of benchmarks/bench_concurrency.py.
 ARCHS = {
     "llama-1b": (2048, 16, 32, 8, 8192, 128256),
     "llama-8b": (4096, 32, 32, 8, 14336, 128256),
     "mini": (256, 4, 8, 2, 768, 32000),
+    "mid": (512, 8, 8, 2, 1536, 32000),
 }
 
 

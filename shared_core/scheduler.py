@@ -138,8 +138,9 @@ class Scheduler:
         self._batch: list[RowRef] = []
         self._thread: threading.Thread | None = None
         self._closed = False
-        #: steps run, requests admitted and finished, and most rows in one step so far
+        #: steps run, rows over all steps, requests admitted and finished, most rows in a step
         self.steps = 0
+        self.row_steps = 0
         self.admitted = 0
         self.finished = 0
         self.peak_rows = 0
@@ -240,6 +241,7 @@ class Scheduler:
             return True
         self._set_batch(rows)
         self.steps += 1
+        self.row_steps += len(rows)
         self.peak_rows = max(self.peak_rows, len(rows))
         self._apply(rows, output)
         return True

@@ -13,7 +13,7 @@ SHARE_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 class _EngineQueueCollector:
-    """Exports the engine request queue's counters (merged decodes and requests in them)."""
+    """Exports the engine scheduler's counters: steps, the rows they carried, requests."""
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
@@ -21,21 +21,36 @@ class _EngineQueueCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        queue = getattr(self.engine, "_queue", None)
-        batches = getattr(queue, "batches_run", 0)
-        requests = getattr(queue, "requests_run", 0)
+        scheduler = getattr(self.engine, "_scheduler", None)
+        steps = getattr(scheduler, "steps", 0)
+        row_steps = getattr(scheduler, "row_steps", 0)
         yield CounterMetricFamily(
-            "baco_engine_batches", "Batched decodes run by the engine's request queue", batches
+            "baco_engine_steps", "Decode steps run by the engine's scheduler", steps
         )
         yield CounterMetricFamily(
-            "baco_engine_batched_requests",
-            "Requests decoded by the engine's request queue (over batches: mean batch size)",
-            requests,
+            "baco_engine_row_steps",
+            "Rows decoded over all steps (over steps: the mean batch size)",
+            row_steps,
+        )
+        yield CounterMetricFamily(
+            "baco_engine_requests",
+            "Requests admitted into the running batch (generate and stream)",
+            getattr(scheduler, "admitted", 0),
         )
         yield GaugeMetricFamily(
-            "baco_engine_mean_batch_size",
-            "Mean requests per batched decode since start",
-            requests / batches if batches else 0.0,
+            "baco_engine_mean_batch_rows",
+            "Mean rows per decode step since start",
+            row_steps / steps if steps else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "baco_engine_running_rows",
+            "Rows in the running batch now",
+            getattr(scheduler, "running_rows", 0),
+        )
+        yield GaugeMetricFamily(
+            "baco_engine_waiting_requests",
+            "Requests waiting for room in the batch",
+            getattr(scheduler, "waiting", 0),
         )
 
 

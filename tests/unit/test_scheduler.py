@@ -107,7 +107,7 @@ def test_a_new_request_gets_its_first_token_within_its_prefill_and_two_steps(tin
     arrived = scheduler.steps
 
     def newcomer() -> None:
-        for event in engine.stream(PROMPTS[1], max_new_tokens=4, seed=3):
+        for _event in engine.stream(PROMPTS[1], max_new_tokens=4, seed=3):
             first.append(scheduler.steps)
             break
 

@@ -195,10 +195,14 @@ def test_metrics_count_requests_tokens_and_batches(server: LiveServer) -> None:
     assert added("baco_prompt_tokens_total") == reply.usage.prompt_tokens > 0
     assert added("baco_base_share_count") == 2  # one observation per sample
     assert added("baco_request_rows_count") == 1 and added("baco_request_rows_sum") == 2
-    assert added("baco_engine_batches_total") == 1
-    assert added("baco_engine_batched_requests_total") == 1
-    assert after["baco_engine_mean_batch_size"] == pytest.approx(
-        after["baco_engine_batched_requests_total"] / after["baco_engine_batches_total"]
+    assert added("baco_engine_requests_total") == 1
+    steps = added("baco_engine_steps_total")
+    assert 1 <= steps <= 8  # at most max_tokens steps
+    assert added("baco_engine_row_steps_total") == pytest.approx(
+        reply.usage.completion_tokens, abs=2
+    )  # the request's two rows, one token per step each (an end token is a step too)
+    assert after["baco_engine_mean_batch_rows"] == pytest.approx(
+        after["baco_engine_row_steps_total"] / after["baco_engine_steps_total"]
     )
     assert after["baco_queue_depth"] == 0
 
