@@ -647,8 +647,9 @@ def format_task_table(summary: Mapping[str, Mapping[str, Mapping[str, float]]]) 
             cells = [f"{m[c]:.2f}" for c, _ in cols]
             share = m.get("base_share")
             share_text = "–" if share is None or math.isnan(share) else f"{share:.2f}"
+            label = key.replace("|gamma=", " γ=").replace("|", " ")  # no table separators
             lines.append(
-                f"| {key} | {m['n_prompts']} | " + " | ".join(cells) + f" | {share_text} |"
+                f"| {label} | {m['n_prompts']} | " + " | ".join(cells) + f" | {share_text} |"
             )
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"

@@ -149,7 +149,7 @@ def test_table_and_summary(tmp_path):
     assert summary["tools"]["aligned|T=1"]["right_args"] == 1.0
     assert summary["tools"]["base|T=1"]["parsed"] == 0.0
     table = (folder / "summary.md").read_text()
-    assert table.index("aligned|T=1") < table.index("base|T=1")
+    assert table.index("| aligned T=1 |") < table.index("| base T=1 |")
 
 
 def test_run_tasks_on_the_tiny_pair(tmp_path):
