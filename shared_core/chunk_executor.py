@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .executors import RowRef, StepOutput, StepPlan, batch_rules, new_rows
+from .executors import RowRef, StepOutput, StepPlan, batch_rules, new_rows, seam_input
 from .remote import dense_logits
 from .remote_client import Proposal, RemoteServerError, TopLogprobs
 from .rows import Scores
@@ -193,13 +193,15 @@ class ChunkExecutor:
         return text.base, [*extra, first, *tokens[1:]]
 
     def _base_form(self, text: _RowText, token: int) -> tuple[int, list[int]]:
-        """``(token, [space slot])`` the base model reads for an aligned token."""
+        """``(token, [space slot])`` the base model reads for an aligned token (the rule of
+        :func:`~shared_core.executors.seam_input`, which token mode applies too)."""
         if not text.seam or text.steps != 0:
             return token, []
-        spaced, needs_space = self.vocab.after_space(torch.tensor([token]))
-        if bool(needs_space[0]) and self.vocab.space_id is not None:
+        flag = torch.tensor([True])
+        base_token, space = seam_input(self.vocab, torch.tensor([token]), ~flag, flag, flag)
+        if space is not None and bool(space[0]):
             return token, [self.vocab.space_id]
-        return int(spaced[0]), []
+        return int(base_token[0]), []
 
     def _append(self, text: _RowText, token: int, from_base: bool) -> None:
         if from_base or text.single == "aligned":
