@@ -6,8 +6,9 @@ calls on the engine from as many threads. Every client sends one request for one
 its own prompt with its own seed; all clients start together. Two request kinds:
 
   stream     SSE streaming (``engine.stream`` in-process): time to first token is measured
-  generate   one JSON reply (``engine.generate`` in-process; concurrent calls are batched by
-             the engine's request queue): latency only
+  generate   one JSON reply (``engine.generate`` in-process): latency only
+
+Both kinds, on both sides, are continuously batched by the engine's scheduler.
 
 Each configuration runs ``--repeats`` times per side in ABBA order (in-process, server,
 server, in-process, ...), so a machine load that drifts during the run favours neither side.

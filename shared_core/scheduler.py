@@ -75,6 +75,9 @@ class Request:
         self.cancel = cancel or threading.Event()
         self.tokens_per_row = tokens_per_row
         self.steps = 0
+        #: the scheduler's step count when this request was queued and at its first token
+        self.queued_at: int | None = None
+        self.first_token_at: int | None = None
         self.finished_rows = 0
         self.error: BaseException | None = None
         self.done = threading.Event()
@@ -153,6 +156,7 @@ class Scheduler:
         with self._cond:
             if self._closed:
                 raise EngineClosed("the engine is closed")
+            request.queued_at = self.steps
             self._waiting.append(request)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
@@ -340,6 +344,8 @@ class Scheduler:
                 )
                 continue
             book = request.book
+            if request.first_token_at is None:
+                request.first_token_at = self.steps
             scores = None if output.scores is None else output.scores[position]
             for j, token in enumerate(output.tokens[position]):
                 if book.finished(ref.row):
