@@ -74,7 +74,7 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 #: Most blocking calls in flight at once. asyncio's default executor allows only
 #: ``cpu_count + 4`` (6 on a 2-core machine), which would hold the rest back in its own queue
-#: instead of letting the engine's request queue batch them.
+#: instead of letting the engine's scheduler batch them.
 MAX_CONCURRENT_CALLS = 64
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()

@@ -1,7 +1,7 @@
 """Grammar-constrained decoding: JSON-schema output and tool calls, with llguidance.
 
 A :class:`Constraint` is a compiled grammar plus a canonical key (two requests with the same
-schema compare equal, so the request queue may merge them). During a decode every constrained
+schema compare equal). During a decode every constrained
 row owns an ``llguidance.LLMatcher``; :class:`RowMatchers` fills one packed bitmask of allowed
 tokens for all rows on the host each step (the fill releases the GIL), unpacks it into one
 boolean tensor on the model's device, and advances each row's matcher with its chosen token.

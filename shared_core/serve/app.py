@@ -1,10 +1,10 @@
 """The FastAPI app of ``baco serve``: OpenAI's chat and text completion endpoints.
 
-Requests run the blocking engine in worker threads (:mod:`shared_core.aio`), so concurrent
-non-streamed requests with the same settings reach the engine's request queue together and
-are decoded as one batch. A stream is its own decode; when its client disconnects (or the
-server's graceful-shutdown timeout passes) the response task is cancelled, which closes the
-engine iterator and stops those rows, while other requests continue.
+Requests run the blocking engine calls in worker threads (:mod:`shared_core.aio`); every
+request, streamed or not, joins the engine scheduler's running batch (continuous batching).
+When a client disconnects (or the server's graceful-shutdown timeout passes) the response task
+is cancelled, which closes the engine iterator and stops those rows at the next step, while
+other requests continue.
 """
 
 from __future__ import annotations
