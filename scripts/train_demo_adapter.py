@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--data",
         type=Path,
-        required=True,
+        default=None,
         help="Alpaca data (instruction/input/output records) as a JSON list or JSON lines: "
         "alpaca_data.json from github.com/tatsu-lab/stanford_alpaca or an export of "
         "tatsu-lab/alpaca from the Hugging Face Hub (CC BY-NC 4.0); relative paths are "
@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=None,
         help="train on N records drawn at random (with --seed) from --data; default: all "
-        "(the shipped adapter used a 5000-record subset)",
+        "(the first SFT used a 5000-record subset); 0: none, only --task-data",
     )
     p.add_argument(
         "--task-data",
@@ -145,6 +145,8 @@ def load_records(path: Path, sample: int | None = None, seed: int = 0) -> list[d
             raise ValueError(f"{path}: record {number} has no 'instruction' string")
         if not isinstance(rec.get("output"), str):
             raise ValueError(f"{path}: record {number} has no 'output' string")
+    if sample == 0:
+        return []  # task data only (--task-data)
     if sample is not None:
         if not 1 <= sample <= len(records):
             raise ValueError(f"--sample must be in [1, {len(records)}], got {sample}")
@@ -330,10 +332,12 @@ def main(argv: list[str] | None = None) -> None:
     model.print_trainable_parameters()
     model.train()
 
-    data_path = _resolve(args.data)
-    records = load_records(data_path, args.sample, args.seed)
+    if args.data is None and not args.task_data:
+        raise SystemExit("nothing to train on: give --data and/or --task-data")
+    data_path = _resolve(args.data) if args.data is not None else None
+    records = load_records(data_path, args.sample, args.seed) if data_path else []
     examples = build_examples(records, tokenizer, args.max_length)
-    print(f"{len(examples)} examples from {data_path} (max_length={args.max_length})")
+    print(f"{len(examples)} Alpaca examples from {data_path} (max_length={args.max_length})")
     repeat = {
         kind: int(n)
         for kind, n in (part.split("=") for part in args.task_repeat.split(",") if part)
@@ -410,7 +414,7 @@ def main(argv: list[str] | None = None) -> None:
         "wall_time_s": round(wall, 1),
         "final_loss_last_window": round(sum(r["loss"] for r in last) / len(last), 4),
     }
-    summary["args"]["task_data"] = [str(p) for p in args.task_data]
+    summary["args"]["task_data"] = [p.name for p in args.task_data]
     for key in ("output", "data", "base", "init_adapter"):
         value = getattr(args, key)
         if value is not None:
