@@ -358,22 +358,30 @@ class BacoEngine:
         *,
         rows: Sequence[int] = (1,),
         lengths: Sequence[int] = (LENGTH_BUCKET,),
+        freeze: bool = True,
         **options: Any,
     ) -> int:
-        """Compile (and on CUDA capture) the graph path's step ahead of use, for decodes of
+        """Compile (and on CUDA capture) the graph path's step ahead of use, for batches of
         ``options`` (router, sampling knobs: those of the requests to come) with each number
-        of ``rows`` (prompts × ``n``) and cache length in ``lengths`` (prompt + new tokens;
-        see :func:`~shared_core.graph.length_bucket`). Returns the number of steps built;
-        nothing to do (0) when the graph path is off."""
+        of ``rows`` (batch rows) and cache length in ``lengths`` (prompt + new tokens; see
+        :func:`~shared_core.graph.length_bucket`), as vLLM captures its batch sizes at start.
+        With ``freeze`` (default) no other shape is ever compiled afterwards: a batch of
+        another shape runs on the eager executor, so no request waits behind a compile (call
+        ``warmup`` again to add shapes). Returns the number of steps built; nothing to do (0)
+        when the graph path is off."""
         if not self._graph_wanted():
             return 0
         executor = self.scheduler.executor
         before = self._graphs.builds
         params = self.params(**options)
         prompt = self.prepare("Hi", params=params)
-        for count in rows:
-            for length in lengths:
-                executor.warm(self, prompt, params, count, length)  # type: ignore[attr-defined]
+        self._graphs.frozen = False
+        try:
+            for count in rows:
+                for length in lengths:
+                    executor.warm(self, prompt, params, count, length)  # type: ignore[attr-defined]
+        finally:
+            self._graphs.frozen = freeze
         return self._graphs.builds - before
 
     # ------------------------------------------------------------------ model work

@@ -105,6 +105,36 @@ def _graph_model_reason(model: Any, columns: int) -> str | None:
     return None
 
 
+def _hub_kernel_wrapper(forward: Any) -> Any:
+    """The forward a ``kernels`` hub-layer wrapper (``use_kernel_forward_from_hub``) wraps,
+    or ``None`` when ``forward`` is not such a wrapper."""
+    code = getattr(forward, "__code__", None)
+    wrapped = getattr(forward, "__wrapped__", None)
+    where = "" if code is None else code.co_filename.replace("\\", "/")
+    return wrapped if "/kernels/" in where and wrapped is not None else None
+
+
+def plain_forwards(model: Any) -> int:
+    """Give every layer of ``model`` whose class forward is the ``kernels`` package's hub-layer
+    dispatch wrapper its plain forward, as an instance attribute; returns how many.
+
+    transformers decorates its layers with those wrappers whenever ``kernels`` is installed.
+    Each call sets and resets a context variable that routes function-level kernels
+    (``use_kernelized_func``) to the model's own copies; tracing that under ``torch.compile``
+    failed with ``SpeculationLogDivergence`` while another thread ran the same layers, so a
+    compile fell back to the eager executor for good. Without the wrapper those functions
+    run their torch implementation (what the compiled step wants: the compiler fuses them);
+    module-level kernels that kernelization set on a layer itself are kept."""
+    inner = _unwrap(model)
+    changed = 0
+    for module in inner.modules():
+        plain = _hub_kernel_wrapper(type(module).forward)
+        if plain is not None and "forward" not in module.__dict__:
+            module.forward = types.MethodType(plain, module)
+            changed += 1
+    return changed
+
+
 @dataclass
 class _ModelBuffers:
     """One model's static cache and the fixed-address tensors its forward reads.
@@ -351,6 +381,9 @@ class GraphRunner:
             m.model.adapter_context for m in layouts.values() if hasattr(m.model, "adapter_context")
         ]
         self._configs = [_unwrap(m.model).config for m in layouts.values()]
+        if backend != "eager":
+            for layout in layouts.values():
+                plain_forwards(layout.model)
         model = next(iter(layouts.values())).model
         self.cache_arg = _cache_argument(type(_unwrap(model).get_decoder()).forward)
         state, cache_arg = self.state, self.cache_arg
@@ -537,12 +570,12 @@ class GraphCache:
     each.
 
     A key's first runner is built (compiled, and captured on CUDA) by :meth:`get`: on a
-    background thread while that decode goes on in the eager loop, or in the caller with
-    ``wait=True``; either way outside the engine's lock, so decodes on built shapes keep
-    going. At most ``max_free`` idle runners are kept (least recently used go first; each
-    holds static KV caches); :meth:`release_idle` frees them under memory pressure. Keys
-    whose build failed are remembered, so later decodes take the eager loop at once; an
-    out-of-memory is not remembered (the build is tried again later).
+    background thread while the batch goes on on the eager executor, or in the caller with
+    ``wait=True``. Once :attr:`frozen` (after a warm-up) keys that were not built are never
+    compiled: no request waits behind a compile. At most ``max_free`` idle runners are kept
+    (least recently used go first; each holds static KV caches); :meth:`release_idle` frees
+    them under memory pressure. Keys whose build failed are remembered, so later batches stay
+    eager at once; an out-of-memory is not remembered (the build is tried again later).
     """
 
     def __init__(self, max_free: int = 4) -> None:
@@ -551,7 +584,11 @@ class GraphCache:
         self._failed: dict[Any, str] = {}
         self._building: dict[Any, threading.Event] = {}
         self._pool: Any = None
+        self._built: set[Any] = set()
         self.max_free = max_free
+        #: after a warm-up (:meth:`~shared_core.engine.BacoEngine.warmup`): shapes not built
+        #: then are never compiled, they run on the eager executor
+        self.frozen = False
         #: runners built so far (each compiled, and captured on CUDA, once)
         self.builds = 0
 
@@ -583,6 +620,8 @@ class GraphCache:
             runner = self._take(key)
             if runner is not None or key in self._failed:
                 return runner
+            if self.frozen and key not in self._built:
+                return None  # outside the warmed set: eager, never a compile on the way
             pending = self._building.get(key)
             mine = pending is None
             if mine:
@@ -592,12 +631,13 @@ class GraphCache:
             self._done_building(key, pending)
             return runner
         if mine:
-            # a daemon thread: a compile still running when the process exits is abandoned
+            # not a daemon: the interpreter waits for a compile running at exit (a daemon
+            # thread killed inside the compiler aborted the process, exit code 134)
             threading.Thread(
                 target=self._build_in_background,
                 args=(key, build, pending),
                 name="baco-graph-build",
-                daemon=True,
+                daemon=False,
             ).start()
             return None
         if not wait:
@@ -633,6 +673,7 @@ class GraphCache:
             return None
         with self._lock:
             self.builds += 1
+            self._built.add(key)
         return runner
 
     def _done_building(self, key: Any, pending: threading.Event) -> None:

@@ -23,6 +23,7 @@ needs, which routers the batch holds) is part of the runner's key.
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
@@ -114,6 +115,8 @@ class GraphExecutor:
         self.wait = self.options.graph_wait
         self.taken = 0  # batches the graph path ran (for tests and metrics)
         self.declined: tuple[int, ...] | None = None  # the batch the graph path last declined
+        #: batches kept on the eager executor, by reason (each reason logged once at INFO)
+        self.fallbacks: collections.Counter[str] = collections.Counter()
 
     # ------------------------------------------------------------------ the interface
 
@@ -158,7 +161,7 @@ class GraphExecutor:
         columns = max(s.mask.shape[1] for s in states.states.values()) + max(remaining, 1) + 1
         reason = batch_fallback_reason(eager, plan, columns)
         if reason is not None:
-            logger.debug("baco: eager decode instead of the graph path: %s", reason)
+            self._fell_back(reason)
             return False
         rules, index = batch_rules(plan.rows, eager.vocab, eager.pad_id, static_shapes=True)
         runner = self._runner(rules, states, len(plan.rows), columns)
@@ -218,11 +221,25 @@ class GraphExecutor:
 
         runner = self.graphs.get(key, build, wait=self.wait)
         if runner is None:
-            reason = self.graphs.failure(key) or "its step is being compiled"
-            logger.debug("baco: no graph runner for a %s-row bucket: %s", bucket, reason)
+            reason = self.graphs.failure(key)
+            if reason is not None:
+                reason = f"its step failed to compile: {reason}"
+            elif self.graphs.frozen:
+                reason = "a shape outside the warmed set (BacoEngine.warmup)"
+            else:
+                reason = "its step is being compiled"
+            self._fell_back(f"no graph runner for a {bucket}-row bucket: {reason}")
             return None
         self._key_of[id(runner)] = key
         return runner
+
+    def _fell_back(self, reason: str) -> None:
+        """Count a batch kept on the eager executor; log each kind of reason once."""
+        kind = reason.split(":")[0].split(" (")[0]
+        first = kind not in self.fallbacks
+        self.fallbacks[kind] += 1
+        log = logger.info if first else logger.debug
+        log("baco: eager decode instead of the graph path: %s", reason)
 
     def _release(self) -> None:
         if self.runner is not None:

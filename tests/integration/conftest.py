@@ -52,7 +52,8 @@ class LoopProbe:
             self._ticked.clear()
             self._want_tick.set()
             if not self._ticked.wait(self.timeout):
-                self.unanswered.append(signals.step)
+                step = signals.step  # a [rows] tensor: the rows' own steps
+                self.unanswered.append(int(step.reshape(-1)[0]) if torch.is_tensor(step) else step)
         self.ticks_at_step.append(self.ticks)
         return torch.zeros_like(signals.p_base, dtype=torch.bool)
 

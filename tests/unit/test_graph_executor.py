@@ -5,6 +5,10 @@ the batch handed back to the eager executor when rows join."""
 from __future__ import annotations
 
 import gc
+import importlib.util
+import logging
+import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -55,7 +59,7 @@ def test_a_decode_on_a_compiled_shape_finishes_while_another_shape_compiles(tiny
     engine = _engine(tiny_pair)  # graph_wait off: new shapes build in the background
     eager = _engine(tiny_pair, graph=False)
     options = {"router": "p-punc", "n": 2, "max_new_tokens": 20}
-    assert engine.warmup(rows=[2], **options) == 1
+    assert engine.warmup(rows=[2], freeze=False, **options) == 1
     runs = _runs(monkeypatch)
     compiling, release = threading.Event(), threading.Event()
     prepare = GraphRunner.prepare
@@ -271,3 +275,72 @@ def test_rows_joining_a_graph_batch_hand_it_back_and_keep_every_sample(tiny_pair
     assert [e.generation.token_ids for e in finals] == [g.token_ids for g in expected]
     assert _summary(joined) == _summary(eager.generate(PROMPTS[1], **short))
     assert executor.taken > taken  # handed back for the join, then taken again
+
+
+def test_after_a_warm_up_other_shapes_run_eager_and_nothing_compiles(tiny_pair, caplog):
+    """No request waits behind a compile: once warmed up (and frozen), a batch of another
+    shape runs on the eager executor with the same samples, no build starts, and the
+    fallback is counted by reason."""
+    engine = _engine(tiny_pair, batch_requests=True)
+    eager = _engine(tiny_pair, graph=False)
+    assert engine.warmup(rows=[2], n=2, max_new_tokens=20) == 1
+    options = {"n": 8, "max_new_tokens": 20, "seed": 5}  # an 8-row bucket: not warmed
+    with caplog.at_level(logging.INFO, logger="shared_core"):
+        got = engine.generate(PROMPTS[0], **options)
+    assert _summary(got) == _summary(eager.generate(PROMPTS[0], **options))
+    assert engine._graphs.builds == 1 and not engine._graphs._building
+    assert "outside the warmed set" in caplog.text
+    assert engine.scheduler.executor.fallbacks["no graph runner for a 8-row bucket"] >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("kernels") is None,
+    reason="checks the compiled step beside transformers' `kernels` hub-layer wrappers",
+)
+def test_steps_compile_with_kernels_installed_while_a_warm_request_runs(tiny_pair, monkeypatch):
+    """With ``kernels`` installed (transformers wraps the attention layers in its hub-layer
+    dispatch), a new shape compiles with ``aot_eager`` while a request on a compiled shape
+    runs its layers on another thread: no compile fails, and both give the eager samples."""
+    engine = _engine(tiny_pair, graph_backend="aot_eager", batch_requests=True)
+    eager = _engine(tiny_pair, graph=False)
+    warm = {"n": 1, "max_new_tokens": 60, "min_new_tokens": 60, "seed": 3}
+    assert engine.warmup(rows=[1], freeze=False, max_new_tokens=60, min_new_tokens=60) == 1
+    runs = _runs(monkeypatch)
+    results: list = []
+    worker = threading.Thread(target=lambda: results.append(engine.generate(PROMPTS[1], **warm)))
+    worker.start()
+    assert _wait_for(lambda: runs)  # the warm request is on the graph path
+    # a new bucket: it joins, the batch goes back to the eager executor, and the new shape
+    # compiles on a background thread while the models run on the scheduler's
+    cold = {"n": 4, "max_new_tokens": 30, "seed": 4}
+    got_cold = engine.generate(PROMPTS[0], **cold)
+    worker.join(300)
+    assert _wait_for(lambda: not engine._graphs._building, 300)
+    assert engine._graphs._failed == {}  # no SpeculationLogDivergence, no fallback for good
+    assert engine._graphs.builds == 2
+    assert _summary(results[0]) == _summary(eager.generate(PROMPTS[1], **warm))
+    assert _summary(got_cold) == _summary(eager.generate(PROMPTS[0], **cold))
+
+
+@pytest.mark.slow
+def test_a_process_that_compiles_in_the_background_exits_cleanly(tiny_pair_paths):
+    """A process whose last request left a compile running on a background thread waits for
+    it and exits 0 (a daemon build thread killed inside the compiler aborted the process with
+    "terminate called without an active exception", exit code 134)."""
+    base, aligned = tiny_pair_paths
+    script = f"""
+from shared_core import BacoEngine, ModelPair
+from shared_core.engine import DecodeOptions
+pair = ModelPair.from_pretrained({str(base)!r}, {str(aligned)!r})
+options = DecodeOptions(graph=True, graph_backend="aot_eager")
+engine = BacoEngine(pair, options=options)
+engine.generate("Name a color.", n=2, max_new_tokens=12, seed=0)
+assert engine._graphs._building, "a background compile is running at exit"
+print("done")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "done" in done.stdout and "terminate called" not in done.stderr
