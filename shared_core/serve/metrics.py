@@ -52,6 +52,15 @@ class _EngineQueueCollector:
             "Requests waiting for room in the batch",
             getattr(scheduler, "waiting", 0),
         )
+        fallbacks = CounterMetricFamily(
+            "baco_graph_fallbacks",
+            "Batches the graph path left on the eager executor, by reason",
+            labels=["reason"],
+        )
+        counts = getattr(getattr(scheduler, "executor", None), "fallbacks", None) or {}
+        for reason, count in sorted(counts.items()):
+            fallbacks.add_metric([reason], count)
+        yield fallbacks
 
 
 class ServeMetrics:

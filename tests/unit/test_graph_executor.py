@@ -344,3 +344,14 @@ print("done")
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "done" in done.stdout and "terminate called" not in done.stderr
+
+
+def test_graph_fallbacks_reach_the_metrics(tiny_pair):
+    pytest.importorskip("prometheus_client", reason="the serve extra exports /metrics")
+    from shared_core.serve.metrics import ServeMetrics
+
+    engine = _engine(tiny_pair, batch_requests=True)
+    engine.generate(PROMPTS[1], n=2, max_new_tokens=6, seed=0, logprobs=1)
+    text = ServeMetrics(engine).render()[0].decode()
+    line = next(x for x in text.splitlines() if x.startswith("baco_graph_fallbacks_total{"))
+    assert 'reason="log-probabilities requested"' in line and float(line.split()[-1]) >= 1
