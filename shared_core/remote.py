@@ -1,7 +1,8 @@
 """A BACO pair whose models live behind two OpenAI-compatible completion servers (vLLM).
 
-:class:`RemotePair` stands in for a :class:`~shared_core.pair.ModelPair` in
-:class:`~shared_core.engine.BacoEngine`: the tokenizer is loaded locally, so chat templates,
+:class:`RemotePair` is a pair backend (:mod:`shared_core.backends`) of
+:class:`~shared_core.engine.BacoEngine`, like a local :class:`~shared_core.pair.ModelPair`:
+it says what it can do and opens the rows' states. The tokenizer is loaded locally, so chat templates,
 vocabulary tables, word boundaries, stop strings and detokenisation are the engine's own;
 only next-token distributions come from the servers, as top-k log-probabilities.
 
@@ -25,7 +26,7 @@ Two modes (``mode=``):
     ``2 / accepted tokens`` requests per token instead of 2.
 
 The engine's HTTP work runs on one event-loop thread per pair (``httpx``, pooled
-connections); decodes wait on it without holding the engine lock.
+connections); the scheduler's thread waits on it.
 """
 
 from __future__ import annotations
