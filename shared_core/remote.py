@@ -2,8 +2,8 @@
 
 :class:`RemotePair` is a pair backend (:mod:`shared_core.backends`) of
 :class:`~shared_core.engine.BacoEngine`, like a local :class:`~shared_core.pair.ModelPair`:
-it says what it can do and opens the rows' states. The tokenizer is loaded locally, so chat templates,
-vocabulary tables, word boundaries, stop strings and detokenisation are the engine's own;
+it says what it can do and opens the rows' states. The tokenizer is loaded locally, so chat
+templates, vocabulary tables, word boundaries, stop strings and detokenisation are the engine's own;
 only next-token distributions come from the servers, as top-k log-probabilities.
 
 Two modes (``mode=``):
