@@ -139,6 +139,7 @@ class Scheduler:
         self._cond = threading.Condition()
         self._waiting: deque[Request] = deque()
         self._batch: list[RowRef] = []
+        self._joining: list[Request] = []  # admitted, not yet in the batch
         self._thread: threading.Thread | None = None
         self._closed = False
         #: steps run, rows over all steps, requests admitted and finished, most rows in a step
@@ -186,8 +187,18 @@ class Scheduler:
 
     def _run(self) -> None:
         try:
-            while self._iterate():
-                pass
+            while True:
+                try:
+                    if not self._iterate():
+                        break
+                except Exception as exc:  # host work outside the step failed (a bug)
+                    logger.exception("baco: the scheduler's loop failed; failing its batch")
+                    requests = [r.request for r in self._batch] + self._joining
+                    for request in {id(r): r for r in requests}.values():
+                        request.finish(exc)
+                    self._joining = []
+                    self.executor.reset()
+                    self._set_batch([])
         finally:
             error = EngineClosed("the engine is closed")
             with self._cond:
@@ -204,6 +215,7 @@ class Scheduler:
             if self._closed:
                 return False
             admitted = self._take_admissible()
+        self._joining = admitted
         failed = self.executor.admit(admitted) if admitted else {}
         joins = []
         for request in admitted:
@@ -244,6 +256,7 @@ class Scheduler:
             self._set_batch([])
             return True
         self._set_batch(rows)
+        self._joining = []
         self.steps += 1
         self.row_steps += len(rows)
         self.peak_rows = max(self.peak_rows, len(rows))

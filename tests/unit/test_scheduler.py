@@ -262,3 +262,17 @@ def test_a_closed_engine_fails_waiting_requests_and_reopens(tiny_pair):
     engine.generate(PROMPTS[1], max_new_tokens=2, seed=0)
     engine.close()
     assert len(engine.generate(PROMPTS[1], max_new_tokens=2, seed=0)[0]) == 1
+
+
+def test_a_failure_outside_the_step_fails_the_batch_and_the_loop_goes_on(tiny_pair, monkeypatch):
+    engine = BacoEngine(tiny_pair)
+    scheduler = engine.scheduler
+
+    def broken(rows):
+        raise RuntimeError("host bug")
+
+    monkeypatch.setattr(scheduler, "_allowed", broken)
+    with pytest.raises(RuntimeError, match="host bug"):
+        engine.generate(PROMPTS[0], max_new_tokens=4, seed=0)
+    monkeypatch.undo()
+    assert len(engine.generate(PROMPTS[0], max_new_tokens=4, seed=0)[0]) == 1
