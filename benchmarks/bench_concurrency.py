@@ -236,7 +236,8 @@ def main() -> None:
         else:
             env = {**os.environ, "PYTHONPATH": str(root)}
             cmd = [sys.executable, __file__, *sys.argv[1:], "--engine-root", str(root)]
-            cmd = [c for i, c in enumerate(cmd) if not (cmd[i - 1] == "--compare" or c == "--compare")]
+            skip = {i for i, c in enumerate(cmd) if c == "--compare"}
+            cmd = [c for i, c in enumerate(cmd) if i not in skip and i - 1 not in skip]
             done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
             print("\n".join(line for line in done.stdout.splitlines()[:-1]))
             rows = json.loads(done.stdout.splitlines()[-1])
