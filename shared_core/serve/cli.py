@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -61,8 +62,15 @@ def add_serve_parser(
         default=None,
         metavar="ROWS",
         help="before listening (so /health answers only when ready), compile the GPU graph "
-        "path's step for these row counts (prompts x n; default 1,2,4,8) and each "
-        "--warmup-lengths, with the default router and sampling settings; nothing to do on CPU",
+        "path's step for these batch row counts (default 1,2,4,8; without the flag, when "
+        "the graph path is on, every batch bucket up to 64 rows) and each --warmup-lengths, "
+        "with the default router and sampling settings; other shapes then run eager, never "
+        "a compile on a request's way; nothing to do on CPU",
+    )
+    serve.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="skip the warm-up (new shapes then compile on a background thread)",
     )
     serve.add_argument(
         "--warmup-lengths",
@@ -183,10 +191,21 @@ def run_serve_command(args: argparse.Namespace, load_pair: Callable[[Any], Any])
     set_torch_threads(args.threads)
     print("loading the model pair...", file=sys.stderr, flush=True)
     engine = BacoEngine(load_pair(args))
-    if args.warmup is not None:
+    if not args.no_warmup and engine._graph_wanted():
+        from ..graph import BATCH_BUCKETS
+
+        if args.warmup is None:  # as vLLM captures its batch sizes before serving
+            cap = engine.options.max_batch_rows
+            args.warmup = ",".join(str(b) for b in BATCH_BUCKETS if b <= cap)
         rows, lengths = warmup_shapes(args)
+        start = time.monotonic()
         built = engine.warmup(rows=rows, lengths=lengths)
-        print(f"warm-up: {built} graph step(s) compiled", file=sys.stderr, flush=True)
+        seconds = time.monotonic() - start
+        print(
+            f"warm-up: {built} graph step(s) compiled in {seconds:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
     app = create_app(engine, **app_options(args))
     return serve_uvicorn(app, args.host, args.port, args.shutdown_timeout, args.log_level)
 
