@@ -106,9 +106,10 @@ def test_the_graph_path_decodes_with_one_token_attention(tiny_pair, monkeypatch)
         return original(module, query, *args, **kwargs)
 
     monkeypatch.setattr(decode_attention, "one_token_attention", spy)
-    engine = BacoEngine(
-        tiny_pair, options=DecodeOptions(batch_requests=False, graph=True, graph_backend="eager")
-    )
+    # graph_wait: the step is built in the decode, so no eager forward of another thread
+    # (which the switch leaves on sdpa, tested above) runs while the switch is on
+    options = DecodeOptions(graph=True, graph_backend="eager", graph_wait=True)
+    engine = BacoEngine(tiny_pair, options=options)
     engine.generate(["Name a color."], n=2, max_new_tokens=6, seed=0)
     assert calls and set(calls) == {1}  # every graph-step forward; the prompt stays sdpa
     assert tiny_pair.base.config._attn_implementation == "sdpa"  # restored afterwards
