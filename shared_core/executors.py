@@ -170,15 +170,24 @@ class EagerExecutor:
         self.states: Any = None
         self.rows: RowState | None = None
         self.pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
-        self.admitted: dict[int, tuple[Any, RowState]] = {}
+        #: admitted requests' states until they join: (states of their admission group, their
+        #: rows, their first row in that group, their row count)
+        self.admitted: dict[int, tuple[Any, RowState, int, int]] = {}
         self.rules: StepRules | None = None
         self.members: tuple[int, ...] = ()
         self.forwards = 0
         self.lazy: Any = None  # the aligned model's LazyState in a lazy one-row batch
 
     def accepts_joins(self) -> bool:
-        """Whether rows may join now (not while a lazy one-row batch runs)."""
-        return self.lazy is None
+        """Whether rows may join now: not while a lazy one-row batch runs, nor into caches
+        whose layers cannot be padded and joined (then requests run one at a time)."""
+        if self.lazy is not None:
+            return False
+        if self.states is None or not hasattr(self.states, "states"):
+            return True
+        from .backends import can_join
+
+        return can_join(self.states)
 
     # ------------------------------------------------------------------ admission
 
@@ -235,7 +244,7 @@ class EagerExecutor:
         for request in requests:
             count = len(request.prompts) * request.params.n
             rows = new_rows(request, self.pad_id, self.device)
-            self.admitted[request.id] = (states, rows, start, count)  # type: ignore[assignment]
+            self.admitted[request.id] = (states, rows, start, count)
             start += count
 
     # ------------------------------------------------------------------ the step
@@ -279,7 +288,7 @@ class EagerExecutor:
         groups: dict[int, list[tuple[Any, RowState, int, int]]] = {}
         for request in joins:
             entry = self.admitted.pop(request.id)
-            groups.setdefault(id(entry[0]), []).append(entry)  # type: ignore[arg-type]
+            groups.setdefault(id(entry[0]), []).append(entry)
         for entries in groups.values():
             states = entries[0][0]
             kept = [pos for _, _, start, count in entries for pos in range(start, start + count)]

@@ -35,19 +35,38 @@ MIXED = [
 ]
 
 
-def _summary(samples) -> list:
-    """Tokens, owners, finish and text exactly; log-probabilities to 4 decimals (a forward's
-    float rounding depends on the batch's shape)."""
-    return [
+class _Samples(list):
+    """A request's samples: tokens, owners, finish and text compared exactly; log-probabilities
+    to 1e-4 (a forward's float rounding depends on the batch's shape)."""
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, list) or len(self) != len(other):
+            return False
+        for (*mine, my_lp), (*theirs, their_lp) in zip(self, other, strict=True):
+            if mine != theirs or (my_lp is None) != (their_lp is None):
+                return False
+            if my_lp is not None and [i for i, _ in my_lp] != [i for i, _ in their_lp]:
+                return False
+            if my_lp is not None and [p for _, p in my_lp] != pytest.approx(
+                [p for _, p in their_lp], abs=1e-4
+            ):
+                return False
+        return True
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _summary(samples) -> _Samples:
+    return _Samples(
         (
             g.token_ids,
             g.sources,
             g.finish_reason,
             g.text,
-            None if g.logprobs is None else [(e.token_id, round(e.logprob, 4)) for e in g.logprobs],
+            None if g.logprobs is None else [(e.token_id, e.logprob) for e in g.logprobs],
         )
         for g in samples
-    ]
+    )
 
 
 def _alone(pair, prompt, options) -> list:
