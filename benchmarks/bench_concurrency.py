@@ -103,35 +103,32 @@ def run_scenarios(args: argparse.Namespace) -> dict[str, Any]:
         out = engine.generate(texts, seed=1, **common)
         return sum(len(g.token_ids) for row in out for g in row)
 
-    def streams() -> int:
+    def concurrently(client) -> int:
+        """Run ``client(i)`` (returns its tokens) for every prompt at once; total tokens."""
         counts = [0] * len(texts)
-
-        def client(i: int) -> None:
-            for event in engine.stream(texts[i], seed=100 + i, **common):
-                if event.generation is not None:
-                    counts[i] = len(event.generation.token_ids)
-
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(len(texts))]
+        threads = [
+            threading.Thread(target=lambda i=i: counts.__setitem__(i, client(i)))
+            for i in range(len(texts))
+        ]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         return sum(counts)
+
+    def stream_client(i: int) -> int:
+        events = engine.stream(texts[i], seed=100 + i, **common)
+        return sum(len(e.generation.token_ids) for e in events if e.generation is not None)
+
+    def mixed_client(i: int) -> int:
+        out = engine.generate(texts[i], seed=200 + i, **MIXED[i % len(MIXED)])
+        return sum(len(g.token_ids) for g in out[0])
+
+    def streams() -> int:
+        return concurrently(stream_client)
 
     def mixed() -> int:
-        counts = [0] * len(texts)
-
-        def client(i: int) -> None:
-            options = MIXED[i % len(MIXED)]
-            out = engine.generate(texts[i], seed=200 + i, **options)
-            counts[i] = sum(len(g.token_ids) for g in out[0])
-
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(len(texts))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return sum(counts)
+        return concurrently(mixed_client)
 
     timed("one_call", one_call)
     timed("streams", streams)
