@@ -133,7 +133,7 @@ class BacoEngine:
             max_rows=self.options.max_batch_rows,
             batch_requests=self.options.batch_requests,
             joins=capabilities.joins,
-            fits=None if self.remote else self._check_fits,
+            fits=self._check_fits if self._holds_caches else None,
             device=self.pair.device,
         )
 
@@ -336,7 +336,7 @@ class BacoEngine:
 
     def _check_alone(self, prompts: list[PreparedPrompt], params: GenerationParams) -> None:
         """Refuse, eagerly and with advice, a request that cannot fit in memory even alone."""
-        if not self.remote:
+        if self._holds_caches:
             self._check_fits([self._request(prompts, params, [0] * len(prompts))])
 
     def _check_fits(self, requests: Sequence[Request]) -> None:
@@ -385,6 +385,12 @@ class BacoEngine:
         return self._graphs.builds - before
 
     # ------------------------------------------------------------------ model work
+
+    @property
+    def _holds_caches(self) -> bool:
+        """Whether the pair's KV caches live in this process (memory is checked before a
+        request joins); a remote pair's servers hold theirs."""
+        return hasattr(self.pair, "check_fits")
 
     @property
     def remote(self) -> bool:
