@@ -41,6 +41,8 @@ from .types import StreamEvent
 logger = logging.getLogger(__name__)
 
 _ids = itertools.count()
+#: How long the loop's thread waits for work before it ends (a new one starts on demand).
+IDLE_EXIT_SECONDS = 1.0
 
 
 class EngineClosed(RuntimeError):
@@ -200,18 +202,24 @@ class Scheduler:
                     self.executor.reset()
                     self._set_batch([])
         finally:
-            error = EngineClosed("the engine is closed")
-            with self._cond:
-                pending = list(self._waiting)
-                self._waiting.clear()
-            for request in pending + [ref.request for ref in self._batch]:
-                request.finish(error)
-            self._batch = []
+            if self._closed:
+                error = EngineClosed("the engine is closed")
+                with self._cond:
+                    pending = list(self._waiting)
+                    self._waiting.clear()
+                for request in pending + [ref.request for ref in self._batch]:
+                    request.finish(error)
+                self._batch = []
 
     def _iterate(self) -> bool:
         with self._cond:
             while not self._waiting and not self._batch and not self._closed:
-                self._cond.wait()
+                idle = not self._cond.wait(timeout=IDLE_EXIT_SECONDS)
+                if idle and not self._waiting and not self._batch and not self._closed:
+                    # the thread ends (the next submit starts another, under this lock), so
+                    # nothing keeps an engine nobody uses, and its models, alive
+                    self._thread = None
+                    return False
             if self._closed:
                 return False
             admitted = self._take_admissible()

@@ -295,3 +295,27 @@ def test_a_failure_outside_the_step_fails_the_batch_and_the_loop_goes_on(tiny_pa
         engine.generate(PROMPTS[0], max_new_tokens=4, seed=0)
     monkeypatch.undo()
     assert len(engine.generate(PROMPTS[0], max_new_tokens=4, seed=0)[0]) == 1
+
+
+def test_an_idle_engine_keeps_no_thread_and_is_freed(tiny_pair):
+    """The loop's thread ends when idle, so an engine nobody references is garbage collected
+    (with its executor's states), and a later call starts a new thread."""
+    import gc
+    import weakref
+
+    from shared_core import scheduler as scheduler_module
+
+    engine = BacoEngine(tiny_pair)
+    engine.generate(PROMPTS[1], max_new_tokens=2, seed=0)
+    deadline = time.monotonic() + scheduler_module.IDLE_EXIT_SECONDS + 10
+    while engine.scheduler._thread is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.scheduler._thread is None
+    assert len(engine.generate(PROMPTS[1], max_new_tokens=2, seed=0)[0]) == 1  # restarts
+    ref = weakref.ref(engine.scheduler)
+    del engine
+    deadline = time.monotonic() + scheduler_module.IDLE_EXIT_SECONDS + 10
+    while ref() is not None and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.05)
+    assert ref() is None
