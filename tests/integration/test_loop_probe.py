@@ -18,7 +18,7 @@ async def test_probe_passes_a_decode_in_a_worker_thread(tiny_engine, loop_probe)
 
 
 async def test_probe_catches_a_decode_on_the_event_loop(tiny_engine, loop_probe) -> None:
-    probe = loop_probe()
+    probe = loop_probe(timeout=0.2)  # the loop is blocked: each step gives up after 0.2 s
 
     async def decode_on_the_loop() -> None:  # the mistake: a blocking call inside a coroutine
         tiny_engine.generate("Hi", router=probe.router, **OPTIONS)
