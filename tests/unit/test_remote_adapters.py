@@ -142,8 +142,8 @@ def test_target_base_share_sets_gamma_on_a_remote_pair(fake_servers, tiny_pair_p
     from shared_core.calibration import gamma_for_base_share
 
     calibration = {"p-punc": {0.1: 0.1, 0.3: 0.4, 0.6: 0.8}}
-    llm = ChatBaco(**fields(fake_servers, tiny_pair_paths, target_base_share=0.4, calibration=None))
+    llm = ChatBaco(**fields(fake_servers, tiny_pair_paths, target_base_share=0.3, calibration=None))
     options = llm._engine_options(None, {"calibration": calibration})
-    assert options["gamma"] == pytest.approx(gamma_for_base_share("p-punc", 0.4, calibration))
+    assert options["gamma"] == pytest.approx(gamma_for_base_share("p-punc", 0.3, calibration))
     message = llm.invoke("Hi", seed=2, calibration=calibration)
     assert message.response_metadata["gamma"] == pytest.approx(options["gamma"])
