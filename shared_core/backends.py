@@ -50,6 +50,10 @@ class OpenRows:
     uses_base: Sequence[bool]
     uses_aligned: Sequence[bool]
 
+    def per_row(self, flags: Sequence[bool]) -> list[bool]:
+        """Per-prompt ``flags`` repeated for each prompt's samples (one per row)."""
+        return [f for f, r in zip(flags, self.repeats, strict=True) for _ in range(r)]
+
 
 class RowStates(Protocol):
     """The running rows' model states on one backend, in batch order."""
@@ -75,15 +79,25 @@ class RowStates(Protocol):
         """Append ``other``'s rows (opened by the same backend)."""
 
 
-def _index(flags: Sequence[bool]) -> list[int]:
+def used_rows(flags: Sequence[bool]) -> list[int]:
+    """Positions of the rows (or prompts) whose flag is set: a model's rows in batch order."""
     return [i for i, used in enumerate(flags) if used]
 
 
-def _scatter(part: torch.Tensor, index: list[int], rows: int) -> torch.Tensor:
-    """``part``'s rows at ``index`` of a ``[rows, V]`` tensor; the other rows get a flat
-    distribution (their router never reads this model)."""
-    full = part.new_zeros((rows, part.shape[1]))
-    full[torch.tensor(index, device=part.device)] = part
+def kept_positions(flags: Sequence[bool], keep: Sequence[int]) -> list[int]:
+    """Where the kept batch rows ``keep`` sit among a model's rows (those with ``flags``)."""
+    position = {row: i for i, row in enumerate(used_rows(flags))}
+    return [position[r] for r in keep if r in position]
+
+
+def spread(part: torch.Tensor, flags: Sequence[bool], fill: float | bool = 0.0) -> torch.Tensor:
+    """A model's ``[its rows, V]`` tensor as ``[batch rows, V]``: its rows where ``flags`` are
+    set, ``fill`` elsewhere (those rows' routers never read this model; 0 logits are a flat
+    distribution)."""
+    if all(flags):
+        return part
+    full = part.new_full((len(flags), part.shape[1]), fill)
+    full[torch.tensor(used_rows(flags), device=part.device)] = part
     return full
 
 
@@ -111,13 +125,10 @@ class LocalRows:
     def open(
         cls, pair: Any, rows: OpenRows, pad_id: int, *, joint: bool, share_prefill: bool
     ) -> LocalRows:
-        uses_base = [u for u, r in zip(rows.uses_base, rows.repeats, strict=True) for _ in range(r)]
-        uses_aligned = [
-            u for u, r in zip(rows.uses_aligned, rows.repeats, strict=True) for _ in range(r)
-        ]
+        uses_base, uses_aligned = rows.per_row(rows.uses_base), rows.per_row(rows.uses_aligned)
         prompts, repeats = rows.prompts, rows.repeats
-        b = _index(rows.uses_base)
-        a = _index(rows.uses_aligned)
+        b = used_rows(rows.uses_base)
+        a = used_rows(rows.uses_aligned)
         space_id = pair.vocab.space_id
         if joint and b and a:
             name = pair.aligned.active_adapter
@@ -160,7 +171,6 @@ class LocalRows:
         return sum(self.uses_base)
 
     def logits(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        rows = len(self)
         if self.joint is not None:
             split = self._base_count
             base, aligned = self.joint.logits[:split], self.joint.logits[split:]
@@ -169,11 +179,10 @@ class LocalRows:
         else:
             base = None if self.base is None else self.base.logits
             aligned = None if self.aligned is None else self.aligned.logits
-        if base is not None and base.shape[0] != rows:
-            base = _scatter(base, _index(self.uses_base), rows)
-        if aligned is not None and aligned.shape[0] != rows:
-            aligned = _scatter(aligned, _index(self.uses_aligned), rows)
-        return base, aligned
+        return (
+            None if base is None else spread(base, self.uses_base),
+            None if aligned is None else spread(aligned, self.uses_aligned),
+        )
 
     def drawable(self) -> tuple[None, None]:
         return None, None
@@ -181,7 +190,7 @@ class LocalRows:
     def _parts(self, values: torch.Tensor, flags: list[bool]) -> torch.Tensor:
         if all(flags):
             return values
-        return values[torch.tensor(_index(flags), device=values.device, dtype=torch.long)]
+        return values[torch.tensor(used_rows(flags), device=values.device, dtype=torch.long)]
 
     def feed(
         self, tokens: torch.Tensor, base_tokens: torch.Tensor, space: torch.Tensor | None
@@ -210,14 +219,12 @@ class LocalRows:
 
     def select(self, keep: Sequence[int]) -> None:
         keep = list(keep)
-        base_pos = {row: i for i, row in enumerate(_index(self.uses_base))}
-        aligned_pos = {row: i for i, row in enumerate(_index(self.uses_aligned))}
-        base_keep = [base_pos[r] for r in keep if r in base_pos]
-        aligned_keep = [aligned_pos[r] for r in keep if r in aligned_pos]
+        base_keep = kept_positions(self.uses_base, keep)
+        aligned_keep = kept_positions(self.uses_aligned, keep)
+        split = self._base_count  # before the flags shrink to the kept rows
         self.uses_base = [self.uses_base[r] for r in keep]
         self.uses_aligned = [self.uses_aligned[r] for r in keep]
         if self.joint is not None:
-            split = len(base_pos)
             self.joint.select(
                 torch.tensor(
                     base_keep + [split + i for i in aligned_keep],

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .backends import OpenRows
+from .backends import OpenRows, kept_positions, spread, used_rows
 
 
 class _ServerRows:
@@ -80,16 +80,14 @@ class RemoteRows:
         self.pair = pair
         self.space_id = pair.vocab.space_id
         repeats = list(rows.repeats)
-        self.uses_base = [u for u, r in zip(rows.uses_base, repeats, strict=True) for _ in range(r)]
-        self.uses_aligned = [
-            u for u, r in zip(rows.uses_aligned, repeats, strict=True) for _ in range(r)
-        ]
+        self.uses_base = rows.per_row(rows.uses_base)
+        self.uses_aligned = rows.per_row(rows.uses_aligned)
         self.models: dict[str, _ServerRows | None] = {}
         for role, ids, uses in (
             ("base", "base_ids", rows.uses_base),
             ("aligned", "aligned_ids", rows.uses_aligned),
         ):
-            picked = [i for i, used in enumerate(uses) if used]
+            picked = used_rows(uses)
             self.models[role] = (
                 _ServerRows(
                     pair,
@@ -107,26 +105,20 @@ class RemoteRows:
     def _flags(self, role: str) -> list[bool]:
         return self.uses_base if role == "base" else self.uses_aligned
 
-    def _full(self, role: str, part: torch.Tensor, fill: float) -> torch.Tensor:
-        flags = self._flags(role)
-        if all(flags):
-            return part
-        full = part.new_full((len(flags), part.shape[1]), fill)
-        full[torch.tensor([i for i, used in enumerate(flags) if used])] = part
-        return full
-
     def logits(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         out = []
         for role in ("base", "aligned"):
             model = self.models[role]
-            out.append(None if model is None else self._full(role, model.answer()[0], 0.0))
+            out.append(None if model is None else spread(model.answer()[0], self._flags(role), 0.0))
         return out[0], out[1]
 
     def drawable(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         out = []
         for role in ("base", "aligned"):
             model = self.models[role]
-            out.append(None if model is None else self._full(role, model.answer()[1], True))
+            out.append(
+                None if model is None else spread(model.answer()[1], self._flags(role), True)
+            )
         return out[0], out[1]
 
     def feed(
@@ -137,8 +129,7 @@ class RemoteRows:
         for role, model in self.models.items():
             if model is None:
                 continue
-            flags = self._flags(role)
-            picked = [i for i, used in enumerate(flags) if used]
+            picked = used_rows(self._flags(role))
             model.feed(
                 [values[role][i] for i in picked],
                 [spaced[i] if role == "base" else False for i in picked],
@@ -150,9 +141,7 @@ class RemoteRows:
         for role, model in list(self.models.items()):
             if model is None:
                 continue
-            flags = self._flags(role)
-            position = {row: i for i, row in enumerate(r for r, used in enumerate(flags) if used)}
-            kept = [position[r] for r in keep if r in position]
+            kept = kept_positions(self._flags(role), keep)
             if not kept:
                 self.models[role] = None
             else:
