@@ -5,7 +5,10 @@ instruct models are supervised fine-tuned and then preference-optimised; the pre
 stage is what concentrates them on a few template answers (mode collapse), which is what
 BACO exists to undo. One command runs every stage on a CPU::
 
-    python scripts/train_demo_dpo.py --data ../shared/data/alpaca/alpaca_5000.json
+    python scripts/train_demo_dpo.py --data alpaca_5000.json
+
+``--data``: your copy of Stanford Alpaca (CC BY-NC 4.0; github.com/tatsu-lab/stanford_alpaca),
+e.g. a 5000-row subset as ``scripts/train_demo_adapter.py`` describes.
 
 Stages (each is skipped when its output already exists in ``--work-dir``, so a cut-off run
 resumes):
