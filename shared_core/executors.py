@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -224,10 +224,8 @@ class EagerExecutor:
 
     def _open(self, requests: list[Request]) -> None:
         """Prefill ``requests`` together; their states are split per request on join."""
-        from dataclasses import replace as _replace
-
         lazy = self._lazy(requests)
-        options = _replace(self.options, joint_forward=False) if lazy else self.options
+        options = replace(self.options, joint_forward=False) if lazy else self.options
         states = self.pair.open_rows(
             [p for r in requests for p in r.prompts],
             [r.params.n for r in requests for _ in r.prompts],
