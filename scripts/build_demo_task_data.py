@@ -26,9 +26,13 @@ evaluation question.
 
 It also writes DPO pairs for the task formats (``task_pairs.jsonl``): chosen = the task
 answer, rejected = an echo of the prompt (the failure the earlier adapter showed) or, for a
-tool call, the call with empty arguments.
+tool call, one of the wrong calls :func:`wrong_calls` writes (empty arguments, the question
+pasted into the arguments, another request's values, the wrong tool).
 
     python scripts/build_demo_task_data.py --out runs/task_demo/data
+
+``--reuse-samples FILE`` reads the base draws from an earlier run's ``base_samples.jsonl``
+(same prompts, same seed) instead of sampling again, so the pairs can be rebuilt in seconds.
 """
 
 from __future__ import annotations
@@ -748,6 +752,10 @@ def list_fewshot_prompt(kind: str, subject: str) -> str:
 
 
 _WORD = re.compile(r"[a-z0-9']+")
+# The training filters keep their own stop words and word rule rather than importing
+# shared_core.eval.tasks.content_words: the evaluation's scoring code must not shape what the
+# adapter is trained on, and the shipped data were built with exactly these (the shared rule
+# would change one of the 217 kept rewrite examples).
 STOPWORDS = set(
     [
         "a",
@@ -910,6 +918,30 @@ def sample_base(prompts: list[str], args: argparse.Namespace) -> list[str]:
     return out_texts
 
 
+def wrong_calls(
+    example: dict[str, Any], same_tool: list[dict[str, Any]], rng: random.Random
+) -> list[str]:
+    """Wrong calls for a right one, the failures a weak tool caller shows: empty arguments,
+    the user's question pasted into the string arguments, the values of another request for
+    the same tool, and a general web search instead of the bound tool."""
+    payload = json.loads(example["response"].split("\n")[1])
+    name, arguments = payload["name"], payload["arguments"]
+    question = example["messages"][-1]["content"]
+    wrong = [format_call(name, {k: "" for k in arguments})]
+    if any(isinstance(v, str) for v in arguments.values()):
+        pasted = {k: question if isinstance(v, str) else v for k, v in arguments.items()}
+        wrong.append(format_call(name, pasted))
+    others = [
+        json.loads(e["response"].split("\n")[1])["arguments"] for e in same_tool if e is not example
+    ]
+    others = [a for a in others if a != arguments and set(a) == set(arguments)]
+    if others:
+        wrong.append(format_call(name, rng.choice(others)))
+    if name != "web_search":
+        wrong.append(format_call("web_search", {"query": question}))
+    return wrong
+
+
 def check_disjoint(questions: list[str]) -> None:
     """Fail when a training question is (or contains) an evaluation prompt."""
     tasks_dir = REPO_ROOT / "shared_core" / "assets" / "tasks"
@@ -935,6 +967,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--temperature", type=float, default=0.9)
     p.add_argument("--max-new-tokens", type=int, default=56)
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--tool-pairs", type=int, default=96, help="DPO pairs for tool calls")
+    p.add_argument(
+        "--reuse-samples",
+        type=Path,
+        default=None,
+        help="base_samples.jsonl of an earlier run with the same prompts (skips sampling)",
+    )
     args = p.parse_args(argv)
     out = args.out if args.out.is_absolute() else REPO_ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -951,7 +990,13 @@ def main(argv: list[str] | None = None) -> None:
 
     fewshot = [rewrite_fewshot_prompt(q) for q in questions for _ in range(args.rewrite_draws)]
     fewshot += [list_fewshot_prompt(k, s) for k, s in list_prompts for _ in range(args.list_draws)]
-    texts = sample_base(fewshot, args)
+    if args.reuse_samples:
+        saved = [json.loads(line) for line in args.reuse_samples.read_text().splitlines()]
+        if [r["prompt"] for r in saved] != fewshot:
+            raise SystemExit(f"{args.reuse_samples} was drawn for other prompts; sample again")
+        texts = [r["text"] for r in saved]
+    else:
+        texts = sample_base(fewshot, args)
     raw_path = out / "base_samples.jsonl"
     raw_path.write_text("".join(json.dumps({"prompt": p_, "text": t}) + "\n"
                                 for p_, t in zip(fewshot, texts, strict=True)))  # fmt: skip
@@ -1005,11 +1050,10 @@ def main(argv: list[str] | None = None) -> None:
         pairs.append({"kind": "list", "prompt": ex["messages"], "chosen": ex["response"],
                       "rejected": ex["messages"][-1]["content"]})  # fmt: skip
     calls = [e for e in tool_examples if e["kind"] == "tool"]
-    for ex in rng.sample(calls, min(24, len(calls))):
-        payload = json.loads(ex["response"].split("\n")[1])
-        empty = {k: "" for k in payload["arguments"]}
+    for i, ex in enumerate(rng.sample(calls, min(args.tool_pairs, len(calls)))):
+        wrong = wrong_calls(ex, [e for e in calls if e["tool"] == ex["tool"]], rng)
         pairs.append({"kind": "tool", "prompt": ex["messages"], "chosen": ex["response"],
-                      "rejected": format_call(payload["name"], empty)})  # fmt: skip
+                      "rejected": wrong[i % len(wrong)]})  # fmt: skip
 
     for name, rows in (("tool", tool_examples), ("rewrite", rewrite_examples),
                        ("list", list_examples), ("task_pairs", pairs)):  # fmt: skip
