@@ -93,3 +93,26 @@ def test_check_disjoint_refuses_an_evaluation_question(build):
     held = json.loads((build.REPO_ROOT / "shared_core/assets/tasks/rewrite.json").read_text())
     with pytest.raises(SystemExit, match="overlaps"):
         build.check_disjoint([held["prompts"][0]["question"]])
+
+
+def test_wrong_calls_are_parseable_and_all_differ_from_the_right_one(build):
+    rng = random.Random(1)
+    calls = [e for _ in range(300) for e in build.tool_episode(rng) if e["kind"] == "tool"]
+    kinds_seen = set()
+    for example in calls[:80]:
+        right = parse_tool_calls(example["response"]).tool_calls[0]
+        same_tool = [e for e in calls if e["tool"] == example["tool"]]
+        for text in build.wrong_calls(example, same_tool, rng):
+            wrong = parse_tool_calls(text).tool_calls[0]
+            assert (wrong.name, wrong.arguments) != (right.name, right.arguments)
+            if wrong.name != right.name:
+                kinds_seen.add("web search")
+                assert wrong.name == "web_search"
+                assert wrong.arguments == {"query": _question(example["messages"])}
+            elif all(v == "" for v in wrong.arguments.values()):
+                kinds_seen.add("empty")
+            elif _question(example["messages"]) in wrong.arguments.values():
+                kinds_seen.add("pasted")
+            else:
+                kinds_seen.add("other request")
+    assert kinds_seen == {"web search", "empty", "pasted", "other request"}
