@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -72,3 +75,21 @@ def fake_servers(tiny_pair):
         ) as aligned,
     ):
         yield base, aligned
+
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _import_script(name: str) -> ModuleType:
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(SCRIPTS))
+
+
+@pytest.fixture(scope="session")
+def import_script():
+    """``import_script(name)`` imports ``scripts/<name>.py`` (scripts import each other, so
+    the folder is on the path while one loads)."""
+    return _import_script

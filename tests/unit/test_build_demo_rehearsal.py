@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
 @pytest.fixture(scope="module")
-def rehearsal():
-    sys.path.insert(0, str(SCRIPTS))
-    try:
-        import build_demo_rehearsal
-    finally:
-        sys.path.remove(str(SCRIPTS))
-    return build_demo_rehearsal
+def rehearsal(import_script):
+    return import_script("build_demo_rehearsal")
 
 
 def test_loops_flags_repeated_phrases_and_keeps_plain_answers(rehearsal):

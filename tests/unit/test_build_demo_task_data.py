@@ -6,24 +6,15 @@ from __future__ import annotations
 import json
 import random
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
 from shared_core.tools import parse_tool_calls, tool_request
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-
 
 @pytest.fixture(scope="module")
-def build():
-    sys.path.insert(0, str(SCRIPTS))
-    try:
-        import build_demo_task_data
-    finally:
-        sys.path.remove(str(SCRIPTS))
-    return build_demo_task_data
+def build(import_script):
+    return import_script("build_demo_task_data")
 
 
 def _question(messages):

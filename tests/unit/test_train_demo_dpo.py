@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
+import pytest
 import torch
 
 from shared_core.testing import build_tiny_model, build_tiny_tokenizer
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+@pytest.fixture(scope="module")
+def script(import_script):
+    return import_script("train_demo_dpo")
 
 
-def _script():
-    sys.path.insert(0, str(SCRIPTS))
-    try:
-        path = SCRIPTS / "train_demo_dpo.py"
-        spec = importlib.util.spec_from_file_location("train_demo_dpo", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(SCRIPTS))
-
-
-def test_recorded_logprobs_equal_a_forward_pass_over_the_samples() -> None:
-    script = _script()
+def test_recorded_logprobs_equal_a_forward_pass_over_the_samples(script) -> None:
     tokenizer = build_tiny_tokenizer()
     model = build_tiny_model(len(tokenizer), seed=3).eval()
     prompt = tokenizer(["A prompt here"] * 3, return_tensors="pt")
@@ -53,8 +40,7 @@ def test_recorded_logprobs_equal_a_forward_pass_over_the_samples() -> None:
     assert torch.allclose(recorded, expected, atol=1e-3)  # cached vs full forward: float noise
 
 
-def test_the_rejected_sample_is_the_least_confident_non_empty_one() -> None:
-    script = _script()
+def test_the_rejected_sample_is_the_least_confident_non_empty_one(script) -> None:
     drawn = [
         {"text": "sure thing", "mean_logprob": -1.0},
         {"text": "uh", "mean_logprob": -3.5},
@@ -65,10 +51,9 @@ def test_the_rejected_sample_is_the_least_confident_non_empty_one() -> None:
     assert script._user_turn({"instruction": " Do it ", "input": "x"}) == "Do it\n\nx"
 
 
-def test_sft_weight_adds_an_nll_term_to_the_dpo_loss() -> None:
+def test_sft_weight_adds_an_nll_term_to_the_dpo_loss(script) -> None:
     import pytest
 
-    script = _script()
     assert script.loss_settings(0.0) == {"loss_type": ["sigmoid"]}
     rpo = script.loss_settings(0.5)  # TRL's DPOConfig fields: loss types and their weights
     assert rpo == {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5]}
