@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     weights = demo_adapter_path() / "adapter_model.safetensors"
     meta = {
         "pair": "demo: gemma-3-270m (GGUF Q4_K_M, converted) + shared_core/assets/demo_adapter "
-        "(LoRA SFT + DPO)",
+        "(LoRA SFT + DPO + task-format stage with rehearsal)",
         "adapter_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
         "samples_per_point": samples,
         "note": args.note,
