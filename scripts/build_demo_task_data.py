@@ -50,7 +50,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from shared_core.tools import format_call, normalise_tools, render_tool_messages  # noqa: E402
+from shared_core.tools import (  # noqa: E402
+    format_call,
+    normalise_tools,
+    parse_tool_calls,
+    render_tool_messages,
+)
 
 # --------------------------------------------------------------------------------------------
 # tools
@@ -924,15 +929,17 @@ def wrong_calls(
     """Wrong calls for a right one, the failures a weak tool caller shows: empty arguments,
     the user's question pasted into the string arguments, the values of another request for
     the same tool, and a general web search instead of the bound tool."""
-    payload = json.loads(example["response"].split("\n")[1])
-    name, arguments = payload["name"], payload["arguments"]
+    call = parse_tool_calls(example["response"]).tool_calls[0]
+    name, arguments = call.name, call.arguments
     question = example["messages"][-1]["content"]
     wrong = [format_call(name, {k: "" for k in arguments})]
     if any(isinstance(v, str) for v in arguments.values()):
         pasted = {k: question if isinstance(v, str) else v for k, v in arguments.items()}
         wrong.append(format_call(name, pasted))
     others = [
-        json.loads(e["response"].split("\n")[1])["arguments"] for e in same_tool if e is not example
+        parse_tool_calls(e["response"]).tool_calls[0].arguments
+        for e in same_tool
+        if e is not example
     ]
     others = [a for a in others if a != arguments and set(a) == set(arguments)]
     if others:
