@@ -33,7 +33,7 @@ for entry in (REPO_ROOT, REPO_ROOT / "scripts"):
         sys.path.insert(0, str(entry))
 
 import train_demo_adapter as sft  # noqa: E402
-from train_demo_dpo import _load_sft_model, _user_turn  # noqa: E402
+from train_demo_dpo import _load_sft_model, _user_turn, end_position  # noqa: E402
 
 from shared_core.demo_models import (  # noqa: E402
     DEMO_END_TOKENS,
@@ -96,10 +96,10 @@ def main(argv: list[str] | None = None) -> None:
             pad_token_id=tokenizer.pad_token_id,
         )
         for row, convo in zip(out[:, enc["input_ids"].shape[1] :].tolist(), messages, strict=True):
-            ends = [i for i, tok in enumerate(row) if tok in end_ids]
-            if not ends:
+            end = end_position(row, end_ids)
+            if end is None:
                 continue
-            text = tokenizer.decode(row[: ends[0]], skip_special_tokens=True).strip()
+            text = tokenizer.decode(row[:end], skip_special_tokens=True).strip()
             if text and not loops(text):
                 kept.append({"kind": "rehearsal", "messages": convo, "response": text})
         print(f"rehearsal: {start + len(chunk)}/{len(records)} drawn, {len(kept)} kept", flush=True)

@@ -158,6 +158,11 @@ class SampledLogprobs:
         return torch.stack(self.picked, dim=1)
 
 
+def end_position(row: list[int], end_ids: list[int]) -> int | None:
+    """Index of the first end token of a sampled row; None when the sample never ended."""
+    return next((pos for pos, tok in enumerate(row) if tok in end_ids), None)
+
+
 def pick_rejected(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """The rejected response of a pair: the least confident non-empty sample (lowest mean
     token log-probability under the model that drew it)."""
@@ -208,8 +213,8 @@ def draw_pairs(
         step_logprobs = recorder.finish(out[:, -1])
         lengths = []
         for row in new.tolist():
-            ends = [pos for pos, tok in enumerate(row) if tok in end_ids]
-            lengths.append(ends[0] if ends else len(row))
+            end = end_position(row, end_ids)
+            lengths.append(len(row) if end is None else end)
         logprobs = [
             step_logprobs[row, : min(n + 1, new.shape[1])].mean().item()
             for row, n in enumerate(lengths)

@@ -61,3 +61,8 @@ def test_sft_weight_adds_an_nll_term_to_the_dpo_loss(script) -> None:
         script.loss_settings(-1.0)
     assert script.parse_args(["--data", "x", "--sft-weight", "1"]).sft_weight == 1.0
     assert script.parse_args(["--data", "x"]).sft_weight == 0.0  # the shipped recipe
+
+
+def test_end_position_is_the_first_end_token_or_none(script) -> None:
+    assert script.end_position([5, 106, 7, 1], [1, 106]) == 1
+    assert script.end_position([5, 7, 9], [1, 106]) is None
