@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 from shared_core.eval import tasks as T
 from shared_core.tools import format_call
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_task_files_have_enough_held_out_prompts():
@@ -30,12 +26,8 @@ def test_task_files_have_enough_held_out_prompts():
             assert isinstance(item["expect"]["value"], int)
 
 
-def test_training_data_never_contains_an_evaluation_prompt():
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import build_demo_task_data as build
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
+def test_training_data_never_contains_an_evaluation_prompt(import_script):
+    build = import_script("build_demo_task_data")
     training = [q.lower() for q in build.rewrite_questions()]
     training += [f"{k} for {s}".lower() for k, s in build.LIST_SUBJECTS]
     held = [p["question"].lower() for p in T.load_task("rewrite")["prompts"]]

@@ -72,14 +72,8 @@ def test_committed_records_name_no_machine_path() -> None:
     )
 
 
-def test_training_scripts_record_public_names() -> None:
-    import importlib.util
-
-    path = ROOT / "scripts" / "train_demo_adapter.py"
-    spec = importlib.util.spec_from_file_location("train_demo_adapter_records", path)
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+def test_training_scripts_record_public_names(import_script) -> None:
+    script = import_script("train_demo_adapter")
     argv = ["--data", "../shared/data/alpaca/alpaca_5000.json", "--output", "/root/x/adapter"]
     argv += ["--work-dir", "runs/demo", "--steps", "3"]
     command = script.public_command("train_demo_dpo.py", argv)

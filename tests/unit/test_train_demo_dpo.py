@@ -52,8 +52,6 @@ def test_the_rejected_sample_is_the_least_confident_non_empty_one(script) -> Non
 
 
 def test_sft_weight_adds_an_nll_term_to_the_dpo_loss(script) -> None:
-    import pytest
-
     assert script.loss_settings(0.0) == {"loss_type": ["sigmoid"]}
     rpo = script.loss_settings(0.5)  # TRL's DPOConfig fields: loss types and their weights
     assert rpo == {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5]}
